@@ -1,0 +1,1 @@
+"""Register-level drivers over any object with the machine.I2C methods."""

@@ -1,0 +1,1 @@
+"""One module per ``nabd-gateway`` subcommand group; each exposes ``register(subparsers)``."""

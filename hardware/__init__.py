@@ -1,0 +1,1 @@
+"""Reference hardware (docs) and its stand-ins (``hardware.sim``)."""

@@ -1,0 +1,1 @@
+"""One module per ``nabd`` subcommand; each exposes ``register(subparsers)``."""
