@@ -16,6 +16,10 @@ case "${1:-start}" in
   start)
     [ -n "$bindir" ] || { echo "services: PostgreSQL is not installed (run make setup)" >&2; exit 1; }
     if as_pg "$bindir/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then echo "services: postgres up ($URL)"; exit 0; fi
+    # Another checkout's cluster may already serve this port: use it rather than fail.
+    if "$bindir/pg_isready" -q -h 127.0.0.1 -p "$PORT" 2>/dev/null; then
+      echo "services: postgres already answering on $PORT ($URL)"; exit 0
+    fi
     if [ ! -f "$DATA/PG_VERSION" ]; then
       rm -rf "$DATA"; mkdir -p "$DATA"
       [ "$(id -u)" = 0 ] && chown postgres:postgres "$DATA"
