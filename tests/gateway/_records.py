@@ -1,0 +1,110 @@
+"""Test helpers of the records side (API, forwarder, observatory): a migrated database and rows
+seeded through the gateway's own code (gateway.fhir for the Observations and Bundles), written with
+the column names of the schema contract (docs in /work/brief/GATEWAY_SHARED.md, G-core's
+gateway/migrations)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from gateway import fhir
+from gateway import recordstore as rs
+
+UTC = dt.timezone.utc
+
+
+def make_db(url: str):
+    try:
+        from gateway.db import Database
+    except ImportError:  # TEMPORARY until G-core's gateway/db.py lands: the contract's schema, SQLite only
+        Database = _InterimSqlite
+    db = Database(url)
+    db.migrate()
+    return db
+
+
+class _InterimSqlite:
+    placeholder = "?"
+    dialect = "sqlite"
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, facility TEXT, region TEXT, status TEXT, fw TEXT,
+      cal_id TEXT, cal_date TEXT, cal_due TEXT, registered_at TEXT, last_seen_at TEXT, cmd_n INTEGER);
+    CREATE TABLE IF NOT EXISTS patients (id TEXT PRIMARY KEY, created_at TEXT);
+    CREATE TABLE IF NOT EXISTS readings (id INTEGER PRIMARY KEY, device_id TEXT, seq INTEGER, sha256 TEXT, raw TEXT,
+      ts INTEGER, ts_ok INTEGER, received_at TEXT, patient_id TEXT, fw TEXT, UNIQUE(device_id, seq));
+    CREATE TABLE IF NOT EXISTS observations (id INTEGER PRIMARY KEY, reading_id INTEGER, device_id TEXT,
+      patient_id TEXT, code TEXT, value REAL, unit TEXT, q REAL, effective_at TEXT, resource TEXT);
+    CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, kind TEXT, partition_key TEXT, body TEXT,
+      created_at TEXT, attempts INTEGER DEFAULT 0, next_attempt_at TEXT, sent_at TEXT, last_error TEXT);
+    """
+
+    def __init__(self, url):
+        self.path = url.removeprefix("sqlite:///")
+
+    def connect(self):
+        import contextlib
+        import sqlite3
+
+        @contextlib.contextmanager
+        def cm():
+            c = sqlite3.connect(self.path, timeout=10)
+            try:
+                yield c
+            finally:
+                c.close()
+        return cm()
+
+    def migrate(self):
+        with self.connect() as c:
+            c.executescript(self.SCHEMA)
+
+
+def add_device(db, dev: str, facility: str = "CS Hay Mohammadi", region: str = "MA-06", fw: str = "0.1.0",
+               cal_due: str | None = "2027-05-02", registered_at: str = "2026-01-01T00:00:00+00:00",
+               status: str = "active") -> None:
+    with db.connect() as c:
+        rs.execute(c, rs.q(db, "INSERT INTO devices (id, facility, region, status, fw, cal_id, cal_date, cal_due, "
+                               "registered_at, cmd_n) VALUES (?,?,?,?,?,?,?,?,?,0)"),
+                   (dev, facility, region, status, fw, "cal-1", "2026-01-01", cal_due, registered_at))
+        c.commit()
+
+
+def payload(dev: str, seq: int, ts: dt.datetime, patient: str | None = "p-7Hq2xK", codes=("temp", "spo2", "hr", "pi"),
+            fw: str = "0.1.0", flags=()) -> dict:
+    values = {"temp": (36.9, "Cel"), "spo2": (97, "%"), "hr": (72, "/min"), "pi": (2.4, "%")}
+    p = {"v": 1, "dev": dev, "seq": seq, "ts": int(ts.timestamp()), "ts_ok": True, "up": 100, "fw": fw,
+         "cal": {"id": "cal-1", "date": "2026-01-01"}, "site": "forehead+finger",
+         "obs": [{"code": c, "value": values[c][0], "unit": values[c][1], "q": 0.9} for c in codes],
+         "flags": list(flags)}
+    if patient:
+        p["patient"] = patient
+    return p
+
+
+def store_reading(db, p: dict, received_at: dt.datetime | None = None, outbox: bool = True) -> list[dict]:
+    """Insert a reading, its Observations and (optionally) its outbox row, in one transaction, the
+    way the ingest's store step does."""
+    received_at = received_at or dt.datetime.fromtimestamp(p["ts"], UTC)
+    obs = fhir.observations_for_reading(p, received_at)
+    raw = json.dumps(p)
+    with db.connect() as c:
+        if p.get("patient") and not rs.rows(c, rs.q(db, "SELECT id FROM patients WHERE id = ?"), (p["patient"],)):
+            rs.execute(c, rs.q(db, "INSERT INTO patients (id, created_at) VALUES (?, ?)"),
+                       (p["patient"], rs.to_iso(received_at)))
+        rs.execute(c, rs.q(db, "INSERT INTO readings (device_id, seq, sha256, raw, ts, ts_ok, received_at, "
+                               "patient_id, fw) VALUES (?,?,?,?,?,?,?,?,?)"),
+                   (p["dev"], p["seq"], "00" * 32, raw, p["ts"], bool(p["ts_ok"]), rs.to_iso(received_at),
+                    p.get("patient"), p["fw"]))
+        rid = rs.rows(c, rs.q(db, "SELECT id FROM readings WHERE device_id = ? AND seq = ?"),
+                      (p["dev"], p["seq"]))[0]["id"]
+        for o, item in zip(obs, p["obs"], strict=True):
+            rs.execute(c, rs.q(db, "INSERT INTO observations (reading_id, device_id, patient_id, code, value, unit, "
+                                   "q, effective_at, resource) VALUES (?,?,?,?,?,?,?,?,?)"),
+                       (rid, p["dev"], p.get("patient"), item["code"], item["value"], item["unit"], item["q"],
+                        o["effectiveDateTime"], json.dumps(o)))
+        if outbox:
+            rs.execute(c, rs.q(db, "INSERT INTO outbox (kind, partition_key, body, created_at, attempts) "
+                                   "VALUES ('fhir', ?, ?, ?, 0)"),
+                       (p["dev"], json.dumps(fhir.transaction_bundle(obs)), rs.to_iso(received_at)))
+        c.commit()
+    return obs
