@@ -236,8 +236,9 @@ def enqueue_daily_push(db, day: dt.date, suppress_below: int = DEFAULT_SUPPRESS_
                            (f'{{"key":"{key}"%',))
         if existing:
             return False
-        rs.execute(conn, rs.q(db, "INSERT INTO outbox (kind, partition_key, body, created_at, attempts) "
-                                  "VALUES ('observatory', 'observatory', ?, ?, 0)"),
-                   (body, rs.to_iso(rs.now_utc())))
+        now = rs.to_iso(rs.now_utc())
+        rs.execute(conn, rs.q(db, "INSERT INTO outbox (kind, partition_key, body, created_at, attempts, "
+                                  "next_attempt_at) VALUES ('observatory', 'observatory', ?, ?, 0, ?)"),
+                   (body, now, now))
         conn.commit()
     return True

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+
+import pytest
 
 from gateway import fhir
 from gateway import recordstore as rs
@@ -14,49 +17,11 @@ UTC = dt.timezone.utc
 
 
 def make_db(url: str):
-    try:
-        from gateway.db import Database
-    except ImportError:  # TEMPORARY until G-core's gateway/db.py lands: the contract's schema, SQLite only
-        Database = _InterimSqlite
+    from gateway.db import Database
+
     db = Database(url)
     db.migrate()
     return db
-
-
-class _InterimSqlite:
-    placeholder = "?"
-    dialect = "sqlite"
-    SCHEMA = """
-    CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, facility TEXT, region TEXT, status TEXT, fw TEXT,
-      cal_id TEXT, cal_date TEXT, cal_due TEXT, registered_at TEXT, last_seen_at TEXT, cmd_n INTEGER);
-    CREATE TABLE IF NOT EXISTS patients (id TEXT PRIMARY KEY, created_at TEXT);
-    CREATE TABLE IF NOT EXISTS readings (id INTEGER PRIMARY KEY, device_id TEXT, seq INTEGER, sha256 TEXT, raw TEXT,
-      ts INTEGER, ts_ok INTEGER, received_at TEXT, patient_id TEXT, fw TEXT, UNIQUE(device_id, seq));
-    CREATE TABLE IF NOT EXISTS observations (id INTEGER PRIMARY KEY, reading_id INTEGER, device_id TEXT,
-      patient_id TEXT, code TEXT, value REAL, unit TEXT, q REAL, effective_at TEXT, resource TEXT);
-    CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, kind TEXT, partition_key TEXT, body TEXT,
-      created_at TEXT, attempts INTEGER DEFAULT 0, next_attempt_at TEXT, sent_at TEXT, last_error TEXT);
-    """
-
-    def __init__(self, url):
-        self.path = url.removeprefix("sqlite:///")
-
-    def connect(self):
-        import contextlib
-        import sqlite3
-
-        @contextlib.contextmanager
-        def cm():
-            c = sqlite3.connect(self.path, timeout=10)
-            try:
-                yield c
-            finally:
-                c.close()
-        return cm()
-
-    def migrate(self):
-        with self.connect() as c:
-            c.executescript(self.SCHEMA)
 
 
 def add_device(db, dev: str, facility: str = "CS Hay Mohammadi", region: str = "MA-06", fw: str = "0.1.0",
@@ -93,7 +58,7 @@ def store_reading(db, p: dict, received_at: dt.datetime | None = None, outbox: b
                        (p["patient"], rs.to_iso(received_at)))
         rs.execute(c, rs.q(db, "INSERT INTO readings (device_id, seq, sha256, raw, ts, ts_ok, received_at, "
                                "patient_id, fw) VALUES (?,?,?,?,?,?,?,?,?)"),
-                   (p["dev"], p["seq"], "00" * 32, raw, p["ts"], bool(p["ts_ok"]), rs.to_iso(received_at),
+                   (p["dev"], p["seq"], "00" * 32, raw.encode(), p["ts"], bool(p["ts_ok"]), rs.to_iso(received_at),
                     p.get("patient"), p["fw"]))
         rid = rs.rows(c, rs.q(db, "SELECT id FROM readings WHERE device_id = ? AND seq = ?"),
                       (p["dev"], p["seq"]))[0]["id"]
@@ -103,8 +68,18 @@ def store_reading(db, p: dict, received_at: dt.datetime | None = None, outbox: b
                        (rid, p["dev"], p.get("patient"), item["code"], item["value"], item["unit"], item["q"],
                         o["effectiveDateTime"], json.dumps(o)))
         if outbox:
-            rs.execute(c, rs.q(db, "INSERT INTO outbox (kind, partition_key, body, created_at, attempts) "
-                                   "VALUES ('fhir', ?, ?, ?, 0)"),
-                       (p["dev"], json.dumps(fhir.transaction_bundle(obs)), rs.to_iso(received_at)))
+            rs.execute(c, rs.q(db, "INSERT INTO outbox (kind, partition_key, body, created_at, attempts, next_attempt_at) "
+                                   "VALUES ('fhir', ?, ?, ?, 0, ?)"),
+                       (p["dev"], json.dumps(fhir.transaction_bundle(obs)), rs.to_iso(received_at),
+                        rs.to_iso(received_at)))
         c.commit()
     return obs
+
+
+@pytest.fixture
+def db_url(request, tmp_path) -> str:
+    """SQLite in the test's folder, or a fresh PostgreSQL database when NABD_TEST_DB=postgresql
+    (the second run of the suite)."""
+    if os.environ.get("NABD_TEST_DB", "sqlite").startswith("postgres"):
+        return request.getfixturevalue("pg_url")
+    return f"sqlite:///{tmp_path}/gateway.db"

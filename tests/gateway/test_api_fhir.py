@@ -14,7 +14,10 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient
 
 from gateway.api import start_api, token_ok
+from tests.gateway import _records
 from tests.gateway._records import UTC, add_device, make_db, payload, store_reading
+
+db_url = _records.db_url  # fixture: SQLite, or PostgreSQL with NABD_TEST_DB=postgresql
 
 TOKEN = "s3cret-admin-token"
 DEV = "nabd-a1b2c3d4e5f6"
@@ -22,8 +25,8 @@ T0 = dt.datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def api(tmp_path):
-    db = make_db(f"sqlite:///{tmp_path}/g.db")
+def api(db_url):
+    db = make_db(db_url)
     add_device(db, DEV)
     add_device(db, "nabd-0000000000aa", facility="CS Agdal", region="MA-04")
     for i in range(7):
