@@ -1,0 +1,292 @@
+"""Sensor self-test: what a technician runs before trusting a unit (``nabd selftest``).
+
+``run(board)`` returns a list of ``(name, ok, detail)``, one per check, in this order:
+
+``mlx90614.bus``       the thermometer answers at 0x5A and several reads are all PEC-valid
+``mlx90614.ambient``   Ta plausible (-20..60 degC)
+``mlx90614.object``    Tobj plausible (-20..100 degC)
+``max30102.part``      reset and part ID 0x15 at 0x57
+``max30102.leds``      LED order; a unit with red/IR swapped passes, corrected in software
+``max30102.fifo_rate`` samples for 1 s of board time within +-2 % of the configured rate
+``max30102.overflow``  no sample lost while reading at the normal cadence
+``max30102.die_temp``  die temperature plausible (-20..85 degC)
+
+A failing check names its fault first in the detail, as the simulator's fault names do
+(``"mlx90614:pec - PEC mismatch on 10 of 10 reads"``), so a log or a technician's screen says
+what is wrong. Every exception from a driver is caught per check: the self-test never crashes.
+Time is the board's clock, so on the simulated board the test takes milliseconds.
+"""
+from micropython import const
+
+from firmware.drivers.mlx90614 import MLX90614
+from firmware.drivers.max30102 import MAX30102
+
+_READS = const(5)              # reads of each of Ta and Tobj for the PEC check
+_WINDOW_US = const(1000000)    # FIFO rate measured over 1 s
+_CADENCE_MS = const(40)        # the application's normal FIFO read cadence (FIFO holds 320 ms)
+_TOLERANCE_PM = const(20)      # +-2 % on the sample rate, per mille
+
+DASH = " \u2014 "
+
+_MLX_TEXT = {
+    "pec": "PEC mismatch",
+    "nack": "no ACK at 0x5A (absent, unpowered or bus fault)",
+    "error-flag": "the sensor flags its reading invalid (bit 15)",
+    "stuck": "I2C bus held (timeout)",
+    "range": "impossible temperature",
+}
+_MAX_TEXT = {
+    "absent": "no ACK at 0x57 (part absent or unpowered)",
+    "part-id": "wrong part ID",
+    "overflow": "FIFO overflow: samples lost",
+    "stuck": "I2C bus held (timeout)",
+    "reset": "reset bit never cleared",
+    "nack": "no ACK at 0x57",
+}
+
+
+def _fault_of(part, e):
+    """The named fault an exception stands for: ``part:fault``."""
+    f = getattr(e, "fault", None)
+    if not f and isinstance(e, OSError):
+        code = e.args[0] if e.args else 0
+        if code == 19:
+            f = "absent" if part == "max30102" else "nack"
+        elif code == 110 or code == 116:
+            f = "stuck"
+        else:
+            f = "bus"
+    if not f:
+        f = type(e).__name__
+    return part + ":" + f
+
+
+def _describe(part, e):
+    name = _fault_of(part, e)
+    table = _MLX_TEXT if part == "mlx90614" else _MAX_TEXT
+    text = table.get(name.split(":", 1)[1])
+    msg = str(e)
+    if text and msg and msg != text:
+        return name + DASH + text + " (" + msg + ")"
+    return name + DASH + (text or msg or "error")
+
+
+def _cc(v):
+    """Hundredths of a degree as text: 3680 -> '36.80'."""
+    s = "-" if v < 0 else ""
+    v = -v if v < 0 else v
+    return "%s%d.%02d" % (s, v // 100, v % 100)
+
+
+class _Context:
+    def __init__(self, board):
+        self.board = board
+        self.clock = board.clock
+        self.mlx = None
+        self.max = None
+        self.max_failed = None   # the named fault that stopped the MAX30102 checks
+
+
+# --- MLX90614 ---
+def _mlx_bus(ctx):
+    # no retries: every read's own PEC counts
+    ctx.mlx = MLX90614(ctx.board.i2c, clock=ctx.clock, retries=0)
+    m = ctx.mlx
+    good = 0
+    faults = {}
+    first = {}
+    total = 2 * _READS
+    for i in range(total):
+        try:
+            if i % 2:
+                m.object_cc()
+            else:
+                m.ambient_cc()
+            good += 1
+        except Exception as e:
+            name = _fault_of("mlx90614", e)
+            if name == "mlx90614:error-flag":
+                good += 1        # the word arrived intact; the plausibility checks report the flag
+                continue
+            faults[name] = faults.get(name, 0) + 1
+            if name not in first:
+                first[name] = e
+    if not faults:
+        return True, "present at 0x5A, %d of %d reads PEC-valid" % (good, total)
+    parts = []
+    for name in sorted(faults):
+        n = faults[name]
+        if name == "mlx90614:pec":
+            parts.append(name + DASH + "PEC mismatch on %d of %d reads" % (n, total))
+        else:
+            parts.append(_describe("mlx90614", first[name]) + ", %d of %d reads" % (n, total))
+    return False, "; ".join(parts)
+
+
+def _mlx_reading(ctx, what, lo_cc, hi_cc):
+    m = ctx.mlx or MLX90614(ctx.board.i2c, clock=ctx.clock)
+    # the production setting: bounded retries
+    m = MLX90614(ctx.board.i2c, clock=ctx.clock)
+    try:
+        v = m.ambient_cc() if what == "Ta" else m.object_cc()
+    except Exception as e:
+        return False, _describe("mlx90614", e)
+    rng = "%s..%s degC" % (_cc(lo_cc)[:-3], _cc(hi_cc)[:-3])
+    if lo_cc <= v <= hi_cc:
+        return True, "%s %s degC (plausible %s)" % (what, _cc(v), rng)
+    return False, "mlx90614:implausible" + DASH + "%s %s degC outside %s" % (what, _cc(v), rng)
+
+
+def _mlx_ambient(ctx):
+    return _mlx_reading(ctx, "Ta", -2000, 6000)
+
+
+def _mlx_object(ctx):
+    return _mlx_reading(ctx, "Tobj", -2000, 10000)
+
+
+# --- MAX30102 ---
+def _max_part(ctx):
+    d = MAX30102(ctx.board.i2c, clock=ctx.clock)
+    ctx.max = d
+    try:
+        d.reset()
+        info = d.check()
+    except Exception as e:
+        ctx.max_failed = _fault_of("max30102", e)
+        raise
+    detail = "part ID 0x15 at 0x57"
+    rev = getattr(d, "rev_id", None)
+    if rev is None and isinstance(info, (tuple, list)) and len(info) > 1:
+        rev = info[1]
+    if isinstance(rev, int):
+        detail += ", revision 0x%02x" % rev
+    return True, detail
+
+
+def _need_max(ctx):
+    if ctx.max_failed:
+        return False, ctx.max_failed + DASH + "not run: the part check failed"
+    return None
+
+
+def _max_leds(ctx):
+    d = ctx.max
+    d.configure()
+    swapped = d.detect_swapped_leds()
+    if swapped is None:
+        return False, "max30102:no-reflection" + DASH + "LED order undetermined: cover the sensor with a finger"
+    d.configure()
+    if swapped:
+        return True, "red/IR swapped on this unit: corrected in software"
+    return True, "red on LED1, IR on LED2 as specified"
+
+
+def _expected_rate(d):
+    for attr in ("output_rate", "rate_hz", "sample_rate"):
+        v = getattr(d, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return 100
+
+
+def _max_session(ctx):
+    """Read the FIFO at the normal cadence for 1 s of board time: (samples read, lost, elapsed us,
+    expected rate)."""
+    d = ctx.max
+    clock = ctx.clock
+    d.configure()
+    d.read_fifo()                          # drain what accumulated during configuration
+    lost0 = d.lost if isinstance(d.lost, int) else 0
+    total_lost = 0
+    n = 0
+    t0 = clock.ticks_us()
+    while True:
+        clock.sleep_ms(_CADENCE_MS)
+        n += d.read_fifo()
+        total_lost += d.lost
+        elapsed = clock.ticks_diff(clock.ticks_us(), t0)
+        if elapsed >= _WINDOW_US:
+            break
+    ctx.session = (n, total_lost - 0 * lost0, elapsed, _expected_rate(d))
+    return ctx.session
+
+
+def _max_rate(ctx):
+    n, lost, elapsed, rate = _max_session(ctx)
+    produced = n + lost
+    # centi-Hz, integer only
+    got_chz = produced * 100000000 // elapsed
+    exp_chz = rate * 100
+    dev_pm = (got_chz - exp_chz) * 1000 // exp_chz
+    text = "%d.%02d samples/s over %d ms, configured %d (%s%d.%d %%)" % (
+        got_chz // 100, got_chz % 100, elapsed // 1000, rate, "-" if dev_pm < 0 else "+",
+        abs(dev_pm) // 10, abs(dev_pm) % 10)
+    if -_TOLERANCE_PM <= dev_pm <= _TOLERANCE_PM:
+        return True, text
+    return False, "max30102:rate" + DASH + text + ", outside +-2 %"
+
+
+def _max_overflow(ctx):
+    s = getattr(ctx, "session", None)
+    if s is None:
+        s = _max_session(ctx)
+    n, lost, elapsed, rate = s
+    if lost == 0:
+        return True, "0 of %d samples lost reading every %d ms" % (n, _CADENCE_MS)
+    return False, "max30102:overflow" + DASH + "%d of %d samples lost (FIFO overflow counter) reading every %d ms" % (
+        lost, n + lost, _CADENCE_MS)
+
+
+def _max_die(ctx):
+    v = ctx.max.die_temp_cc()
+    if -2000 <= v <= 8500:
+        return True, "die %s degC (plausible -20..85)" % _cc(v)
+    return False, "max30102:implausible" + DASH + "die %s degC outside -20..85 degC" % _cc(v)
+
+
+_CHECKS = (
+    ("mlx90614.bus", "mlx90614", _mlx_bus),
+    ("mlx90614.ambient", "mlx90614", _mlx_ambient),
+    ("mlx90614.object", "mlx90614", _mlx_object),
+    ("max30102.part", "max30102", _max_part),
+    ("max30102.leds", "max30102", _max_leds),
+    ("max30102.fifo_rate", "max30102", _max_rate),
+    ("max30102.overflow", "max30102", _max_overflow),
+    ("max30102.die_temp", "max30102", _max_die),
+)
+
+
+def run(board):
+    """Run every check on ``board``; returns ``[(name, ok, detail), ...]``. Never raises."""
+    ctx = _Context(board)
+    results = []
+    for name, part, check in _CHECKS:
+        try:
+            board.wdt_feed()
+        except Exception:
+            pass
+        try:
+            if part == "max30102" and check is not _max_part:
+                skip = _need_max(ctx)
+                if skip:
+                    results.append((name, skip[0], skip[1]))
+                    continue
+            ok, detail = check(ctx)
+        except Exception as e:
+            ok, detail = False, _describe(part, e)
+        results.append((name, bool(ok), detail))
+    if ctx.max is not None and not ctx.max_failed:
+        try:
+            ctx.max.shutdown()      # sensors sleep when idle
+        except Exception:
+            pass
+    return results
+
+
+def passed(results):
+    """True when every check passed."""
+    for r in results:
+        if not r[1]:
+            return False
+    return True
