@@ -38,9 +38,10 @@ def vm_setup_code(faults: list[str], scenario: str = "None", var: str = "board")
             f"{var} = SimBoard(scenario={scenario}, faults={json.dumps(list(faults))})\n")
 
 
-def run_in_vm(vm, faults: list[str], board_var: str = "board") -> list[dict]:
-    """Run the firmware self-test inside an open MicroPythonVM on a fresh SimBoard."""
-    vm.exec(vm_setup_code(faults, var=board_var)
+def run_in_vm(vm, faults: list[str], board_var: str = "board", scenario: str = "None") -> list[dict]:
+    """Run the firmware self-test inside an open MicroPythonVM on a fresh SimBoard (kept in the VM
+    as ``board_var``; ``scenario`` is MicroPython source for the scenario object)."""
+    vm.exec(vm_setup_code(faults, scenario=scenario, var=board_var)
             + f"from firmware import selftest\n_st = selftest.run({board_var})\n")
     return [{"name": n, "ok": bool(ok), "detail": d} for n, ok, d in vm.eval("[list(r) for r in _st]")]
 

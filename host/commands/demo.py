@@ -1,0 +1,170 @@
+"""``nabd demo``: the system on simulated hardware (``make demo``).
+
+For now: the firmware, inside the real MicroPython interpreter, runs the sensor self-test on the
+simulated board, takes a temperature reading (MLX90614) and a few seconds of PPG (MAX30102),
+draws the result on the OLED, and the host prints the screen as text and saves it as
+``build/demo/screen.png``. ``run_demo()`` returns everything as a dict so that later stages (signal
+chain, signing, broker and gateway) can extend the demo rather than replace its parts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from host import screenshot
+from host.cli import EXIT_DEVICE, EXIT_FAIL, EXIT_OK, CommandError, add_common, emit_json
+from host.commands.selftest import print_table, run_in_vm, valid_faults
+
+REPO = Path(__file__).resolve().parent.parent.parent
+DEFAULT_OUT = REPO / "build" / "demo"
+
+# Device-side part of the demo, run in the VM after the board exists as `board`.
+MEASURE = """
+import array
+from firmware.drivers.mlx90614 import MLX90614
+from firmware.drivers.max30102 import MAX30102
+from firmware.drivers.ssd1306 import SSD1306
+
+clock = board.clock
+oled = SSD1306(board.i2c)
+oled.text('nabd', 0, 0)
+oled.text('measuring...', 0, 16)
+oled.show()
+
+def temperature(n=8):
+    m = MLX90614(board.i2c, clock=clock)
+    tot = 0
+    for _ in range(n):
+        tot += m.object_cc()
+        clock.sleep_ms(100)
+    return tot // n, m.ambient_cc()
+
+def ppg(seconds):
+    d = MAX30102(board.i2c, clock=clock)
+    d.reset(); d.check(); d.configure()
+    d.detect_swapped_leds()          # a swapped unit is corrected by the driver from here on
+    d.configure()
+    d.read_fifo()
+    cap = 100 * seconds + 64
+    red = array.array('i', bytes(4 * cap)); ir = array.array('i', bytes(4 * cap))
+    n = 0; lost = 0
+    t0 = clock.ticks_ms()
+    while clock.ticks_diff(clock.ticks_ms(), t0) < seconds * 1000:
+        clock.sleep_ms(40)
+        k = d.read_fifo(); lost += d.lost
+        for i in range(k):
+            if n < cap:
+                red[n] = d.red[i]; ir[n] = d.ir[i]; n += 1
+    d.shutdown()
+    return red, ir, n, lost, d.swapped
+
+def crude_pulse(x, n, seconds):
+    # beats = downward crossings of the mean (a rough estimate; the signal chain does it properly)
+    if n < 10:
+        return 0
+    mean = sum(x[i] for i in range(n)) // n
+    hyst = (max(x[i] for i in range(n)) - min(x[i] for i in range(n))) // 8
+    beats = 0; above = x[0] > mean
+    first = last = -1
+    for i in range(1, n):
+        if above and x[i] < mean - hyst:
+            above = False; beats += 1
+            if first < 0: first = i
+            last = i
+        elif not above and x[i] > mean + hyst:
+            above = True
+    if beats < 2:
+        return 0
+    return (beats - 1) * 60 * n // ((last - first) * seconds)
+
+t_obj, t_amb = temperature()
+red, ir, n, lost, swapped = ppg(SECONDS)
+bpm = crude_pulse(ir, n, SECONDS)
+
+def dc(x): return sum(x[i] for i in range(n)) // n if n else 0
+def ac(x): return (max(x[i] for i in range(n)) - min(x[i] for i in range(n))) if n else 0
+
+oled.fill(0)
+oled.text('nabd', 0, 0)
+oled.text('self-test ' + ('OK' if ALL_OK else 'FAIL'), 40, 0)
+oled.big_text('%d.%d' % (t_obj // 100, (t_obj % 100) // 10), 0, 12, 2)
+oled.text('C', 66, 20)
+oled.text('%d' % bpm, 88, 12)
+oled.text('bpm', 88, 22)
+# the last 2 s of IR as a waveform (inverted: absorbance goes up with each beat)
+top, h = 36, 27
+oled.rect(0, top - 1, 128, h + 2, 1)
+m = min(n, 200)
+if m > 2:
+    seg = ir[n - m:n]
+    lo = min(seg); hi = max(seg); span = (hi - lo) or 1
+    px = py = -1
+    for i in range(m):
+        x = 1 + i * 125 // (m - 1)
+        y = top + ((seg[i] - lo) * (h - 1)) // span
+        if px >= 0:
+            oled.line(px, py, x, y, 1)
+        px, py = x, y
+oled.show()
+RESULT = {'t_obj_cc': t_obj, 't_amb_cc': t_amb, 'samples': n, 'lost': lost, 'swapped': swapped,
+          'pulse_bpm_rough': bpm, 'red_dc': dc(red), 'ir_dc': dc(ir), 'red_ac': ac(red), 'ir_ac': ac(ir),
+          'virtual_ms': clock.ticks_ms(), 'bus_transactions': board.i2c.transactions}
+"""
+
+
+def run_demo(out_dir: Path = DEFAULT_OUT, seconds: int = 4, bpm: int = 72, faults: tuple[str, ...] = (),
+             scale: int = 4) -> dict:
+    """Run the demo in a fresh MicroPython VM; returns self-test, measurement, screen (ASCII) and
+    the PNG path."""
+    from host.vm import MicroPythonError, MicroPythonVM, VMUnavailable
+
+    try:
+        with MicroPythonVM() as vm:
+            vm.exec("from hardware.sim.scenario import PulseScenario\n"
+                    f"scenario = PulseScenario(bpm={int(bpm)})\n")
+            checks = run_in_vm(vm, list(faults), "board", "scenario")
+            vm.exec(f"SECONDS = {int(seconds)}\nALL_OK = {all(c['ok'] for c in checks)}\n" + MEASURE)
+            result = vm.eval("RESULT")
+            frame = vm.eval("board.oled.frame().hex()")
+            contrast = vm.eval("board.oled.contrast")
+    except VMUnavailable as e:
+        raise CommandError(str(e), EXIT_DEVICE) from None
+    except MicroPythonError as e:
+        raise CommandError(f"the demo failed in MicroPython ({e.type}):\n{e.traceback}", EXIT_FAIL) from None
+    png = screenshot.to_png(frame, Path(out_dir) / "screen.png", scale=scale, contrast=contrast)
+    return {"ok": all(c["ok"] for c in checks), "selftest": checks, "measurement": result,
+            "screen": screenshot.ascii_art(frame), "screen_png": str(png), "bpm_scenario": bpm}
+
+
+def _print_report(r: dict) -> None:
+    print_table(r["selftest"], "sim", [])
+    m = r["measurement"]
+    print()
+    print(f"temperature (forehead, 8 reads): {m['t_obj_cc'] / 100:.2f} °C   ambient {m['t_amb_cc'] / 100:.2f} °C")
+    print(f"PPG: {m['samples']} samples, {m['lost']} lost; DC red {m['red_dc']} IR {m['ir_dc']}, "
+          f"AC red {m['red_ac']} IR {m['ir_ac']}" + ("; red/IR swapped, corrected" if m["swapped"] else ""))
+    print(f"pulse (rough, zero crossings): {m['pulse_bpm_rough']} bpm (scenario: {r['bpm_scenario']} bpm)")
+    print(f"virtual time {m['virtual_ms']} ms, {m['bus_transactions']} I2C transactions")
+    print()
+    print("OLED:")
+    print(r["screen"])
+    print(f"screenshot: {r['screen_png']}")
+
+
+def cmd_demo(args) -> int:
+    r = run_demo(Path(args.out), seconds=args.seconds, bpm=args.bpm, faults=tuple(args.fault or ()))
+    if args.json:
+        emit_json(r)
+    else:
+        _print_report(r)
+    return EXIT_OK if r["ok"] else EXIT_FAIL
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="the system on simulated hardware: self-test, a reading, the screen")
+    add_common(p, port=False)
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for screen.png (default build/demo)")
+    p.add_argument("--seconds", type=int, default=4, help="seconds of PPG to record (default 4)")
+    p.add_argument("--bpm", type=int, default=72, help="pulse rate of the simulated finger")
+    p.add_argument("--fault", action="append", choices=valid_faults(), metavar="NAME",
+                   help="inject a simulated fault (repeatable)")
+    p.set_defaults(func=cmd_demo)
