@@ -140,7 +140,7 @@ def assert_exactly_once(server, readings_per_device=3):
 
 def test_server_down_then_up_nothing_lost_nothing_duplicated(db_url, fhirserver):
     db = seeded(db_url)
-    fw = forwarder(db, fhirserver.base)
+    fw = forwarder(db, fhirserver.base, backoff_base=30.0, backoff_cap=60.0)
     # down: every partition head fails, nothing is marked sent, nothing deleted
     st = fw.run_once()
     assert st["sent"] == 0 and st["failed"] == len(DEVS)
