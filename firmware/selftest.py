@@ -85,6 +85,7 @@ class _Context:
         self.mlx = None
         self.max = None
         self.max_failed = None   # the named fault that stopped the MAX30102 checks
+        self.session = None      # (samples read, lost, elapsed us, expected rate) of the FIFO run
 
 
 # --- MLX90614 ---
@@ -93,8 +94,8 @@ def _mlx_bus(ctx):
     ctx.mlx = MLX90614(ctx.board.i2c, clock=ctx.clock, retries=0)
     m = ctx.mlx
     good = 0
-    faults = {}
-    first = {}
+    faults = {}  # type: dict
+    first = {}  # type: dict
     total = 2 * _READS
     for i in range(total):
         try:
@@ -124,9 +125,7 @@ def _mlx_bus(ctx):
 
 
 def _mlx_reading(ctx, what, lo_cc, hi_cc):
-    m = ctx.mlx or MLX90614(ctx.board.i2c, clock=ctx.clock)
-    # the production setting: bounded retries
-    m = MLX90614(ctx.board.i2c, clock=ctx.clock)
+    m = MLX90614(ctx.board.i2c, clock=ctx.clock)     # the production setting: bounded retries
     try:
         v = m.ambient_cc() if what == "Ta" else m.object_cc()
     except Exception as e:
@@ -197,7 +196,6 @@ def _max_session(ctx):
     clock = ctx.clock
     d.configure()
     d.read_fifo()                          # drain what accumulated during configuration
-    lost0 = d.lost if isinstance(d.lost, int) else 0
     total_lost = 0
     n = 0
     t0 = clock.ticks_us()
@@ -208,7 +206,7 @@ def _max_session(ctx):
         elapsed = clock.ticks_diff(clock.ticks_us(), t0)
         if elapsed >= _WINDOW_US:
             break
-    ctx.session = (n, total_lost - 0 * lost0, elapsed, _expected_rate(d))
+    ctx.session = (n, total_lost, elapsed, _expected_rate(d))
     return ctx.session
 
 
@@ -228,7 +226,7 @@ def _max_rate(ctx):
 
 
 def _max_overflow(ctx):
-    s = getattr(ctx, "session", None)
+    s = ctx.session
     if s is None:
         s = _max_session(ctx)
     n, lost, elapsed, rate = s
