@@ -62,7 +62,7 @@ class DatabaseConfig:
 @dataclass
 class IngestConfig:
     batch_max: int = 256           # messages per transaction at most
-    batch_ms: int = 20             # a batch waits at most this long for more messages
+    batch_ms: int = 5              # a batch waits at most this long after its first message
     queue_max: int = 2048          # bounded hand-off between the network thread and the writer
     receive_maximum: int = 1024    # MQTT 5: unacked messages the broker may have in flight to us
     future_skew_s: int = 300
@@ -72,14 +72,7 @@ class IngestConfig:
 class ApiConfig:
     listen: str = "127.0.0.1:8080"
     token_sha256: str = ""
-
-    @property
-    def host(self) -> str:
-        return self.listen.rsplit(":", 1)[0]
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
+    metrics_open: bool = False     # serve /metrics without the bearer token
 
 
 @dataclass
@@ -88,7 +81,9 @@ class FhirForwardConfig:
     url: str = ""
     token: str = ""
     batch: int = 50
-    timeout_s: float = 10.0
+    timeout_s: float = 15.0
+    backoff_base_s: float = 2.0
+    backoff_cap_s: float = 600.0
 
 
 @dataclass
@@ -215,9 +210,11 @@ def _validate(cfg: Config) -> None:
     if cfg.api.token_sha256 and not re.fullmatch(r"[0-9a-f]{64}", cfg.api.token_sha256):
         raise ConfigError("api.token_sha256: expected the 64 lowercase hex digits of a SHA-256")
     ing = cfg.ingest
-    for k in ("batch_max", "batch_ms", "queue_max", "receive_maximum"):
+    for k in ("batch_max", "queue_max", "receive_maximum"):
         if getattr(ing, k) < 1:
             raise ConfigError(f"[ingest] {k} must be at least 1")
+    if ing.batch_ms < 0:
+        raise ConfigError("[ingest] batch_ms must be >= 0")
     if ing.receive_maximum > 65535:
         raise ConfigError("[ingest] receive_maximum is at most 65535 (MQTT 5)")
     if cfg.fhir_forward.enabled and not cfg.fhir_forward.url:

@@ -1,0 +1,127 @@
+"""``nabd-gateway init --config FILE [--db URL] [--broker URL] [--listen HOST:PORT] [--json] [--force]``
+
+Writes a commented configuration with fresh secrets:
+- the admin (API) token: 32 random bytes, URL-safe; only its SHA-256 goes in the file, the token
+  itself is printed once (``--json``: ``{"admin_token": ...}``) and never stored;
+- the key-encryption key (KEK) that encrypts device keys at rest: 32 random bytes in hex, in a
+  separate file ``<config>.kek`` created with 0600 permissions and referenced from the config
+  (``NABD_KEK`` in the environment overrides it: keep the KEK off the disk where you can).
+Refuses to overwrite an existing configuration (or KEK file) unless ``--force``: a new KEK makes
+every stored device key unreadable.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from gateway.cli import CommandError
+from gateway.config import ConfigError, from_dict
+
+TEMPLATE = '''# nabd-gateway configuration (TOML), written by `nabd-gateway init`.
+# Secrets are not in this file: the admin token is stored as its SHA-256 only, and the
+# key-encryption key is in a separate 0600 file (or the NABD_KEK environment variable).
+
+[broker]
+# MQTT broker; mqtts://host:8883 for TLS (then set ca_file).
+url = "{broker}"
+# Fixed client id: the broker keeps this session (subscription + unacknowledged messages)
+# across restarts. Give every gateway process sharing the subscription its own id.
+client_id = "{client_id}"
+# Gateway broker account (may read readings/status, write ack/cmd); the password lives in a file.
+username = ""
+password_file = ""
+ca_file = ""
+keepalive = 30
+session_expiry_s = 86400
+
+[database]
+# sqlite:///PATH (relative to this file) or postgresql://user@host:port/dbname
+url = "{db}"
+
+[ingest]
+batch_max = 256        # readings per transaction at most
+batch_ms = 5           # wait at most this long after the first message for more
+queue_max = 2048       # bounded hand-off network thread -> writer (full: the consumer slows down)
+receive_maximum = 1024 # MQTT 5: unacknowledged messages the broker may send us at once
+future_skew_s = 300    # readings further in the future than this (synced clock) are rejected
+
+[api]
+listen = "{listen}"
+# SHA-256 (hex) of the admin bearer token printed by `init`.
+token_sha256 = "{token_sha256}"
+metrics_open = false
+
+[fhir_forward]
+# A national FHIR R4 server receiving transaction Bundles (retried until accepted).
+enabled = false
+url = ""
+token = ""
+timeout_s = 15.0
+backoff_base_s = 2.0
+backoff_cap_s = 600.0
+
+[observatory]
+# Daily device counts pushed here when set; cells counting fewer patients are suppressed.
+endpoint = ""
+suppress_below = 5
+
+[security]
+# 64 hex digits, file mode 0600; NABD_KEK in the environment takes precedence.
+kek_file = "{kek_file}"
+# After `devices rotate-key`, the old key version stays valid this long (readings in the device outbox).
+key_grace_hours = 72.0
+'''
+
+
+def _write_private(path: Path, text: str, force: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def run(args) -> int:
+    cfg_path = Path(args.config)
+    kek_path = cfg_path.with_name(cfg_path.name + ".kek")
+    for p in (cfg_path, kek_path):
+        if p.exists() and not args.force:
+            raise CommandError(f"{p} already exists; use --force to overwrite (a new key-encryption key "
+                               "makes the stored device keys unreadable)", 1)
+    token = secrets.token_urlsafe(32)
+    db = args.db or f"sqlite:///{cfg_path.stem}.db"
+    text = TEMPLATE.format(broker=args.broker, client_id=f"nabd-gateway-{secrets.token_hex(4)}", db=db,
+                           listen=args.listen, token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+                           kek_file=kek_path.name)
+    import tomllib
+
+    try:
+        from_dict(tomllib.loads(text), cfg_path)
+    except ConfigError as e:
+        raise CommandError(f"invalid option: {e}", 2) from None
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(kek_path, secrets.token_hex(32) + "\n", args.force)
+    _write_private(cfg_path, text, args.force)
+    if args.json:
+        from host.cli import emit_json
+
+        emit_json({"admin_token": token, "config": str(cfg_path), "kek_file": str(kek_path)})
+    else:
+        print(f"wrote {cfg_path} and {kek_path} (0600)")
+        print("admin token (shown once, store it safely):", file=sys.stderr)
+        print(token)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("init", help="write a configuration with fresh secrets")
+    p.add_argument("--config", required=True, help="configuration file to write")
+    p.add_argument("--db", default=None, help="database URL (default sqlite:///<config name>.db beside it)")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL mqtt[s]://host:port")
+    p.add_argument("--listen", default="127.0.0.1:8080", help="API listen address HOST:PORT")
+    p.add_argument("--force", action="store_true", help="overwrite an existing configuration and KEK")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)

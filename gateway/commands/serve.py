@@ -1,0 +1,72 @@
+"""``nabd-gateway serve --config FILE [--client-id ID] [--no-api]``
+
+Runs the ingest (gateway/ingest.py), and, when G-records' modules are present, the HTTP API
+(gateway/api.py) and the forwarder (gateway/forward.py) when a FHIR server or an observatory
+endpoint is configured. SIGTERM / SIGINT: stop taking messages, drain the queue (commit + ack),
+stop the threads, exit 0. Logs go to stderr and never contain keys, tokens or payloads.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import signal
+import threading
+
+from gateway.cli import CommandError
+from gateway.commands._common import EXIT_CONN, add_config, kek, open_config
+
+log = logging.getLogger("nabd.gateway")
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def run(args) -> int:
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("nabd.gateway.mqtt").setLevel(logging.WARNING)
+    cfg, db = open_config(args)
+    kek(cfg)  # fail now with a clear message if the KEK is missing
+    from gateway.ingest import Ingest
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    ingest = Ingest(cfg, db, client_id=args.client_id)
+    try:
+        ingest.start()
+    except OSError as e:
+        raise CommandError(f"cannot start ingest: {e}", EXIT_CONN) from None
+    api = forwarder = None
+    if not args.no_api and _has("gateway.api"):
+        from gateway.api import start_api
+
+        api = start_api(cfg, db)
+        log.info("API listening on %s", cfg.api.listen)
+    if _has("gateway.forward") and (cfg.fhir_forward.enabled or cfg.observatory.endpoint):
+        from gateway.forward import Forwarder
+
+        forwarder = Forwarder(cfg, db).start()
+        log.info("forwarder started")
+    log.info("gateway serving (client id %s, database %s)", ingest.client_id, db.dialect)
+    while not stop.wait(0.5):
+        pass
+    log.info("stopping: draining %d queued message(s)", ingest.queue.qsize())
+    ingest.stop()
+    if forwarder is not None:
+        forwarder.stop()
+    if api is not None:
+        api.shutdown()
+    log.info("stopped; %d reading(s) committed in this run", ingest.committed)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="run the gateway: ingest, API, forwarder")
+    add_config(p)
+    p.add_argument("--client-id", default=None, help="MQTT client id (default [broker] client_id)")
+    p.add_argument("--no-api", action="store_true", help="do not start the HTTP API")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=run)

@@ -1,0 +1,253 @@
+"""Ingest: MQTT 5 shared subscription -> bounded queue -> batch writer -> commit -> acks.
+
+Threads and their only jobs:
+
+- paho's network thread (``loop_start``): ``on_message`` wraps the message (topic, bytes, mid,
+  receipt time, connection epoch) and puts it in a bounded ``queue.Queue``. It never touches the
+  database. When the queue is full ``put`` blocks, paho stops reading the socket and TCP pushes
+  back on the broker, which keeps the messages (nothing is dropped here). Before that, MQTT 5's
+  Receive Maximum (``[ingest] receive_maximum``) already caps the unacknowledged messages the
+  broker sends us.
+- the writer thread: takes up to ``batch_max`` messages (waiting at most ``batch_ms`` after the
+  first), runs ``Store.process`` (verify + store in ONE transaction, see gateway/store.py), and
+  only after the commit acknowledges each message to the broker (``client.ack(mid, qos)``, paho
+  ``manual_ack``) and publishes the signed ``ack`` to each device. Rejected messages are committed
+  to quarantine first and then acknowledged, so the broker does not redeliver them forever.
+
+A message is acknowledged only on the connection it came from (a ``mid`` is meaningless on the
+next one): after a reconnect, the broker redelivers what we had not acknowledged, the store sees
+the same bytes and answers "duplicate", and the ack goes out again. A SIGKILL therefore loses
+nothing: every message not yet committed was not acknowledged either.
+
+A database error (locked, connection lost) leaves the batch unacknowledged and is retried with
+backoff on a fresh connection; a message that makes the store raise anything else is isolated
+and quarantined (``malformed``, "gateway error") rather than blocking the queue.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import socket
+import threading
+import time
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gateway import metrics
+from gateway.config import Config
+from gateway.db import Database
+from gateway.store import BatchResult, Message, Store
+
+log = logging.getLogger("nabd.gateway.ingest")
+
+SHARE_GROUP = "nabd-gateway"
+READING_FILTER = "nabd/v1/dev/+/reading"
+SUBSCRIPTION = f"$share/{SHARE_GROUP}/{READING_FILTER}"
+UTC = dt.timezone.utc
+
+
+def default_client_id() -> str:
+    return f"nabd-gateway-{socket.gethostname()}"[:64]
+
+
+def _db_errors() -> tuple[type[BaseException], ...]:
+    import sqlite3
+
+    from gateway.db import DatabaseError
+
+    errs: list[type[BaseException]] = [sqlite3.OperationalError, DatabaseError]
+    try:
+        import psycopg
+
+        errs += [psycopg.OperationalError, psycopg.InterfaceError]
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+class Ingest:
+    def __init__(self, config: Config, db: Database | None = None, *, client_id: str | None = None,
+                 on_batch: Callable[[list[Message], BatchResult], None] | None = None):
+        self.config = config
+        self.db = db or Database(config.database.url)
+        ic = config.ingest
+        self.batch_max, self.batch_ms = ic.batch_max, ic.batch_ms
+        self.queue: queue.Queue[Message] = queue.Queue(maxsize=ic.queue_max)
+        self.store = Store(self.db, config.security.kek(), forward=config.fhir_forward.enabled,
+                           skew=ic.future_skew_s)
+        self.client_id = client_id or config.broker.client_id or default_client_id()
+        self.on_batch = on_batch
+        self.epoch = 0
+        self.connected = threading.Event()
+        self._closing = threading.Event()
+        self._stopped = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._conn = None
+        self.client = self._make_client()
+        self.committed = 0
+
+    # -- MQTT ------------------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        bc = self.config.broker
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
+                        manual_ack=True)
+        if bc.username:
+            c.username_pw_set(bc.username, bc.password())
+        if bc.tls:
+            c.tls_set(ca_certs=bc.ca_file or None)
+        c.max_inflight_messages_set(1000)
+        c.reconnect_delay_set(0.1, 5)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.enable_logger(logging.getLogger("nabd.gateway.mqtt"))
+        return c
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        self.epoch += 1
+        client.subscribe(SUBSCRIPTION, options=SubscribeOptions(qos=1))
+        log.info("connected to %s:%s as %s (session present: %s)", self.config.broker.host,
+                 self.config.broker.port, self.client_id, flags.session_present)
+        self.connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        if not self._closing.is_set():
+            log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        if self._closing.is_set():
+            return  # not acknowledged: the broker redelivers it to this session or another gateway
+        m = Message(msg.topic, bytes(msg.payload), dt.datetime.now(UTC), msg.mid, msg.qos, self.epoch,
+                    time.monotonic())
+        self.queue.put(m)  # blocks when full: backpressure, never a drop
+
+    def start(self) -> "Ingest":
+        self.db.migrate()
+        self._conn = self.db.open()
+        self._writer = threading.Thread(target=self._write_loop, name="nabd-writer", daemon=True)
+        self._writer.start()
+        bc = self.config.broker
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = bc.session_expiry_s
+        props.ReceiveMaximum = self.config.ingest.receive_maximum
+        self.client.connect_async(bc.host, bc.port, keepalive=bc.keepalive, clean_start=False, properties=props)
+        self.client.loop_start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful: stop taking messages, drain the queue (commit + ack), disconnect."""
+        self._closing.set()
+        end = time.monotonic() + timeout
+        while not self.queue.empty() and time.monotonic() < end and self._writer and self._writer.is_alive():
+            time.sleep(0.02)
+        self._stopped.set()
+        if self._writer:
+            self._writer.join(timeout=max(1.0, end - time.monotonic()))
+        time.sleep(0.05)  # let paho flush the last PUBACKs and acks
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+
+    # -- writer ----------------------------------------------------------------------------------
+    def _take_batch(self) -> list[Message]:
+        try:
+            first = self.queue.get(timeout=0.1)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.batch_ms / 1000.0
+        while len(batch) < self.batch_max:
+            try:
+                batch.append(self.queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(self.queue.get(timeout=left))
+            except queue.Empty:
+                break
+        return batch
+
+    def _write_loop(self) -> None:
+        while not (self._stopped.is_set() and self.queue.empty()):
+            batch = self._take_batch()
+            metrics.QUEUE_DEPTH.set(self.queue.qsize())
+            if batch:
+                self._commit(batch)
+
+    def _commit(self, batch: list[Message]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                if self._conn is None:
+                    self._conn = self.db.open()
+                result = self._process(batch)
+                break
+            except _db_errors() as e:
+                log.error("database error, batch of %d kept unacknowledged, retrying: %s", len(batch), e)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self._reopen()
+        self.committed += sum(1 for v in result.verdicts if v.kind == "accept")
+        metrics.BATCHES.inc()
+        epoch = self.epoch
+        for m in batch:
+            if m.qos > 0 and m.epoch == epoch:
+                self.client.ack(m.mid, m.qos)
+        for t, body in result.acks:
+            self.client.publish(t, body, qos=1)
+            metrics.ACKS_SENT.inc()
+        if self.on_batch:
+            self.on_batch(batch, result)
+
+    def _process(self, batch: list[Message]) -> BatchResult:
+        try:
+            return self.store.process(self._conn, batch)
+        except _db_errors():
+            raise
+        except Exception:
+            if len(batch) == 1:
+                log.exception("store failed on one message; quarantining it")
+                return self._quarantine_error(batch[0])
+            out = BatchResult()
+            for m in batch:  # isolate the message that breaks the store
+                r = self._process([m])
+                out.verdicts += r.verdicts
+                out.acks += r.acks
+            return out
+
+    def _quarantine_error(self, m: Message) -> BatchResult:
+        from gateway.verify import reject
+
+        v = reject("malformed", "gateway error while storing this message (see the gateway log)")
+        conn = self._conn
+        self.db.begin(conn)
+        conn.execute(self.db.sql("INSERT INTO quarantine (received_at, reason, topic, device_hint, raw, detail) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)"),
+                     (m.received_at, v.reason, m.topic[:512], None, m.raw[:4096], v.detail))
+        conn.commit()
+        metrics.QUARANTINE.inc(reason=v.reason)
+        return BatchResult([v], [])
+
+    def _reopen(self) -> None:
+        try:
+            self._conn.close()
+        except Exception:
+            pass
+        self._conn = None  # reopened by the next attempt

@@ -1,0 +1,239 @@
+"""The store transaction: verify a batch of messages and file it in ONE database transaction.
+
+``Store(db, kek, forward=...).process(conn, messages) -> BatchResult`` (``conn`` from ``db.open()``):
+
+1. BEGIN (SQLite: ``BEGIN IMMEDIATE``, the write lock is taken before anything is read);
+2. one query loads the keys of every device named in the batch, one the stored (device, seq)
+   digests; ``verify.verify`` judges each message against those and against readings accepted
+   earlier in the same batch (a duplicate within a batch is a duplicate, other bytes a replay);
+3. accepted readings are inserted with ``INSERT ... ON CONFLICT (device_id, seq) DO NOTHING``: when
+   another gateway process committed the same (device, seq) meanwhile, the insert returns no row
+   and the stored digest decides duplicate or replay: the unique constraint is the final guard;
+4. their FHIR Observations (``gateway.fhir.observations_for_reading``), the patient token, one
+   ``fhir`` outbox row (when forwarding is enabled), quarantine rows, security events and the
+   devices' ``last_seen_at`` go in the same transaction; COMMIT.
+
+Only after COMMIT does the caller acknowledge anything (broker PUBACK, signed device ack): the
+acks are returned in ``BatchResult.acks`` as (topic, signed bytes).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import jws, metrics
+from gateway.db import Database
+from gateway.secrets import DeviceKey, decrypt_key
+from gateway.verify import FUTURE_SKEW_S, KeyRecord, Parsed, Verdict, parse, reject, verify
+
+UTC = dt.timezone.utc
+RAW_LIMIT = 4096
+
+
+@dataclass(slots=True)
+class Message:
+    topic: str
+    raw: bytes
+    received_at: dt.datetime
+    mid: int = 0
+    qos: int = 1
+    epoch: int = 0                 # connection generation: a mid is only valid on its own connection
+    t0: float = 0.0                # time.monotonic() at arrival (latency metrics)
+
+
+@dataclass
+class BatchResult:
+    verdicts: list[Verdict] = field(default_factory=list)
+    acks: list[tuple[str, bytes]] = field(default_factory=list)   # (topic, signed ack) to publish
+
+
+def _as_utc(v: Any) -> dt.datetime | None:
+    if v is None:
+        return None
+    if isinstance(v, dt.datetime):
+        return v if v.tzinfo else v.replace(tzinfo=UTC)
+    return dt.datetime.fromisoformat(str(v))
+
+
+def _observations(payload: dict, received_at: dt.datetime) -> list[dict]:
+    try:
+        from gateway.fhir import observations_for_reading
+    except ImportError:  # G-records' module not there yet: readings only
+        return []
+    return observations_for_reading(payload, received_at)
+
+
+def _bundle(resources: list[dict]) -> dict:
+    from gateway.fhir import transaction_bundle
+
+    return transaction_bundle(resources)
+
+
+class Store:
+    def __init__(self, db: Database, kek: bytes, forward: bool = False, skew: int = FUTURE_SKEW_S):
+        self.db = db
+        self._kek = kek
+        self.forward = forward
+        self.skew = skew
+        self._decrypted: dict[tuple[str, int, bytes], DeviceKey] = {}
+        q = db.sql
+        pg = db.dialect == "postgresql"
+        self._ins_reading = q("INSERT INTO readings (device_id, seq, sha256, raw, ts, ts_ok, received_at, "
+                              "patient_id, fw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                              "ON CONFLICT (device_id, seq) DO NOTHING RETURNING id")
+        self._ins_obs = q("INSERT INTO observations (reading_id, device_id, patient_id, code, value, unit, q, "
+                          "effective_at, resource) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        self._ins_patient = q("INSERT INTO patients (id, created_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING")
+        self._ins_outbox = q("INSERT INTO outbox (kind, partition_key, body, created_at, attempts, next_attempt_at) "
+                             "VALUES ('fhir', ?, ?, ?, 0, ?)")
+        self._ins_quarantine = q("INSERT INTO quarantine (received_at, reason, topic, device_hint, raw, detail) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)")
+        self._ins_event = q("INSERT INTO security_events (at, device_id, kind, detail) VALUES (?, ?, ?, ?)")
+        self._upd_device = q("UPDATE devices SET last_seen_at = ?, fw = ?, cal_id = ?, cal_date = ? WHERE id = ?")
+        self._pg = pg
+
+    # -- look-ups (one query each per batch) ---------------------------------------------------
+    def load_keys(self, conn: Any, devices: set[str], now: dt.datetime) -> dict[tuple[str, int], KeyRecord]:
+        if not devices:
+            return {}
+        marks = ",".join("?" * len(devices))
+        rows = conn.execute(self.db.sql(
+            "SELECT d.id, d.status, k.key_version, k.key_enc, k.revoked_at FROM devices d "
+            f"JOIN device_keys k ON k.device_id = d.id WHERE d.id IN ({marks})"), tuple(devices)).fetchall()
+        out = {}
+        for dev, status, ver, enc, revoked_at in rows:
+            enc = bytes(enc)
+            ck = (dev, int(ver), enc)
+            key = self._decrypted.get(ck)
+            if key is None:
+                key = self._decrypted[ck] = decrypt_key(self._kek, dev, int(ver), enc)
+            ra = _as_utc(revoked_at)
+            if status != "active":
+                out[(dev, int(ver))] = KeyRecord(key, True, f"device {dev} is {status}")
+            elif ra is not None and ra <= now:
+                out[(dev, int(ver))] = KeyRecord(key, True, f"key {dev}/{ver} revoked at {ra.isoformat()}")
+            else:
+                out[(dev, int(ver))] = KeyRecord(key)
+        return out
+
+    def load_seen(self, conn: Any, pairs: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        if not pairs:
+            return {}
+        values = ",".join(["(?, ?)"] * len(pairs))
+        params = [x for p in pairs for x in p]
+        rows = conn.execute(self.db.sql(
+            f"SELECT device_id, seq, sha256 FROM readings WHERE (device_id, seq) IN (VALUES {values})"),
+            params).fetchall()
+        return {(d, int(s)): h for d, s, h in rows}
+
+    def stored_digest(self, conn: Any, dev: str, seq: int) -> str | None:
+        row = conn.execute(self.db.sql("SELECT sha256 FROM readings WHERE device_id = ? AND seq = ?"),
+                           (dev, seq)).fetchone()
+        return row[0] if row else None
+
+    # -- the transaction --------------------------------------------------------------------------
+    def process(self, conn: Any, messages: list[Message], now: float | None = None) -> BatchResult:
+        """Verify and store ``messages`` in one transaction, committed on return."""
+        try:
+            result = self._process(conn, messages, time.time() if now is None else now)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        self._count(result.verdicts)
+        return result
+
+    def _process(self, conn: Any, messages: list[Message], now: float) -> BatchResult:
+        self.db.begin(conn)
+        now_dt = dt.datetime.fromtimestamp(now, UTC)
+        parsed: list[Parsed | Verdict] = [parse(m.raw, m.topic) for m in messages]
+        devices = {p.kid_device for p in parsed if isinstance(p, Parsed)}
+        pairs = set()
+        for p in parsed:
+            if isinstance(p, Parsed):
+                s = p.payload.get("seq")
+                if isinstance(s, int) and not isinstance(s, bool) and 1 <= s < 2**63:
+                    pairs.add((p.kid_device, s))
+        keys = self.load_keys(conn, devices, now_dt)
+        seen = self.load_seen(conn, pairs)
+
+        verdicts: list[Verdict] = []
+        for m, p in zip(messages, parsed, strict=True):
+            v = verify(m.raw, m.topic, lambda d, k: keys.get((d, k)), lambda d, s: seen.get((d, s)), now,
+                       self.skew, parsed=p)
+            if v.kind == "accept":
+                try:
+                    obs = _observations(v.payload, m.received_at)
+                except ValueError as e:  # fhir.MappingError: verification should have caught it
+                    v = reject("invalid", f"cannot map to FHIR: {e}", v.device, seq=v.seq)
+                else:
+                    v = self._insert(conn, m, v, obs)
+                    if v.kind == "accept":
+                        seen[(v.device, v.seq)] = v.sha256
+            verdicts.append(v)
+
+        last: dict[str, dict] = {}
+        for m, v in zip(messages, verdicts, strict=True):
+            if v.kind == "reject":
+                conn.execute(self._ins_quarantine, (m.received_at, v.reason, m.topic[:512], v.device,
+                                                    bytes(m.raw[:RAW_LIMIT]), v.detail))
+                if v.reason in ("replay", "bad_signature"):
+                    conn.execute(self._ins_event, (now_dt, v.device, v.reason, v.detail))
+            elif v.kind == "accept":
+                last[v.device] = v.payload
+        for dev, p in last.items():
+            cal = p.get("cal") or {}
+            conn.execute(self._upd_device, (now_dt, p["fw"], cal.get("id"), cal.get("date"), dev))
+
+        acks: dict[tuple[str, int], list[int]] = {}
+        for v in verdicts:
+            if v.kind in ("accept", "duplicate"):
+                acks.setdefault((v.device, v.key_version), []).append(v.seq)
+        out = []
+        for (dev, ver), seqs in acks.items():
+            rec = keys[(dev, ver)]
+            body = {"v": 1, "dev": dev, "seqs": sorted(set(seqs)), "ts": int(now)}
+            out.append((f"nabd/v1/dev/{dev}/ack", jws.sign(rec.key.secret, jws.TYP_ACK, f"{dev}/{ver}", body)))
+        return BatchResult(verdicts, out)
+
+    def _insert(self, conn: Any, m: Message, v: Verdict, obs: list[dict]) -> Verdict:
+        p = v.payload
+        patient = p.get("patient")
+        row = conn.execute(self._ins_reading, (v.device, v.seq, v.sha256, bytes(m.raw), p["ts"], p["ts_ok"],
+                                               m.received_at, patient, p["fw"])).fetchone()
+        if row is None:  # another gateway process committed this (device, seq) meanwhile
+            prior = self.stored_digest(conn, v.device, v.seq)
+            if prior == v.sha256:
+                return Verdict("duplicate", device=v.device, seq=v.seq, key_version=v.key_version, sha256=v.sha256)
+            return reject("replay", f"seq {v.seq} already stored with other bytes", v.device, seq=v.seq,
+                          key_version=v.key_version)
+        reading_id = row[0]
+        if patient:
+            conn.execute(self._ins_patient, (patient, m.received_at))
+        if obs:
+            eff = dt.datetime.fromtimestamp(p["ts"], UTC) if p["ts_ok"] else m.received_at
+            by_code = {o["code"]: o for o in p["obs"]}
+            rows = []
+            for r in obs:
+                code = r["identifier"][0]["value"].rsplit("/", 1)[1]
+                o = by_code[code]
+                rows.append((reading_id, v.device, patient, code, o["value"], o["unit"], o["q"], eff,
+                             json.dumps(r, separators=(",", ":"))))
+            conn.cursor().executemany(self._ins_obs, rows)
+            if self.forward:
+                body = json.dumps(_bundle(obs), separators=(",", ":"))
+                conn.execute(self._ins_outbox, (v.device, body, m.received_at, m.received_at))
+        return v
+
+    @staticmethod
+    def _count(verdicts: list[Verdict]) -> None:
+        for v in verdicts:
+            if v.kind == "accept":
+                metrics.READINGS_ACCEPTED.inc()
+            elif v.kind == "duplicate":
+                metrics.READINGS_DUPLICATE.inc()
+            else:
+                metrics.QUARANTINE.inc(reason=v.reason)

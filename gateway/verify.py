@@ -1,0 +1,264 @@
+"""Verification of one reading message, in the order of docs/protocol.md.
+
+``verify(raw, topic, keys, seen, now) -> Verdict`` is pure: the two database look-ups come in as
+callables, so the batch writer can answer them from one query per batch (and from readings
+accepted earlier in the same batch), and unit tests from dicts.
+
+  keys(device_id, key_version) -> KeyRecord | None
+  seen(device_id, seq)         -> sha256 hex of the stored reading's bytes | None
+
+Order: 1 size, shape; 2 device and key (unknown / revoked); 3 HMAC (constant time);
+4 topic/kid/dev agreement; 5 duplicate (same bytes) or replay (other bytes) on (dev, seq);
+6 values (schema, units, ranges, future skew). Only then may anything be stored.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from gateway.jws import TYP_READING, b64url_decode
+from gateway.secrets import DeviceKey
+
+MAX_BYTES = 2048
+FUTURE_SKEW_S = 300
+REASONS = ("oversized", "malformed", "unknown_device", "revoked", "bad_signature", "topic_mismatch",
+           "replay", "invalid", "future_ts")
+
+DEVICE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,39}$")
+PATIENT_RE = re.compile(r"^[A-Za-z0-9_-]{4,64}$")
+_KID_RE = re.compile(r"^([a-z0-9][a-z0-9-]{2,39})/([1-9][0-9]{0,8})$")
+_TOPIC_RE = re.compile(r"^nabd/v1/dev/([^/]+)/reading$")
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+# code -> (unit, low, high)
+RANGES = {"temp": ("Cel", 25.0, 45.0), "spo2": ("%", 50, 100), "hr": ("/min", 25, 250), "pi": ("%", 0.02, 20)}
+SITES = ("forehead", "finger", "forehead+finger")
+OBS_SITES = ("forehead", "finger")
+FLAGS = ("fever", "hypothermia", "low_spo2", "tachycardia", "bradycardia", "stale")
+_REQUIRED = ("v", "dev", "seq", "ts", "ts_ok", "up", "fw", "cal", "site", "obs", "flags")
+_ALLOWED = frozenset(_REQUIRED + ("patient",))
+_OBS_KEYS = frozenset(("code", "value", "unit", "q", "site"))
+_MAX_INT = 2**53
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A device's key version as the database knows it; ``revoked`` when the device is revoked or
+    this key version's ``revoked_at`` has passed."""
+    key: DeviceKey
+    revoked: bool = False
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    kind: str                       # 'accept' | 'duplicate' | 'reject'
+    reason: str = ""                # a REASONS member when rejected
+    detail: str = ""
+    device: str | None = None       # the device it concerns (a hint only when rejected early)
+    seq: int | None = None
+    key_version: int | None = None
+    sha256: str = ""
+    payload: dict | None = None     # the verified payload when accepted
+
+    @property
+    def ok(self) -> bool:
+        return self.kind != "reject"
+
+
+def reject(reason: str, detail: str, device: str | None = None, **kw: Any) -> Verdict:
+    assert reason in REASONS, reason
+    return Verdict("reject", reason, detail, device, **kw)
+
+
+class _Malformed(ValueError):
+    pass
+
+
+def _no_constants(name: str):
+    raise _Malformed(f"JSON constant {name} is not allowed")
+
+
+def _unique_pairs(pairs):
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise _Malformed(f"duplicate JSON member {k!r}")
+        d[k] = v
+    return d
+
+
+def _json_object(data: bytes, what: str) -> dict:
+    try:
+        obj = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_pairs, parse_constant=_no_constants)
+    except _Malformed as e:
+        raise _Malformed(f"{what}: {e}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _Malformed(f"{what} is not UTF-8 JSON ({type(e).__name__})") from None
+    if not isinstance(obj, dict):
+        raise _Malformed(f"{what} is not a JSON object")
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """The result of step 1 (size and shape): nothing here is authenticated yet."""
+    signing_input: bytes
+    signature: bytes
+    payload: dict
+    kid_device: str
+    kid_version: int
+
+
+def topic_device(topic: str) -> str | None:
+    m = _TOPIC_RE.match(topic or "")
+    return m.group(1) if m else None
+
+
+def parse(raw: bytes, topic: str = "") -> Parsed | Verdict:
+    """Step 1: size and shape. Returns Parsed, or a reject Verdict (oversized / malformed)."""
+    hint = topic_device(topic)
+    if len(raw) > MAX_BYTES:
+        return reject("oversized", f"{len(raw)} bytes > {MAX_BYTES}", hint)
+    parts = bytes(raw).split(b".")
+    if len(parts) != 3:
+        return reject("malformed", f"{len(parts)} dot-separated parts, expected 3", hint)
+    try:
+        header = _json_object(b64url_decode(parts[0]), "header")
+        if set(header) != {"alg", "kid", "typ"}:
+            raise _Malformed(f"header members {sorted(header)}, expected exactly alg, kid, typ")
+        if header["alg"] != "HS256":
+            raise _Malformed(f"alg {header['alg']!r} is not HS256")
+        if header["typ"] != TYP_READING:
+            raise _Malformed(f"typ {header['typ']!r} is not {TYP_READING}")
+        kid = header["kid"]
+        m = _KID_RE.match(kid) if isinstance(kid, str) else None
+        if not m:
+            raise _Malformed(f"kid {kid!r} is not device/key_version")
+        payload = _json_object(b64url_decode(parts[1]), "payload")
+        signature = b64url_decode(parts[2])
+        if len(signature) != 32:
+            raise _Malformed(f"signature is {len(signature)} bytes, HS256 gives 32")
+    except _Malformed as e:
+        return reject("malformed", str(e), hint)
+    except ValueError as e:  # base64url errors
+        return reject("malformed", f"bad base64url part: {e}", hint)
+    return Parsed(parts[0] + b"." + parts[1], signature, payload, m.group(1), int(m.group(2)))
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check_values(p: dict, now: float, skew: int = FUTURE_SKEW_S) -> tuple[str, str] | None:
+    """Step 6: (reason, detail) when the payload's values are wrong, else None."""
+    missing = [k for k in _REQUIRED if k not in p]
+    if missing:
+        return "invalid", f"missing field(s) {missing}"
+    extra = set(p) - _ALLOWED
+    if extra:
+        return "invalid", f"unknown field(s) {sorted(extra)}"
+    if p["v"] != 1 or not _is_int(p["v"]):
+        return "invalid", f"protocol version {p['v']!r}, expected 1"
+    if not _is_int(p["ts"]) or not 0 <= p["ts"] < _MAX_INT:
+        return "invalid", "ts is not a non-negative integer"
+    if not isinstance(p["ts_ok"], bool):
+        return "invalid", "ts_ok is not a boolean"
+    if not _is_int(p["up"]) or not 0 <= p["up"] < _MAX_INT:
+        return "invalid", "up is not a non-negative integer"
+    if not isinstance(p["fw"], str) or not 1 <= len(p["fw"]) <= 32:
+        return "invalid", "fw is not a short string"
+    cal = p["cal"]
+    if cal is not None:
+        if not isinstance(cal, dict) or set(cal) != {"id", "date"} or not isinstance(cal["id"], str) \
+                or not 1 <= len(cal["id"]) <= 64 or not isinstance(cal["date"], str) or not _DATE_RE.match(cal["date"]):
+            return "invalid", "cal is not null or {id, date YYYY-MM-DD}"
+        try:
+            dt.date.fromisoformat(cal["date"])
+        except ValueError:
+            return "invalid", f"cal.date {cal['date']!r} is not a date"
+    if "patient" in p and (not isinstance(p["patient"], str) or not PATIENT_RE.match(p["patient"])):
+        return "invalid", "patient is not a token ^[A-Za-z0-9_-]{4,64}$"
+    if p["site"] not in SITES:
+        return "invalid", f"site {p['site']!r} not in {SITES}"
+    flags = p["flags"]
+    if not isinstance(flags, list) or any(f not in FLAGS for f in flags if isinstance(f, str)) \
+            or not all(isinstance(f, str) for f in flags):
+        return "invalid", f"flags must be a list of {FLAGS}"
+    obs = p["obs"]
+    if not isinstance(obs, list) or not 1 <= len(obs) <= 4:
+        return "invalid", "obs must be a list of 1 to 4 items"
+    codes = set()
+    for o in obs:
+        if not isinstance(o, dict) or not {"code", "value", "unit", "q"} <= set(o) or set(o) - _OBS_KEYS:
+            return "invalid", "an obs item is not {code, value, unit, q[, site]}"
+        code = o["code"]
+        if code not in RANGES:
+            return "invalid", f"obs code {code!r} not in {tuple(RANGES)}"
+        if code in codes:
+            return "invalid", f"obs code {code!r} appears twice"
+        codes.add(code)
+        unit, lo, hi = RANGES[code]
+        if o["unit"] != unit:
+            return "invalid", f"{code}: unit {o['unit']!r}, expected {unit!r}"
+        v = o["value"]
+        if not _is_num(v):
+            return "invalid", f"{code}: value is not a number"
+        if not lo <= v <= hi:
+            return "invalid", f"{code}: value {v} outside {lo}..{hi} {unit}"
+        if not _is_num(o["q"]) or not 0 <= o["q"] <= 1:
+            return "invalid", f"{code}: q is not a number in 0..1"
+        if "site" in o and o["site"] not in OBS_SITES:
+            return "invalid", f"{code}: site {o['site']!r} not in {OBS_SITES}"
+    if p["ts_ok"] and p["ts"] > now + skew:
+        return "future_ts", f"ts {p['ts']} is {p['ts'] - now:.0f} s in the future (> {skew} s)"
+    return None
+
+
+def verify(raw: bytes, topic: str, keys: Callable[[str, int], KeyRecord | None],
+           seen: Callable[[str, int], str | None], now: float, skew: int = FUTURE_SKEW_S,
+           parsed: Parsed | Verdict | None = None) -> Verdict:
+    """The verdict on one message (``parsed``: the result of ``parse`` when already computed)."""
+    p = parsed if parsed is not None else parse(raw, topic)
+    if isinstance(p, Verdict):
+        return p
+    dev, ver = p.kid_device, p.kid_version
+    # 2 device and key
+    rec = keys(dev, ver)
+    if rec is None:
+        return reject("unknown_device", f"no device/key {dev}/{ver}", dev)
+    if rec.revoked:
+        return reject("revoked", rec.why or f"key {dev}/{ver} revoked", dev)
+    # 3 signature, constant time, over the exact bytes received
+    expected = hmac.new(rec.key.secret, p.signing_input, hashlib.sha256).digest()
+    if not hmac.compare_digest(expected, p.signature):
+        return reject("bad_signature", f"HMAC does not verify under {dev}/{ver}", dev)
+    # 4 agreement
+    tdev = topic_device(topic)
+    pdev = p.payload.get("dev")
+    if not (tdev == dev == pdev):
+        return reject("topic_mismatch", f"topic device {tdev!r}, kid device {dev!r}, payload dev {pdev!r}", dev)
+    # 5 duplicate / replay on (dev, seq)
+    seq = p.payload.get("seq")
+    if not _is_int(seq) or not 1 <= seq < 2**63:
+        return reject("invalid", "seq is not an integer >= 1", dev)
+    digest = hashlib.sha256(raw).hexdigest()
+    prior = seen(dev, seq)
+    if prior is not None:
+        if hmac.compare_digest(prior, digest):
+            return Verdict("duplicate", device=dev, seq=seq, key_version=ver, sha256=digest)
+        return reject("replay", f"seq {seq} already stored with other bytes", dev, seq=seq, key_version=ver)
+    # 6 values
+    bad = check_values(p.payload, now, skew)
+    if bad:
+        return reject(bad[0], bad[1], dev, seq=seq, key_version=ver)
+    return Verdict("accept", device=dev, seq=seq, key_version=ver, sha256=digest, payload=p.payload)
