@@ -103,7 +103,18 @@ class Forwarder:
                     break
         self.sent += stats["sent"]
         self.failed += stats["failed"]
+        self._publish_pending()
         return stats
+
+    def _publish_pending(self) -> None:
+        """Set G-core's ``nabd_forward_pending`` gauge (rows not yet accepted)."""
+        try:
+            from gateway.metrics import REGISTRY
+        except ImportError:
+            return
+        gauge = REGISTRY.get("nabd_forward_pending")
+        if gauge is not None:
+            gauge.set(self.pending())
 
     def _claim(self, r: dict, now: dt.datetime) -> bool:
         lease = rs.to_iso(now + dt.timedelta(seconds=self.timeout + 30))

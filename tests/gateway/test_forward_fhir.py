@@ -154,6 +154,8 @@ def test_server_down_then_up_nothing_lost_nothing_duplicated(db_url, fhirserver)
     # still down after the backoff: attempts grow, the rows stay
     st = fw.run_once(rs.now_utc() + dt.timedelta(hours=1))
     assert st["failed"] == len(DEVS) and {r["attempts"] for r in outbox(db) if r["attempts"]} == {2}
+    from gateway.metrics import REGISTRY
+    assert REGISTRY.get("nabd_forward_pending").value() == 9
     # the server comes up: everything arrives, once
     fhirserver.start()
     drain(fw)
@@ -161,6 +163,8 @@ def test_server_down_then_up_nothing_lost_nothing_duplicated(db_url, fhirserver)
     assert_exactly_once(fhirserver)
     # a second forwarder pass has nothing to do
     assert fw.run_once(rs.now_utc() + dt.timedelta(hours=1))["sent"] == 0
+    from gateway.metrics import REGISTRY
+    assert REGISTRY.get("nabd_forward_pending").value() == 0
 
 
 def test_resend_after_timeout_creates_no_duplicate(db_url, fhirserver):
