@@ -138,3 +138,4 @@ def test_write_methods_refused(api):
 def test_metrics_with_token(api):
     status, headers, body = get(api, "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert b"# TYPE nabd_readings_accepted_total counter" in body and b"nabd_forward_pending" in body
