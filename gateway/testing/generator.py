@@ -58,6 +58,7 @@ class SimDevice:
         self.outbox: dict[int, bytes] = {}
         self.acked: set[int] = set()
         self.bad_acks = 0
+        self.acks_received = 0
         self._lock = threading.Lock()
 
     @property
@@ -85,6 +86,7 @@ class SimDevice:
             return []
         seqs = [s for s in body.get("seqs", []) if isinstance(s, int)]
         with self._lock:
+            self.acks_received += 1
             for s in seqs:
                 self.outbox.pop(s, None)
                 self.acked.add(s)
