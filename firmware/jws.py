@@ -26,7 +26,7 @@ class JWSError(ValueError):
     """A token was rejected; ``reason`` is a short machine-readable word."""
 
     def __init__(self, reason, detail=""):
-        ValueError.__init__(self, reason + (": " + detail if detail else ""))
+        super().__init__(reason + (": " + detail if detail else ""))
         self.reason = reason
 
 

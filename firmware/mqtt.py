@@ -49,7 +49,7 @@ class MQTTError(Exception):
     """A protocol error, refusal or lost connection; ``code`` is the CONNACK code when refused."""
 
     def __init__(self, msg, code=None):
-        Exception.__init__(self, msg)
+        super().__init__(msg)
         self.code = code
 
 
