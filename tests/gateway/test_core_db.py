@@ -1,0 +1,208 @@
+"""gateway.db / secrets / config / admin / store on both databases: migrations, the unique
+constraint, keys encrypted at rest and never shown, the store transaction, the admin CLI."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import stat
+
+import pytest
+
+from gateway import admin, secrets
+from gateway.cli import main as gw
+from gateway.config import ConfigError, from_dict, load
+from gateway.db import Database, migrations
+from gateway.store import Message, Store
+from gateway.testing.generator import SimDevice, topic
+
+UTC = dt.timezone.utc
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/gateway.db"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def db(db_url):
+    d = Database(db_url)
+    d.migrate()
+    return d
+
+
+TABLES = {"devices", "device_keys", "patients", "patient_identities", "readings", "observations", "outbox",
+          "quarantine", "audit_log", "security_events", "schema_version"}
+
+
+def _tables(db):
+    with db.connect() as c:
+        if db.dialect == "sqlite":
+            return {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        return {r[0] for r in c.execute("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
+
+
+def test_migrations_create_the_schema_once(db_url):
+    d = Database(db_url)
+    assert d.migrate() == [v for v, _, _ in migrations()]
+    assert d.migrate() == []
+    assert TABLES <= _tables(d)
+    assert d.schema_version() == max(v for v, _, _ in migrations())
+    if d.dialect == "sqlite":
+        with d.connect() as c:
+            assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert c.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_unique_device_seq_is_enforced_by_the_database(db):
+    kek = os.urandom(32)
+    admin.add_device(db, kek, "nabd-uniq01", os.urandom(32), "F", "MA-01")
+    ins = db.sql("INSERT INTO readings (device_id, seq, sha256, raw, ts, ts_ok, received_at) VALUES (?,?,?,?,?,?,?)")
+    row = ("nabd-uniq01", 1, "a" * 64, b"x", 1, True, dt.datetime.now(UTC))
+    with db.connect() as c:
+        c.execute(ins, row)
+    with pytest.raises(Exception) as e:
+        with db.connect() as c:
+            c.execute(ins, row)
+    assert "unique" in str(e.value).lower()
+    on_conflict = ins + " ON CONFLICT (device_id, seq) DO NOTHING RETURNING id"
+    with db.connect() as c:
+        assert c.execute(on_conflict, row).fetchone() is None
+
+
+def test_region_check_constraint(db):
+    import sqlite3
+
+    import psycopg
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.CheckViolation)):
+        with db.connect() as c:
+            c.execute(db.sql("INSERT INTO devices (id, facility, region, registered_at) VALUES (?,?,?,?)"),
+                      ("nabd-reg001", "F", "MA-13", dt.datetime.now(UTC)))
+
+
+def test_keys_are_encrypted_at_rest_bound_to_their_row_and_never_shown(db, caplog):
+    kek, key = os.urandom(32), os.urandom(32)
+    admin.add_device(db, kek, "nabd-keys01", key, "F", "MA-02")
+    with db.connect() as c:
+        blob = bytes(c.execute(db.sql("SELECT key_enc FROM device_keys WHERE device_id = ?"),
+                               ("nabd-keys01",)).fetchone()[0])
+        audit = " ".join(str(r) for r in c.execute("SELECT * FROM audit_log").fetchall())
+    assert key not in blob and key.hex() not in audit
+    dk = secrets.decrypt_key(kek, "nabd-keys01", 1, blob)
+    assert dk.secret == key
+    assert key.hex() not in repr(dk) and key.hex() not in str(dk) and "redacted" in repr(dk)
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("t").info("key %s %r", dk, dk)
+    assert key.hex() not in caplog.text
+    with pytest.raises(secrets.KeyDecryptError):
+        secrets.decrypt_key(os.urandom(32), "nabd-keys01", 1, blob)          # wrong KEK
+    with pytest.raises(secrets.KeyDecryptError):
+        secrets.decrypt_key(kek, "nabd-keys02", 1, blob)                     # moved to another device
+    with pytest.raises(secrets.KeyDecryptError):
+        secrets.decrypt_key(kek, "nabd-keys01", 2, blob)                     # or another version
+    with pytest.raises(TypeError):
+        import pickle
+        pickle.dumps(dk)
+
+
+def test_store_transaction_and_key_rotation(db):
+    kek = os.urandom(32)
+    dev = SimDevice("nabd-rot001")
+    admin.add_device(db, kek, dev.id, dev.key, "F", "MA-03")
+    store = Store(db, kek, forward=True)
+    conn = db.open()
+    now = dt.datetime.now(UTC)
+    old = [dev.next_reading()[1] for _ in range(2)]
+    new_key = os.urandom(32)
+    assert admin.rotate_key(db, kek, dev.id, new_key, grace_hours=1) == 2
+    dev.key, dev.key_version = new_key, 2
+    fresh = dev.next_reading()[1]
+    r = store.process(conn, [Message(topic(dev.id), m, now) for m in old + [fresh, fresh]])
+    assert [v.kind for v in r.verdicts] == ["accept", "accept", "accept", "duplicate"]
+    assert sorted(t for t, _ in r.acks) == [topic(dev.id, "ack")] * 2   # one per key version
+    with db.connect() as c:
+        assert c.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'fhir'").fetchone()[0] == 3
+        assert c.execute("SELECT COUNT(*) FROM observations").fetchone()[0] == 12
+    # grace 0: the old version is revoked at once
+    admin.rotate_key(db, kek, dev.id, os.urandom(32), grace_hours=0)
+    dev.key, dev.key_version = new_key, 2
+    v = store.process(conn, [Message(topic(dev.id), dev.next_reading()[1], now)]).verdicts[0]
+    assert v.reason == "revoked"
+    conn.close()
+    with db.connect() as c:
+        actions = [r[0] for r in c.execute("SELECT action FROM audit_log ORDER BY id")]
+    assert actions == ["devices.add", "devices.rotate-key", "devices.rotate-key"]
+
+
+def test_config_validation_gives_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load(tmp_path / "missing.toml")
+    for data, msg in [({"brokr": {}}, "unknown section"), ({"broker": {"url": "http://x"}}, "broker.url"),
+                      ({"ingest": {"batch_max": 0}}, "batch_max"), ({"ingest": {"queue_max": "big"}}, "integer"),
+                      ({"database": {"url": "mysql://x"}}, "database.url"),
+                      ({"fhir_forward": {"enabled": True}}, "needs a url"),
+                      ({"api": {"tokn": "x"}}, "unknown key")]:
+        with pytest.raises(ConfigError, match=msg):
+            from_dict(data)
+    p = tmp_path / "bad.toml"
+    p.write_text("[broker\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(p)
+
+
+def _cli(capsys, *argv):
+    rc = gw(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_admin_cli_init_devices_quarantine(tmp_path, capsys, db_url, monkeypatch):
+    monkeypatch.delenv("NABD_KEK", raising=False)
+    cfg = tmp_path / "gw.toml"
+    rc, out, _ = _cli(capsys, "init", "--config", str(cfg), "--db", db_url, "--broker", "mqtt://127.0.0.1:1884",
+                      "--listen", "127.0.0.1:9000", "--json")
+    assert rc == 0
+    token = json.loads(out)["admin_token"]
+    text = cfg.read_text()
+    import hashlib
+    assert token not in text and hashlib.sha256(token.encode()).hexdigest() in text
+    kek_file = tmp_path / "gw.toml.kek"
+    assert stat.S_IMODE(kek_file.stat().st_mode) == 0o600
+    assert kek_file.read_text().strip() not in text
+    c = load(cfg)
+    assert c.broker.port == 1884 and c.api.listen == "127.0.0.1:9000" and c.database.url == db_url
+    rc, _, err = _cli(capsys, "init", "--config", str(cfg))
+    assert rc == 1 and "--force" in err and cfg.read_text() == text
+
+    key = os.urandom(32).hex()
+    base = ("--config", str(cfg))
+    assert _cli(capsys, "devices", "add", "nabd-cli001", "--key", key, "--facility", "CS Anfa", "--region", "MA-06", *base)[0] == 0
+    assert _cli(capsys, "devices", "add", "nabd-cli002", "--key", key[:10], "--facility", "X", "--region", "MA-06", *base)[0] == 2
+    assert _cli(capsys, "devices", "add", "nabd-cli002", "--key", key, "--facility", "X", "--region", "MA-99", *base)[0] == 4
+    assert _cli(capsys, "devices", "add", "nabd-cli001", "--key", key, "--facility", "X", "--region", "MA-01", *base)[0] == 4
+    rc, out, _ = _cli(capsys, "devices", "rotate-key", "nabd-cli001", "--key", os.urandom(32).hex(), "--json", *base)
+    assert rc == 0 and json.loads(out)["key_version"] == 2
+    rc, out, _ = _cli(capsys, "devices", "list", "--json", *base)
+    devs = json.loads(out)
+    assert [(d["id"], d["region"], d["status"], d["key_version"]) for d in devs] == [("nabd-cli001", "MA-06", "active", 2)]
+    assert key not in out
+    assert _cli(capsys, "devices", "revoke", "nabd-cli001", *base)[0] == 0
+    assert _cli(capsys, "devices", "revoke", "nabd-cli001", *base)[0] == 4
+    rc, out, _ = _cli(capsys, "devices", "list", *base)
+    assert "revoked" in out and key not in out
+
+    db = Database(db_url)
+    store = Store(db, load(cfg).security.kek())
+    conn = db.open()
+    store.process(conn, [Message("nabd/v1/dev/nabd-cli001/reading", b"garbage", dt.datetime.now(UTC))])
+    conn.close()
+    rc, out, _ = _cli(capsys, "quarantine", "list", "--json", *base)
+    q = json.loads(out)
+    assert rc == 0 and q[0]["reason"] == "malformed" and q[0]["device"] == "nabd-cli001" and q[0]["bytes"] == 7
+    with db.connect() as c:
+        rows = c.execute("SELECT actor, action, target FROM audit_log ORDER BY id").fetchall()
+    assert [r[1] for r in rows] == ["devices.add", "devices.rotate-key", "devices.revoke"]
+    assert all(r[0].startswith("cli:") and r[2] == "nabd-cli001" for r in rows)

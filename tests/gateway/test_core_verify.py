@@ -1,0 +1,172 @@
+"""gateway.verify: every rejection reason, the protocol's order, duplicate vs replay, ranges, skew."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from gateway import jws
+from gateway.secrets import DeviceKey
+from gateway.testing.generator import reading, sign_reading
+from gateway.verify import MAX_BYTES, REASONS, KeyRecord, verify
+
+DEV, KEY = "nabd-a1b2c3d4e5f6", bytes(range(32))
+NOW = 1_795_430_400
+TOPIC = f"nabd/v1/dev/{DEV}/reading"
+
+
+def keys(d, v, revoked=False):
+    if d == DEV and v == 1:
+        return KeyRecord(DeviceKey(DEV, 1, KEY), revoked, "key revoked" if revoked else "")
+    return None
+
+
+def judge(raw, topic=TOPIC, seen=None, key_fn=keys):
+    seen = seen or {}
+    return verify(raw, topic, key_fn, lambda d, s: seen.get((d, s)), NOW)
+
+
+def msg(seq=1, **kw):
+    kw.setdefault("ts", NOW - 10)
+    return sign_reading(KEY, f"{DEV}/1", reading(DEV, seq, **kw))
+
+
+def with_payload(payload: dict, key=KEY, kid=f"{DEV}/1", typ=jws.TYP_READING) -> bytes:
+    return jws.sign(key, typ, kid, payload)
+
+
+def test_valid_reading_is_accepted_with_its_digest():
+    raw = msg(7)
+    v = judge(raw)
+    assert v.kind == "accept" and v.seq == 7 and v.device == DEV and v.key_version == 1
+    assert v.sha256 == hashlib.sha256(raw).hexdigest()
+    assert v.payload["obs"][0]["code"] == "temp"
+
+
+@pytest.mark.parametrize("raw,detail", [
+    (b"", "parts"), (b"a.b", "parts"), (b"a.b.c.d", "parts"),
+    (b"eyJ=.e30.AAAA", "base64url"),                       # padding
+    (b"ey+J.e30.AAAA", "base64url"),                       # outside the URL-safe alphabet
+])
+def test_shape_errors_are_malformed(raw, detail):
+    v = judge(raw)
+    assert (v.kind, v.reason) == ("reject", "malformed") and detail in v.detail
+
+
+def test_header_must_be_exactly_alg_kid_typ_with_hs256():
+    p = reading(DEV, 1, ts=NOW)
+    for header in ({"alg": "none", "kid": f"{DEV}/1", "typ": jws.TYP_READING},
+                   {"alg": "HS256", "kid": f"{DEV}/1", "typ": jws.TYP_CMD},
+                   {"alg": "HS256", "kid": f"{DEV}/1", "typ": jws.TYP_READING, "x": 1},
+                   {"alg": "HS256", "kid": DEV, "typ": jws.TYP_READING}):
+        si = jws.b64url(jws.dumps(header)) + b"." + jws.b64url(jws.dumps(p))
+        v = judge(si + b"." + jws.b64url(jws.mac(KEY, si)))
+        assert v.reason == "malformed", header
+
+
+def test_payload_must_be_a_json_object_without_duplicates_or_nan():
+    h = jws.b64url(jws.dumps({"alg": "HS256", "kid": f"{DEV}/1", "typ": jws.TYP_READING}))
+    for body in (b"[1]", b'{"a":1,"a":2}', b'{"a":NaN}', b"\xff\xfe"):
+        si = h + b"." + jws.b64url(body)
+        v = judge(si + b"." + jws.b64url(jws.mac(KEY, si)))
+        assert v.reason == "malformed", body
+
+
+def test_oversized_is_checked_first():
+    assert judge(b"x" * (MAX_BYTES + 1)).reason == "oversized"
+    raw = msg(1, patient="p-" + "a" * 60)
+    assert len(raw) <= MAX_BYTES and judge(raw).kind == "accept"
+
+
+def test_unknown_device_and_unknown_key_version():
+    other = sign_reading(KEY, "nabd-ffffffffffff/1", reading("nabd-ffffffffffff", 1, ts=NOW))
+    assert judge(other, topic="nabd/v1/dev/nabd-ffffffffffff/reading").reason == "unknown_device"
+    assert judge(sign_reading(KEY, f"{DEV}/2", reading(DEV, 1, ts=NOW))).reason == "unknown_device"
+
+
+def test_revoked_key_is_rejected_before_the_signature():
+    v = judge(msg(1), key_fn=lambda d, k: keys(d, k, revoked=True))
+    assert v.reason == "revoked"
+
+
+def test_bad_signature_constant_time_and_any_flipped_bit():
+    assert judge(sign_reading(os.urandom(32), f"{DEV}/1", reading(DEV, 1, ts=NOW))).reason == "bad_signature"
+    raw = bytearray(msg(1))
+    h, p, s = bytes(raw).split(b".")
+    tampered = h + b"." + jws.b64url(jws.b64url_decode(p).replace(b'"hr","value":72', b'"hr","value":73')) + b"." + s
+    assert judge(tampered).reason == "bad_signature"
+
+
+def test_topic_kid_and_dev_must_agree():
+    assert judge(msg(1), topic="nabd/v1/dev/nabd-other000/reading").reason == "topic_mismatch"
+    assert judge(msg(1), topic=f"nabd/v1/dev/{DEV}/status").reason == "topic_mismatch"
+    p = reading("nabd-other000", 1, ts=NOW)          # signed by DEV's key, claims another dev
+    assert judge(with_payload(p)).reason == "topic_mismatch"
+
+
+def test_duplicate_same_bytes_versus_replay_other_bytes():
+    raw = msg(5)
+    digest = hashlib.sha256(raw).hexdigest()
+    assert judge(raw, seen={(DEV, 5): digest}).kind == "duplicate"
+    other = msg(5, values={"hr": 80})
+    v = judge(other, seen={(DEV, 5): digest})
+    assert (v.kind, v.reason) == ("reject", "replay")
+
+
+def test_replay_check_comes_before_value_checks():
+    bad = msg(5, values={"temp": 99})
+    assert judge(bad).reason == "invalid"
+    assert judge(bad, seen={(DEV, 5): "0" * 64}).reason == "replay"
+
+
+@pytest.mark.parametrize("code,ok,bad", [
+    ("temp", [25.0, 36.9, 45.0], [24.9, 45.1]),
+    ("spo2", [50, 100], [49, 101]),
+    ("hr", [25, 250], [24, 251]),
+    ("pi", [0.02, 20], [0.019, 20.5]),
+])
+def test_physiological_ranges(code, ok, bad):
+    for value in ok:
+        assert judge(msg(1, codes=(code,), values={code: value})).kind == "accept", (code, value)
+    for value in bad:
+        v = judge(msg(1, codes=(code,), values={code: value}))
+        assert v.reason == "invalid" and "outside" in v.detail, (code, value)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda p: p.update(v=2), lambda p: p.pop("fw"), lambda p: p.update(extra=1),
+    lambda p: p.update(seq=0), lambda p: p.update(seq=True), lambda p: p.update(ts="now"),
+    lambda p: p.update(ts_ok=1), lambda p: p.update(obs=[]), lambda p: p.update(obs=p["obs"] * 2),
+    lambda p: p["obs"][0].update(unit="degF"), lambda p: p["obs"][0].update(value=True),
+    lambda p: p["obs"][0].update(q=1.5), lambda p: p["obs"][0].update(code="bp"),
+    lambda p: p.update(patient="Mohammed Alaoui"), lambda p: p.update(flags=["panic"]),
+    lambda p: p.update(cal={"id": "c", "date": "2026-13-40"}), lambda p: p.update(site="ear"),
+])
+def test_schema_violations_are_invalid(mutate):
+    p = reading(DEV, 3, ts=NOW)
+    mutate(p)
+    assert judge(with_payload(p)).reason == "invalid"
+
+
+def test_future_skew_300_s_and_unsynced_clock_accepted():
+    assert judge(msg(1, ts=NOW + 300)).kind == "accept"
+    v = judge(msg(1, ts=NOW + 301))
+    assert v.reason == "future_ts"
+    # ts_ok false: ts is seconds since boot, never judged against the wall clock
+    v = judge(msg(1, ts=NOW + 10**6, ts_ok=False))
+    assert v.kind == "accept" and v.payload["ts_ok"] is False
+
+
+def test_every_reason_is_reachable():
+    seen = set()
+    seen.add(judge(b"x" * 3000).reason)
+    seen.add(judge(b"x").reason)
+    seen.add(judge(sign_reading(KEY, "nabd-zzz/1", reading("nabd-zzz", 1))).reason)
+    seen.add(judge(msg(1), key_fn=lambda d, k: keys(d, k, True)).reason)
+    seen.add(judge(sign_reading(os.urandom(32), f"{DEV}/1", reading(DEV, 1))).reason)
+    seen.add(judge(msg(1), topic="nabd/v1/dev/x/reading").reason)
+    seen.add(judge(msg(1), seen={(DEV, 1): "0" * 64}).reason)
+    seen.add(judge(msg(1, values={"spo2": 20})).reason)
+    seen.add(judge(msg(1, ts=NOW + 9999)).reason)
+    assert seen == set(REASONS)
