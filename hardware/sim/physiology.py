@@ -50,7 +50,7 @@ ADC_BITS = 18
 ADC_MAX = (1 << ADC_BITS) - 1
 DEFAULT_LED_MA = 7.0          # LED drive the firmware configures by default (both LEDs)
 DEFAULT_RANGE_NA = 4096       # ADC full scale the firmware configures by default
-ALC_LIMIT_PA = 200_000        # ambient photocurrent the MAX30102's cancellation can remove
+ALC_LIMIT_PA = 50_000_000     # ambient photocurrent the MAX30102's cancellation removes (as the model)
 ADC_NOISE_COUNTS = 2.0        # electronic noise, counts rms (18-bit, 411 µs pulses)
 SHOT_NOISE_FRAC = 2e-5        # optical/shot noise, fraction of the photocurrent, rms
 
@@ -144,6 +144,8 @@ class Physiology:
     hr_end_bpm: float | None = None       # linear ramp to this HR by the end (exercise, recovery)
     hrv_sdnn_frac: float = 0.015          # random beat-to-beat variability, fraction of RR
     rsa_frac: float = 0.02                # respiratory sinus arrhythmia, fraction of RR
+    diastolic: float = 0.35              # pulse morphology, see pulse_shape()
+    notch: float = 0.02
     irregular: bool = False               # AF-like: RR drawn independently, CV 15 %
     resp_rate_bpm: float = 15.0
     resp_am_frac: float = 0.08            # respiratory modulation of pulse amplitude
@@ -206,7 +208,7 @@ class Recording:
         rng = np.random.default_rng(self.params.seed * 7919 + 17 if seed is None else seed)
         fs_pa = range_na * 1000.0
         amb = self.ambient_pa
-        residual = np.maximum(0.0, amb - ALC_LIMIT_PA) + 0.002 * amb
+        residual = np.maximum(0.0, amb - ALC_LIMIT_PA)
         out = []
         for ch in (self.red_pa, self.ir_pa):
             c = (ch * led_ma + residual) / fs_pa * (ADC_MAX + 1)
@@ -287,31 +289,33 @@ class Recording:
 
 # -- synthesis -----------------------------------------------------------------------------------
 
-# systolic peak, dicrotic notch (negative), diastolic wave: (amplitude, centre phase, width)
-_PULSE = ((1.0, 0.18, 0.065), (-0.10, 0.36, 0.03), (0.42, 0.46, 0.09))
+def pulse_shape(diastolic: float = 0.35, notch: float = 0.02) -> tuple[tuple[float, float, float], ...]:
+    """Gaussians (amplitude, centre phase, width) of one beat: systolic peak, dicrotic notch
+    (negative), diastolic wave. ``diastolic`` 0.15–0.5 of the systolic peak; ``notch`` 0 (a mere
+    shoulder, older or vasoconstricted subjects) to ~0.12 (a distinct notch, young subjects)."""
+    mu = 0.38 + 0.6 * notch                      # a distinct notch comes with a later, narrower wave
+    return ((1.0, 0.18, 0.065), (-notch, mu - 0.08, 0.03), (diastolic, mu, 0.12 - 0.25 * notch))
 
 
-def pulse_template(phase: np.ndarray) -> np.ndarray:
+def _raw_pulse(ph: np.ndarray, shape) -> np.ndarray:
+    v = np.zeros_like(ph)
+    for a, mu, s in shape:
+        for k in (-1.0, 0.0, 1.0):
+            v += a * np.exp(-0.5 * ((ph - mu - k) / s) ** 2)
+    return v
+
+
+def pulse_template(phase: np.ndarray, shape=None) -> np.ndarray:
     """Blood volume over one beat, 0 (foot) .. 1 (systolic peak), periodic in ``phase`` (0..1)."""
-    ph = np.mod(phase, 1.0)
-    v = np.zeros_like(ph)
-    for a, mu, s in _PULSE:
-        for k in (-1.0, 0.0, 1.0):
-            v += a * np.exp(-0.5 * ((ph - mu - k) / s) ** 2)
-    return (v - _P_MIN) / (_P_MAX - _P_MIN)
+    shape = shape or pulse_shape()
+    grid = _raw_pulse(np.linspace(0.0, 1.0, 4001), shape)
+    lo, hi = float(grid.min()), float(grid.max())
+    return (_raw_pulse(np.mod(phase, 1.0), shape) - lo) / (hi - lo)
 
 
-def _raw_template_extrema() -> tuple[float, float]:
-    ph = np.linspace(0.0, 1.0, 4001)
-    v = np.zeros_like(ph)
-    for a, mu, s in _PULSE:
-        for k in (-1.0, 0.0, 1.0):
-            v += a * np.exp(-0.5 * ((ph - mu - k) / s) ** 2)
-    return float(v.min()), float(v.max())
-
-
-_P_MIN, _P_MAX = _raw_template_extrema()
-_P_MEAN = float(pulse_template(np.linspace(0.0, 1.0, 4000, endpoint=False)).mean())
+def pulse_mean(shape=None) -> float:
+    """Mean of :func:`pulse_template` over a beat."""
+    return float(pulse_template(np.linspace(0.0, 1.0, 4000, endpoint=False), shape).mean())
 
 
 def _beat_times(p: Physiology, rng: np.random.Generator, t_end: float) -> np.ndarray:
@@ -363,7 +367,8 @@ def render(p: Physiology) -> Recording:
     k = np.clip(np.searchsorted(beats, t, side="right") - 1, 0, len(beats) - 2)
     rr = beats[k + 1] - beats[k]
     phase = (t - beats[k]) / rr
-    pulse = pulse_template(phase)
+    shape = pulse_shape(p.diastolic, p.notch)
+    pulse = pulse_template(phase, shape)
     hr_inst = 60.0 / rr
 
     # SpO2 and R, perfusion
@@ -415,7 +420,7 @@ def render(p: Physiology) -> Recording:
         settle[on] = (1.0 - np.exp(-dt[on] / 0.15)) * (1.0 + ov * np.exp(-dt[on] / tau))
         settling = on & (dt < 2.0)
 
-    puls = _P_MEAN - pulse   # transmitted light falls with blood volume; zero mean over a beat
+    puls = pulse_mean(shape) - pulse   # transmitted light falls with blood volume; zero mean over a beat
     tissue_ir = dc_ir * base * settle * (1.0 + ac_ir * puls) * (1.0 + mot_ir)
     tissue_red = dc_red * base * settle * (1.0 + ac_red * puls) * (1.0 + mot_red)
     ir = np.where(finger, tissue_ir + shunt, CROSSTALK_PA_PER_MA)
@@ -464,6 +469,7 @@ def scenario(name: str, seed: int = 0, duration_s: float = 30.0) -> Physiology:
         hr_bpm=_u(rng, 60, 90), spo2_pct=_u(rng, 95, 99.5), pi_pct=float(np.exp(rng.uniform(np.log(1.0), np.log(5.0)))),
         monk=int(rng.integers(1, 7)), resp_rate_bpm=_u(rng, 10, 20), tissue_gain=_u(rng, 0.8, 1.2),
         finger_on_s=_u(rng, 0.5, 2.0), core_c=_u(rng, 36.4, 37.2), room_c=_u(rng, 20, 27),
+        diastolic=_u(rng, 0.15, 0.5), notch=_u(rng, 0.0, 0.1),
     )
     if name == "normal":
         return base
@@ -496,7 +502,7 @@ def scenario(name: str, seed: int = 0, duration_s: float = 30.0) -> Physiology:
     if name == "dark-skin":
         return base.with_(monk=int(rng.integers(8, 11)))
     if name == "ambient":      # sunlight on the sensor: cancellation overflows, ADC saturates
-        return base.with_(ambient_pa=_u(rng, 3e6, 8e6), finger_ambient_frac=_u(rng, 0.5, 1.0))
+        return base.with_(ambient_pa=_u(rng, 6e7, 1.2e8), finger_ambient_frac=_u(rng, 0.9, 1.0))
     if name == "irregular":    # AF-like rhythm
         return base.with_(irregular=True, hr_bpm=_u(rng, 70, 120))
     raise KeyError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
@@ -534,6 +540,7 @@ def suite(n: int = 200, seed: int = 2025, duration_s: float = 35.0) -> list[Phys
             monk=int(rng.integers(1, 11)), resp_rate_bpm=_u(rng, 8, 25), tissue_gain=_u(rng, 0.7, 1.3),
             finger_on_s=_u(rng, 0.5, 2.0), hrv_sdnn_frac=_u(rng, 0.005, 0.03), rsa_frac=_u(rng, 0.0, 0.04),
             wander_frac=_u(rng, 0.002, 0.02), core_c=_u(rng, 35.5, 40.5), room_c=_u(rng, 18, 30),
+            diastolic=_u(rng, 0.15, 0.5), notch=_u(rng, 0.0, 0.1),
         ))
     return out
 

@@ -4,6 +4,7 @@ a finger, reproducible seeds; its scenario files play back in ArrayScenario on M
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -170,9 +171,88 @@ def test_scenario_file_round_trips_on_micropython(vm, tmp_path):
         assert got[5] == int(rec.ambient_mc[i * len(rec.ambient_mc) // rec.n])
 
 
-def test_scenario_feeds_the_max30102_model(vm, tmp_path):
+_MAX_READ = """
+from hardware.sim.scenario import ArrayScenario
+from hardware.sim.clock import VirtualClock
+from hardware.sim.i2c import VirtualI2C
+from hardware.sim.max30102 import MAX30102Model
+clock = VirtualClock()
+bus = VirtualI2C(clock, 400000)
+scn = ArrayScenario.load('/s.scn')
+bus.attach(0x57, MAX30102Model(clock, scn))
+bus.writeto_mem(0x57, 0x09, b'\\x03')          # SpO2 mode
+bus.writeto_mem(0x57, 0x0A, bytes([(1 << 5) | (1 << 2) | 3]))   # 4096 nA, 100 sps, 411 us
+bus.writeto_mem(0x57, 0x0C, bytes([{led}]))    # LED1 red, 0.2 mA steps
+bus.writeto_mem(0x57, 0x0D, bytes([{led}]))    # LED2 IR
+bus.writeto_mem(0x57, 0x08, b'\\x10')          # no averaging, rollover
+for r in (0x04, 0x05, 0x06):
+    bus.writeto_mem(0x57, r, b'\\x00')
+red = []
+ir = []
+def drain():
+    wr = bus.readfrom_mem(0x57, 0x04, 1)[0]
+    rd = bus.readfrom_mem(0x57, 0x06, 1)[0]
+    n = (wr - rd) & 0x1F
+    if n:
+        b = bus.readfrom_mem(0x57, 0x07, 6 * n)
+        for i in range(n):
+            o = 6 * i
+            red.append(((b[o] << 16) | (b[o + 1] << 8) | b[o + 2]) & 0x3FFFF)
+            ir.append(((b[o + 3] << 16) | (b[o + 4] << 8) | b[o + 5]) & 0x3FFFF)
+for _ in range({polls}):
+    clock.advance_us(100000)
+    drain()
+"""
+
+
+@pytest.mark.parametrize("name", ["normal", "no-finger"])
+def test_scenario_feeds_the_max30102_model(vm, tmp_path, name):
+    """The scenario file drives the simulated MAX30102 on MicroPython, and what the model delivers
+    is what ``Recording.counts()`` predicts at the same LED current and range."""
     import importlib.util
 
     if importlib.util.find_spec("hardware.sim.max30102") is None:
         pytest.skip("hardware/sim/max30102.py (issue 2) not there yet")
-    pytest.skip("MAX30102 model API not yet known")
+    rec = ph.render(ph.scenario(name, seed=3, duration_s=9.0))
+    vm.write_file("/s.scn", ph.write_scenario(tmp_path / "s.scn", rec).read_bytes())
+    vm.exec(_MAX_READ.format(led=35, polls=85))       # 35 × 0.2 mA = 7 mA, 8.5 s
+    red = np.asarray(vm.eval("red"))
+    ir = np.asarray(vm.eval("ir"))
+    assert len(ir) >= 820
+    pr, pi_ = rec.counts(led_ma=7.0, range_na=4096)
+    n = min(len(ir), rec.n) - 1
+    sl = slice(300, n)                                 # after the finger has landed
+    assert np.median(np.abs(ir[sl] - pi_[sl])) < 0.01 * max(1.0, float(np.median(pi_[sl]))) + 10
+    assert np.median(np.abs(red[sl] - pr[sl])) < 0.01 * max(1.0, float(np.median(pr[sl]))) + 10
+    if name == "normal":
+        assert abs(_fft_hr(ir[sl].astype(float), 100.0) - rec.hr_at(8.0)) < 6.0
+        # the pulse itself (beat-to-beat detail) is the synthesiser's, sample for sample
+        assert np.corrcoef(np.diff(ir[sl].astype(float)), np.diff(pi_[sl].astype(float)))[0, 1] > 0.9
+    else:
+        assert ir.max() < 2000
+
+
+def test_bench_statistics_on_hand_computed_values():
+    from bench.peers import hr_in_window
+    from bench.peers.rd117 import SPO2_TABLE, estimate
+    from bench.signal_stats import arms, bland_altman, mae, pearson
+
+    # Arms = sqrt(mean(d²)): d = (1, −1, 2, 0) -> sqrt(6/4)
+    assert arms([91, 89, 92, 90], [90, 90, 90, 90]) == pytest.approx(math.sqrt(1.5))
+    assert mae([91, 89, 92, 90], [90, 90, 90, 90]) == pytest.approx(1.0)
+    # Bland–Altman: d = (1, 3, 5): bias 3, SD 2 (n − 1) -> limits 3 ± 3.92
+    bias, lo, hi = bland_altman([11, 13, 15], [10, 10, 10])
+    assert (bias, lo, hi) == pytest.approx((3.0, 3.0 - 3.92, 3.0 + 3.92))
+    assert pearson([1, 2, 3, 4], [2, 4, 6, 8]) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        arms([], [])
+    # HR from beats 1 s apart ending in the window: 60 bpm; a rejected interval is left out
+    beats = np.array([0.0, 1.0, 2.0, 3.0, 3.5])
+    assert hr_in_window(beats, 3.0, 8.0) == pytest.approx(60.0)
+    assert hr_in_window(beats, 4.0, 8.0, np.array([True, True, True, False])) == pytest.approx(60.0)
+    # RD117's table is its quadratic; its HR is quantised to 1500 / integer interval
+    assert SPO2_TABLE[50] == round(-45.060 * 0.25 + 30.354 * 0.5 + 94.845)
+    t = np.arange(100)
+    ir = (100000 - 800 * np.maximum(0, np.sin(2 * np.pi * t / 20.0))).astype(int)   # 75 bpm at 25 sps
+    spo2, s_ok, hr, h_ok, r = estimate(ir, (ir * 0.8).astype(int))
+    assert h_ok and hr == 75 and s_ok and 95 <= r <= 105     # equal modulation: R ≈ 1

@@ -1,0 +1,639 @@
+"""Signal-chain benchmark (issue 3): nabd's firmware chain on the MicroPython VM against the
+synthetic suite with known truth and the real recordings that carry a reference, side by side with
+HeartPy, NeuroKit2 and a re-implementation of Maxim's RD117 on the same recordings and windows.
+
+``python -m bench signal`` -> build/bench/signal.json, signal.md, Bland–Altman PNGs; the report is
+copied to docs/validation.md. ``NABD_BENCH_SIGNAL_N`` overrides the size of the synthetic suite
+(default 200), ``NABD_BENCH_SIGNAL_REAL=0`` skips the real recordings (quick iterations).
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from bench import signal_data
+from bench.signal_stats import arms, bland_altman, fin, mae, pct, pearson
+from hardware.sim import physiology as ph
+
+REPO = Path(__file__).resolve().parent.parent
+WORKERS = 2
+HR_WINDOW_S = 8.0
+EVAL_STEP_S = 1.0
+
+TARGETS = {
+    "hr_mae_bpm": ("<=", 1.5),
+    "spo2_arms_pct": ("<=", 2.0),
+    "artifact_withheld_pct": (">=", 95.0),
+    "false_reading_no_finger": ("<=", 0),
+    "time_to_first_valid_s_p90": ("<=", 8.0),
+    "temp_abs_err_c_p95": ("<=", 0.1),
+    "alloc_bytes_per_sample": ("<=", 0),
+    "cost_ref_units_per_sample": ("<=", 150.0),
+}
+
+
+# -- the chain ------------------------------------------------------------------------------------
+
+def _signalrun():
+    try:
+        from host import signalrun  # noqa: PLC0415
+    except ImportError:
+        return None
+    return signalrun
+
+
+def run_chain(red, ir, rate_hz: float) -> list[dict] | None:
+    """The firmware chain over one recording (None when host/signalrun.py is not there)."""
+    sr = _signalrun()
+    if sr is None:
+        return None
+    ir_l = [int(v) for v in np.round(ir)]
+    red_l = [int(v) for v in np.round(red)] if red is not None else None
+    return sr.run_chain(red_l, ir_l, rate_hz)
+
+
+def per_second(outputs: list[dict] | None, step: float = EVAL_STEP_S) -> list[dict]:
+    """The chain's outputs thinned to the last one in each ``step``-second slot."""
+    if not outputs:
+        return []
+    slots: dict[int, dict] = {}
+    for o in outputs:
+        slots[int(math.floor(o["t"] / step + 1e-9))] = o
+    return [slots[k] for k in sorted(slots)]
+
+
+def reported(o: dict, key: str) -> float:
+    """The value of ``key`` when the output reports it, nan when withheld or absent."""
+    if o.get("withheld") is not None or o.get(key) is None:
+        return float("nan")
+    return float(o[key])
+
+
+def latest_in(outputs: list[dict], times: list[float], t: float, width: float) -> dict:
+    """The last output with time in (t − width, t] ({} when none); ``times`` sorted, parallel."""
+    i = bisect.bisect_right(times, t + 1e-9) - 1
+    return outputs[i] if i >= 0 and times[i] > t - width else {}
+
+
+def value_at(outputs: list[dict], t: float, key: str, tol: float = 2.0) -> float:
+    """Latest reported ``key`` in (t − tol, t]; nan when none."""
+    best = float("nan")
+    for o in outputs:
+        if t - tol < o["t"] <= t + 1e-9:
+            v = reported(o, key)
+            if v == v:
+                best = v
+    return best
+
+
+# -- synthetic suite ------------------------------------------------------------------------------
+
+def _synthetic_job(p: ph.Physiology) -> dict:
+    from bench.peers import heartpy_peer, hr_in_window, neurokit2_peer, rd117  # noqa: PLC0415
+
+    rec = ph.render(p)
+    red, ir = rec.counts()
+    t0 = time.monotonic()
+    outs = run_chain(red, ir, rec.rate_hz)
+    vm_s = time.monotonic() - t0
+    clipped = rec.clipped()
+    # the host peers have no finger detection: they get the finger-on stretch (from the truth,
+    # a favour to them), beat times shifted back onto the recording's clock
+    a, b = _finger_span(rec)
+    hp_b, hp_ok = heartpy_peer.beats(ir[a:b], rec.rate_hz)
+    nk_b, nk_ok = neurokit2_peer.beats(ir[a:b], rec.rate_hz)
+    hp_b, nk_b = hp_b + a / rec.rate_hz, nk_b + a / rec.rate_hz
+    grid = [float(s) for s in np.arange(EVAL_STEP_S, rec.duration_s + 1e-9, EVAL_STEP_S)]
+    rd = rd117.run(red, ir, rec.rate_hz, grid)
+    ots = [o["t"] for o in outs or []]
+    rows = []
+    for k, t in enumerate(grid):
+        o = latest_in(outs or [], ots, t, EVAL_STEP_S)
+        s = rec._idx(t - 1.0, t)
+        expect = None
+        if not rec.finger[s].all():
+            expect = "no finger"
+        elif rec.motion[s].any():
+            expect = "motion"
+        elif clipped[s].any():
+            expect = "clipping"
+        rows.append({
+            "t": t, "out": bool(o), "withheld": o.get("withheld") if o else "no output",
+            "hr": reported(o, "hr") if o else float("nan"),
+            "spo2": reported(o, "spo2") if o else float("nan"),
+            "pi": reported(o, "pi") if o else float("nan"),
+            "q": o.get("q") if o else None,
+            "ref_hr": rec.hr_at(t, HR_WINDOW_S), "ref_spo2": rec.spo2_at(t), "ref_pi": rec.pi_at(t),
+            "finger_none": rec.finger_none(t - 1.0, t), "expect": expect,
+            "hp_hr": hr_in_window(hp_b, t, HR_WINDOW_S, hp_ok), "nk_hr": hr_in_window(nk_b, t, HR_WINDOW_S, nk_ok),
+            "rd_hr": rd[k][0], "rd_spo2": rd[k][1], "rd_r": rd[k][2],
+        })
+    on = rec.finger_on_times()
+    return {"name": p.name, "seed": p.seed, "hr": p.hr_bpm, "spo2": p.spo2_pct, "pi": p.pi_pct, "monk": p.monk,
+            "on": on[0] if on else None, "off": p.finger_off_s, "motion": p.motion, "duration": rec.duration_s,
+            "chain": outs is not None, "vm_s": vm_s, "n": rec.n, "rows": rows}
+
+
+def _finger_span(rec: ph.Recording) -> tuple[int, int]:
+    """Sample range of the longest finger-on stretch, from 0.5 s after landing (whole recording
+    when there is none)."""
+    f = np.concatenate([[0], rec.finger.astype(np.int8), [0]])
+    d = np.diff(f)
+    starts, ends = np.nonzero(d == 1)[0], np.nonzero(d == -1)[0]
+    if len(starts) == 0:
+        return 0, rec.n
+    k = int(np.argmax(ends - starts))
+    return min(int(starts[k] + rec.rate_hz // 2), int(ends[k]) - 1), int(ends[k])
+
+
+def _first_valid(job: dict) -> float | None:
+    """Seconds from finger-on to the first output reporting both HR and SpO2 (inf: never), for
+    clean placements only (finger stays, no motion in the first 15 s, PI ≥ 0.3 %); None otherwise."""
+    on = job["on"]
+    if on is None or job["pi"] < 0.3 or job["name"] in ("ambient", "irregular", "no-finger"):
+        return None
+    if job["off"] is not None and job["off"] < on + 15:
+        return None
+    if any(m[0] < on + 15 for m in job["motion"]):
+        return None
+    for r in job["rows"]:
+        if r["t"] > on and r["hr"] == r["hr"] and r["spo2"] == r["spo2"]:
+            return r["t"] - on
+    return math.inf
+
+
+def synthetic_figures(jobs: list[dict]) -> tuple[dict, dict]:
+    rows = [r | {"job": j} for j in jobs for r in j["rows"]]
+    f: dict = {"synthetic_recordings": len(jobs),
+               "synthetic_duration_s": round(sum(j["duration"] for j in jobs), 1)}
+    hr_pairs = [(r["hr"], r["ref_hr"]) for r in rows if fin(r["hr"]) and fin(r["ref_hr"])]
+    sp_pairs = [(r["spo2"], r["ref_spo2"]) for r in rows
+                if fin(r["spo2"]) and fin(r["ref_spo2"]) and 70 <= r["ref_spo2"] <= 100]
+    f["hr_mae_bpm"] = mae(*zip(*hr_pairs, strict=False)) if hr_pairs else None
+    f["spo2_arms_pct"] = arms(*zip(*sp_pairs, strict=False)) if sp_pairs else None
+    f["hr_readings"] = len(hr_pairs)
+    f["spo2_readings"] = len(sp_pairs)
+    art = [r for r in rows if r["expect"] is not None]
+    f["artifact_windows"] = len(art)
+    f["artifact_withheld_pct"] = pct(sum(1 for r in art if not (fin(r["hr"]) or fin(r["spo2"]))), len(art))
+    for reason in ("no finger", "motion", "clipping"):
+        sub = [r for r in art if r["expect"] == reason]
+        f[f"artifact_withheld_pct_{reason.replace(' ', '_')}"] = pct(
+            sum(1 for r in sub if not (fin(r["hr"]) or fin(r["spo2"]))), len(sub))
+    f["false_reading_no_finger"] = sum(1 for r in rows if r["finger_none"] and (fin(r["hr"]) or fin(r["spo2"])))
+    clean = [r for r in rows if r["expect"] is None and fin(r["ref_hr"]) and r["t"] - (r["job"]["on"] or 0) >= 10]
+    f["clean_windows"] = len(clean)
+    f["clean_reported_hr_pct"] = pct(sum(1 for r in clean if fin(r["hr"])), len(clean))
+    f["clean_reported_spo2_pct"] = pct(sum(1 for r in clean if fin(r["spo2"])), len(clean))
+    ttv = [x for x in (_first_valid(j) for j in jobs) if x is not None]
+    f["time_to_first_valid_placements"] = len(ttv)
+    f["time_to_first_valid_never_pct"] = pct(sum(1 for x in ttv if x == math.inf), len(ttv))
+    f["time_to_first_valid_s_p50"] = _pctl(ttv, 50)
+    f["time_to_first_valid_s_p90"] = _pctl(ttv, 90)
+    pi_pairs = [(r["pi"], r["ref_pi"]) for r in rows if fin(r["pi"]) and fin(r["ref_pi"])]
+    f["pi_rel_err_pct_median"] = (float(np.median([abs(a - b) / b * 100 for a, b in pi_pairs]))
+                                  if pi_pairs else None)
+
+    # peers on the same windows nabd reported HR on, and on every window with a reference
+    nabd_hr_rows = [r for r in rows if fin(r["hr"]) and fin(r["ref_hr"])]
+    ref_rows = [r for r in rows if fin(r["ref_hr"])]
+    for key, col in (("heartpy", "hp_hr"), ("neurokit2", "nk_hr"), ("maxim_rd117", "rd_hr")):
+        same = [(r[col], r["ref_hr"]) for r in nabd_hr_rows if fin(r[col])]
+        allw = [(r[col], r["ref_hr"]) for r in ref_rows if fin(r[col])]
+        f[f"{key}_hr_mae_bpm"] = mae(*zip(*same, strict=False)) if same else None
+        f[f"{key}_hr_coverage_pct"] = pct(len(same), len(nabd_hr_rows))
+        f[f"{key}_hr_mae_bpm_all"] = mae(*zip(*allw, strict=False)) if allw else None
+        f[f"{key}_hr_reported_pct_all"] = pct(len(allw), len(ref_rows))
+    f["hr_reported_pct_all"] = pct(len(nabd_hr_rows), len(ref_rows))
+    rd_sp = [(r["rd_spo2"], r["ref_spo2"]) for r in rows
+             if fin(r["rd_spo2"]) and fin(r["ref_spo2"]) and 70 <= r["ref_spo2"] <= 100]
+    f["maxim_rd117_spo2_arms_pct"] = arms(*zip(*rd_sp, strict=False)) if rd_sp else None
+    rd_r = [(float(ph.spo2_from_r(r["rd_r"])), r["ref_spo2"]) for r in rows
+            if fin(r["rd_r"]) and fin(r["ref_spo2"]) and 70 <= r["ref_spo2"] <= 100]
+    f["maxim_rd117_spo2_arms_pct_nabd_curve"] = arms(*zip(*rd_r, strict=False)) if rd_r else None
+    f["maxim_rd117_spo2_readings"] = len(rd_sp)
+    detail = {"hr_pairs": hr_pairs, "spo2_pairs": sp_pairs, "breakdown": _breakdown(jobs)}
+    return f, detail
+
+
+def _pctl(xs: list[float], q: float):
+    if not xs:
+        return None
+    v = float(np.percentile(np.asarray(xs, dtype=float), q))
+    return round(v, 2) if math.isfinite(v) else "never"
+
+
+def _breakdown(jobs: list[dict]) -> list[dict]:
+    """Per scenario kind and per band: HR MAE, SpO2 Arms, share reported (for diagnosis)."""
+    groups: dict[str, list[dict]] = {}
+
+    def add(key: str, j: dict) -> None:
+        groups.setdefault(key, []).append(j)
+
+    for j in jobs:
+        add("scenario " + j["name"], j)
+        add("HR " + ("30–50" if j["hr"] < 50 else "50–100" if j["hr"] < 100 else "100–150" if j["hr"] < 150 else "150–220"), j)
+        add("SpO2 " + ("70–80" if j["spo2"] < 80 else "80–90" if j["spo2"] < 90 else "90–100"), j)
+        add("PI " + ("0.1–0.3" if j["pi"] < 0.3 else "0.3–1" if j["pi"] < 1 else "1–5" if j["pi"] < 5 else "5–20"), j)
+        add("Monk " + ("1–3" if j["monk"] <= 3 else "4–7" if j["monk"] <= 7 else "8–10"), j)
+    out = []
+    for key in sorted(groups):
+        rows = [r for j in groups[key] for r in j["rows"]]
+        hr = [(r["hr"], r["ref_hr"]) for r in rows if fin(r["hr"]) and fin(r["ref_hr"])]
+        sp = [(r["spo2"], r["ref_spo2"]) for r in rows if fin(r["spo2"]) and fin(r["ref_spo2"])]
+        clean = [r for r in rows if r["expect"] is None and fin(r["ref_hr"])]
+        out.append({"group": key, "n": len(groups[key]),
+                    "hr_mae": mae(*zip(*hr, strict=False)) if hr else None,
+                    "spo2_arms": arms(*zip(*sp, strict=False)) if sp else None,
+                    "reported_pct": pct(sum(1 for r in clean if fin(r["hr"])), len(clean)),
+                    "withheld_reasons": _reasons(rows)})
+    return out
+
+
+def _reasons(rows: list[dict]) -> str:
+    c: dict[str, int] = {}
+    for r in rows:
+        w = r["withheld"]
+        if w is not None:
+            c[str(w)] = c.get(str(w), 0) + 1
+    return ", ".join(f"{k}: {v}" for k, v in sorted(c.items(), key=lambda kv: -kv[1])[:4])
+
+
+# -- real recordings ------------------------------------------------------------------------------
+
+def _real_job(rec: signal_data.RealRecord) -> dict:
+    from bench.peers import heartpy_peer, hr_in_window, neurokit2_peer, rd117  # noqa: PLC0415
+
+    t0 = time.monotonic()
+    outs = run_chain(rec.red, rec.ir, rec.rate_hz)
+    vm_s = time.monotonic() - t0
+    outs = outs or []
+    hp_b, hp_ok = heartpy_peer.beats(rec.ir, rec.rate_hz)
+    nk_b, nk_ok = neurokit2_peer.beats(rec.ir, rec.rate_hz)
+    dur = len(rec.ir) / rec.rate_hz
+    grid = [float(s) for s in np.arange(1.0, dur + 1e-9, 1.0)]
+    rd = rd117.run(rec.red, rec.ir, rec.rate_hz, grid)
+    hr_rows = []
+    for t, ref in rec.hr_ref:
+        k = min(len(grid) - 1, max(0, int(round(t)) - 1))
+        hr_rows.append({"t": t, "ref": ref, "nabd": value_at(outs, t, "hr"),
+                        "hp": hr_in_window(hp_b, t, rec.hr_window_s, hp_ok),
+                        "nk": hr_in_window(nk_b, t, rec.hr_window_s, nk_ok), "rd": rd[k][0] if grid else float("nan")})
+    sp_rows = []
+    for t, ref in rec.spo2_ref:
+        k = min(len(grid) - 1, max(0, int(round(t)) - 1))
+        sp_rows.append({"t": t, "ref": ref, "nabd": value_at(outs, t, "spo2"),
+                        "rd": rd[k][1] if grid else float("nan"), "rd_r": rd[k][2] if grid else float("nan")})
+    thinned = per_second(outs)
+    med = {key: _median([reported(o, key) for o in thinned]) for key in ("hr", "spo2")}
+    rd_med = {"hr": _median([x[0] for x in rd]), "spo2": _median([x[1] for x in rd]), "r": _median([x[2] for x in rd])}
+    peers_med = {"hp": _median([hr_in_window(hp_b, t, rec.hr_window_s, hp_ok) for t in grid]),
+                 "nk": _median([hr_in_window(nk_b, t, rec.hr_window_s, nk_ok) for t in grid])}
+    reasons: dict[str, int] = {}
+    for o in thinned:
+        if o.get("withheld") is not None:
+            reasons[str(o["withheld"])] = reasons.get(str(o["withheld"]), 0) + 1
+    return {"set": rec.set, "name": rec.name, "label": rec.label, "duration": dur, "vm_s": vm_s,
+            "outputs": len(thinned), "reported": sum(1 for o in thinned if o.get("withheld") is None),
+            "reasons": reasons, "hr_rows": hr_rows, "sp_rows": sp_rows, "median": med, "rd_median": rd_med,
+            "peers_median": peers_med, "host_r": _host_r(rec)}
+
+
+def _median(xs):
+    a = np.asarray([x for x in xs if fin(x)], dtype=float)
+    return float(np.median(a)) if len(a) else float("nan")
+
+
+def _host_r(rec: signal_data.RealRecord) -> float:
+    """R of the whole recording by a plain host method (band-pass 0.5–5 Hz, RMS AC / mean DC),
+    to show what the data itself says about SpO2 independently of any device's calibration."""
+    if rec.red is None or len(rec.ir) < rec.rate_hz * 2:
+        return float("nan")
+    from scipy.signal import butter, sosfiltfilt  # noqa: PLC0415
+
+    sos = butter(2, [0.5, min(5.0, rec.rate_hz / 2.5)], btype="band", fs=rec.rate_hz, output="sos")
+    ac_r = float(np.std(sosfiltfilt(sos, rec.red)))
+    ac_i = float(np.std(sosfiltfilt(sos, rec.ir)))
+    if ac_i <= 0 or np.mean(rec.ir) <= 0:
+        return float("nan")
+    return (ac_r / float(np.mean(rec.red))) / (ac_i / float(np.mean(rec.ir)))
+
+
+def real_figures(jobs: list[dict]) -> tuple[dict, dict]:
+    f: dict = {}
+    detail: dict = {"sets": {}}
+    by_set: dict[str, list[dict]] = {}
+    for j in jobs:
+        by_set.setdefault(j["set"], []).append(j)
+    for s, js in sorted(by_set.items()):
+        d: dict = {"recordings": len(js), "duration_s": round(sum(j["duration"] for j in js), 1),
+                   "outputs": sum(j["outputs"] for j in js), "reported": sum(j["reported"] for j in js)}
+        reasons: dict[str, int] = {}
+        for j in js:
+            for k, v in j["reasons"].items():
+                reasons[k] = reasons.get(k, 0) + v
+        d["withheld_reasons"] = reasons
+        pre = f"real_{s}_"
+        f[pre + "reported_pct"] = pct(d["reported"], d["outputs"])
+        if s in ("troika", "wfdb"):
+            rows = [r for j in js for r in j["hr_rows"]]
+            d["windows"] = len(rows)
+            for who, key in (("nabd", ""), ("hp", "heartpy_"), ("nk", "neurokit2_"), ("rd", "maxim_rd117_")):
+                pairs = [(r[who], r["ref"]) for r in rows if fin(r[who])]
+                f[f"{pre}{key}hr_mae_bpm"] = mae(*zip(*pairs, strict=False)) if pairs else None
+                f[f"{pre}{key}hr_windows_pct"] = pct(len(pairs), len(rows))
+                if who == "nabd":
+                    same = [r for r in rows if fin(r["nabd"])]
+                    detail.setdefault("real_hr_pairs", []).extend(pairs)
+                elif same:
+                    sp = [(r[who], r["ref"]) for r in same if fin(r[who])]
+                    f[f"{pre}{key}hr_mae_bpm_on_nabd_windows"] = mae(*zip(*sp, strict=False)) if sp else None
+        if s in ("alsementsov", "oxiwear"):
+            hr = [(j["median"]["hr"], j["hr_rows"][0]["ref"], j["rd_median"]["hr"], j["peers_median"]) for j in js
+                  if j["hr_rows"]]
+            if hr:
+                got = [(a, b) for a, b, _, _ in hr if fin(a)]
+                f[pre + "hr_abs_err_bpm_median"] = (float(np.median([abs(a - b) for a, b in got])) if got else None)
+                f[pre + "hr_recordings_reported"] = f"{len(got)}/{len(hr)}"
+                for key, get in (("heartpy_", lambda x: x[3]["hp"]), ("neurokit2_", lambda x: x[3]["nk"]),
+                                 ("maxim_rd117_", lambda x: x[2])):
+                    pe = [(get(x), x[1]) for x in hr if fin(get(x))]
+                    f[pre + key + "hr_abs_err_bpm_median"] = (float(np.median([abs(a - b) for a, b in pe]))
+                                                            if pe else None)
+            sp = [(j["median"]["spo2"], j["sp_rows"][0]["ref"], j["rd_median"]["spo2"], j["host_r"], j["rd_median"]["r"])
+                  for j in js if j["sp_rows"]]
+            if sp:
+                got = [(a, b) for a, b, *_ in sp if fin(a)]
+                f[pre + "spo2_recordings_reported"] = f"{len(got)}/{len(sp)}"
+                f[pre + "spo2_abs_err_pct_median"] = (float(np.median([abs(a - b) for a, b in got])) if got else None)
+                rdp = [(c, b) for _, b, c, *_ in sp if fin(c)]
+                f[pre + "maxim_rd117_spo2_abs_err_pct_median"] = (float(np.median([abs(a - b) for a, b in rdp]))
+                                                                  if rdp else None)
+                if s == "oxiwear":
+                    f[pre + "nabd_spo2_ref_corr"] = pearson(*zip(*got, strict=False)) if len(got) > 2 else None
+                    hr_ = [(r, b) for _, b, _, r, _ in sp if fin(r)]
+                    f[pre + "host_r_ref_corr"] = pearson(*zip(*hr_, strict=False)) if len(hr_) > 2 else None
+                    rr = [(r, b) for _, b, _, _, r in sp if fin(r)]
+                    f[pre + "maxim_rd117_r_ref_corr"] = pearson(*zip(*rr, strict=False)) if len(rr) > 2 else None
+            if s == "alsementsov":
+                for lab in ("dead", "bad", "lowbad"):
+                    lj = [j for j in js if j["label"] == lab]
+                    if lj:
+                        f[pre + f"{lab}_reported_pct"] = pct(sum(j["reported"] for j in lj),
+                                                             sum(j["outputs"] for j in lj))
+        if s == "emotibit":
+            rows = [r for j in js for r in j["sp_rows"]]
+            pairs = [(r["nabd"], r["ref"]) for r in rows if fin(r["nabd"])]
+            f[pre + "spo2_arms_pct"] = arms(*zip(*pairs, strict=False)) if pairs else None
+            f[pre + "spo2_windows_pct"] = pct(len(pairs), len(rows))
+            rdp = [(r["rd"], r["ref"]) for r in rows if fin(r["rd"])]
+            f[pre + "maxim_rd117_spo2_arms_pct"] = arms(*zip(*rdp, strict=False)) if rdp else None
+            f[pre + "maxim_rd117_spo2_windows_pct"] = pct(len(rdp), len(rows))
+            f[pre + "nabd_spo2_ref_corr"] = pearson(*zip(*pairs, strict=False)) if len(pairs) > 2 else None
+            detail.setdefault("real_spo2_pairs", []).extend(pairs)
+        detail["sets"][s] = d
+    return f, detail
+
+
+# -- temperature, cost ----------------------------------------------------------------------------
+
+def temperature_figures() -> dict:
+    from bench import signal_temp  # noqa: PLC0415
+
+    return signal_temp.run()
+
+
+def cost_figures() -> dict:
+    sr = _signalrun()
+    if sr is None:
+        return {"alloc_bytes_per_sample": None, "cost_ref_units_per_sample": None}
+    c = sr.measure_cost()
+    return {"alloc_bytes_per_sample": c.get("alloc_bytes_per_sample"),
+            "cost_ref_units_per_sample": c.get("cost_ref_units_per_sample")}
+
+
+# -- plots and report -----------------------------------------------------------------------------
+
+def plot_bland_altman(pairs, title: str, unit: str, path: Path) -> dict | None:
+    if len(pairs) < 3:
+        return None
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    est = np.asarray([a for a, _ in pairs], dtype=float)
+    ref = np.asarray([b for _, b in pairs], dtype=float)
+    bias, lo, hi = bland_altman(est, ref)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    ax.scatter((est + ref) / 2, est - ref, s=4, alpha=0.35)
+    for y, style, lab in ((bias, "-", f"bias {bias:+.2f}"), (lo, "--", f"−1.96 SD {lo:+.2f}"),
+                          (hi, "--", f"+1.96 SD {hi:+.2f}")):
+        ax.axhline(y, color="crimson", linestyle=style, linewidth=1)
+        ax.text(ax.get_xlim()[1], y, " " + lab, va="center", fontsize=8, color="crimson")
+    ax.set_xlabel(f"mean of nabd and reference ({unit})")
+    ax.set_ylabel(f"nabd − reference ({unit})")
+    ax.set_title(f"{title} (n = {len(pairs)})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return {"bias": round(bias, 3), "loa_low": round(lo, 3), "loa_high": round(hi, 3), "n": len(pairs)}
+
+
+def _met(key: str, v) -> str:
+    if key not in TARGETS:
+        return ""
+    op, target = TARGETS[key]
+    if v is None or isinstance(v, str):
+        return "not met" if v == "never" else "not measured"
+    ok = v <= target if op == "<=" else v >= target
+    return "met" if ok else "NOT met"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return "—" if v is None else str(v)
+
+
+def write_report(figs: dict, detail: dict, outdir: Path, elapsed: float, notes: list[str]) -> str:
+    L = ["# nabd signal-chain validation", "",
+         f"Generated by `python -m bench signal` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+         f"{elapsed:.0f} s on this machine). Figures in `build/bench/signal.json`; this file is its copy.", ""]
+    if notes:
+        L += ["**Notes from this run:** " + " ".join(notes), ""]
+    L += ["## Targets (issue 3)", "", "| key | value | target | status |", "|---|---|---|---|"]
+    for k, (op, t) in TARGETS.items():
+        L.append(f"| `{k}` | {_fmt(figs.get(k))} | {'≤' if op == '<=' else '≥'} {t} | {_met(k, figs.get(k))} |")
+    L += ["", "## Peers on the same synthetic recordings", "",
+          "HR MAE on the windows where nabd reported (like for like) and on every window with a reference "
+          "where the peer gave a value (its own coverage); RD117 SpO2 with its own table and with its "
+          "ratio through nabd's calibration curve.", "",
+          "| method | HR MAE, nabd's windows (bpm) | coverage of nabd's windows | HR MAE, all windows | share of all windows |",
+          "|---|---|---|---|---|",
+          f"| nabd | {_fmt(figs.get('hr_mae_bpm'))} | 100 % | {_fmt(figs.get('hr_mae_bpm'))} | {_fmt(figs.get('hr_reported_pct_all'))} % |"]
+    for key in ("heartpy", "neurokit2", "maxim_rd117"):
+        L.append(f"| {key} | {_fmt(figs.get(key + '_hr_mae_bpm'))} | {_fmt(figs.get(key + '_hr_coverage_pct'))} % | "
+                 f"{_fmt(figs.get(key + '_hr_mae_bpm_all'))} | {_fmt(figs.get(key + '_hr_reported_pct_all'))} % |")
+    L += ["", f"SpO2 Arms: nabd {_fmt(figs.get('spo2_arms_pct'))} %, RD117 (own table) "
+          f"{_fmt(figs.get('maxim_rd117_spo2_arms_pct'))} %, RD117 ratio through nabd's curve "
+          f"{_fmt(figs.get('maxim_rd117_spo2_arms_pct_nabd_curve'))} %.", ""]
+    L += ["## Other synthetic figures", "", "| key | value |", "|---|---|"]
+    for k, v in figs.items():
+        if k in TARGETS or k.startswith(("real_", "heartpy", "neurokit2", "maxim")) or k.startswith("temp_"):
+            continue
+        L.append(f"| `{k}` | {_fmt(v)} |")
+    L += ["", "## Breakdown (synthetic suite)", "",
+          "| group | recordings | HR MAE | SpO2 Arms | HR reported (clean windows) | withheld reasons (top) |",
+          "|---|---|---|---|---|---|"]
+    for b in detail.get("breakdown", []):
+        L.append(f"| {b['group']} | {b['n']} | {_fmt(b['hr_mae'])} | {_fmt(b['spo2_arms'])} | "
+                 f"{_fmt(b['reported_pct'])} % | {b['withheld_reasons']} |")
+    L += ["", "## Real recordings (`../shared/data/ppg/`)", "", "| key | value |", "|---|---|"]
+    for k, v in figs.items():
+        if k.startswith("real_"):
+            L.append(f"| `{k}` | {_fmt(v)} |")
+    for s, d in detail.get("sets", {}).items():
+        L.append(f"\n{s}: {d['recordings']} recordings, {d['duration_s']} s, {d['reported']}/{d['outputs']} "
+                 f"one-second outputs reported; withheld: {d['withheld_reasons']}")
+    L += ["", "## Temperature", "", "| key | value |", "|---|---|"]
+    for k, v in figs.items():
+        if k.startswith("temp_"):
+            L.append(f"| `{k}` | {_fmt(v)} |")
+    L += ["", "## Bland–Altman", ""]
+    for name, ba in detail.get("bland_altman", {}).items():
+        if ba:
+            L.append(f"- {name}: bias {ba['bias']:+.2f}, 95 % limits of agreement {ba['loa_low']:+.2f} to "
+                     f"{ba['loa_high']:+.2f} (n = {ba['n']}), `build/bench/{name}.png`")
+    L += ["", METHOD_NOTES]
+    text = "\n".join(L) + "\n"
+    (outdir / "signal.md").write_text(text)
+    return text
+
+
+METHOD_NOTES = """## Method
+
+- **Synthetic suite**: `hardware.sim.physiology.suite()` — seeded 35-s recordings at 100 Hz,
+  HR 30–220 bpm, SpO2 70–100 %, PI 0.1–20 % (log-uniform), Monk 1–10, HRV and respiratory
+  modulation, baseline wander, pulse morphology from a shoulder to a distinct dicrotic notch; a
+  quarter carry named scenarios (motion bursts, finger removed, no finger, sunlight saturating the
+  ADC, hypoxia ramps, exercise ramps, AF-like rhythm, fever, dark skin, low perfusion). The finger
+  lands 0.5–2 s in. SpO2 becomes R through the inverse of the firmware's default calibration curve,
+  so the SpO2 error measures the chain, not the curve. The signal is rendered as the MAX30102 would
+  deliver it at the default LED current and ADC range (ambient cancellation, noise, 18-bit
+  quantisation, clipping) and fed to the firmware chain on the MicroPython VM (`host/signalrun.py`).
+- **Scoring**: one evaluation per second (the chain's last output in that second). HR reference =
+  60 / mean beat interval over the 8 s ending there; SpO2 and PI references = the mean over the
+  last 4 s. `hr_mae_bpm` and `spo2_arms_pct` (ISO 80601-2-61: Arms = sqrt(mean((SpO2 − SaO2)²)),
+  reference 70–100 %) count every reported value with a finger present, motion windows included.
+  An *artifact window* has, in its last second, no finger (or a finger only part of it), motion,
+  or a clipped sample; it counts as withheld when neither HR nor SpO2 is reported.
+  `false_reading_no_finger` counts reported values whose whole last second had no finger.
+  `time_to_first_valid_s` runs from finger-on to the first output with both HR and SpO2, over clean
+  placements (finger stays ≥ 15 s, no motion, PI ≥ 0.3 %); "never" when over 10 % never report.
+- **Peers**: HeartPy 1.2.7 (band-pass 0.5–5 Hz, `process` with its RR-outlier rejection, bpm range
+  widened to 30–230) and NeuroKit2 0.2.13 (`ppg_clean` + `ppg_findpeaks`, Elgendi) run over each
+  whole recording as designed; their beats give HR on the same 8-s windows. Maxim's RD117 is
+  re-implemented from its description (`bench/peers/rd117.py`: 25 sps, 4-s buffer refreshed each
+  second, valley-to-valley beats, integer HR, ratio median, its quadratic table) with its known
+  weaknesses kept.
+- **Real recordings**: AC-coupled or normalised sets (TROIKA wrist green PPG during running, ICU
+  PLETH) are mapped to ADC polarity at 100,000 counts with a 2 % pulse; they carry no red channel,
+  so they score HR only. TROIKA's reference is ECG HR per 8-s window (2-s step); the ICU reference is
+  ECG lead II R peaks (NeuroKit2) per 8-s window, irregular windows dropped. Alsementsov and
+  OxiWear carry one reference per file (the name): the median of the reported values is scored.
+  OxiWear is a different sensor with another calibration, so the correlation of R (and of the
+  reported SpO2) with the reference oximeter is reported; EmotiBit's typed-in oximeter readings
+  score SpO2 every ~2 s (again another sensor and curve: Arms there measures the curve too).
+- **Temperature**: simulated MLX90614 units with per-unit offset and gain errors and read noise,
+  two-point calibration against a blackbody at two setpoints, then the firmware temperature
+  pipeline (`run_temperature`) on repeated reads at setpoints across the rated range; error against
+  the blackbody.
+- **Skin tone**: the synthesiser models melanin as an absorber that lowers red more than IR, plus
+  a small unattenuated shunt of light; it does not model the full optical physics behind the
+  occult-hypoxaemia bias seen clinically. FDA's 2025 draft guidance on pulse oximeters asks for
+  clinical evaluation across skin tones (Monk Skin Tone scale and individual typology angle, with
+  many more participants of darker skin); these synthetic figures cannot substitute for that
+  study, and no claim of equal accuracy across skin tones is made from them.
+"""
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+def _pool_map(fn, items):
+    if not items:
+        return []
+    with ProcessPoolExecutor(max_workers=WORKERS) as ex:
+        return list(ex.map(fn, items, chunksize=max(1, len(items) // (WORKERS * 8))))
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, float):
+        return round(v, 4)
+    return v
+
+
+def run(outdir) -> dict:
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    notes: list[str] = []
+    if _signalrun() is None:
+        notes.append("host/signalrun.py (the firmware chain harness) is not available: nabd's own figures "
+                     "are missing, the peers still run.")
+    n = int(os.environ.get("NABD_BENCH_SIGNAL_N", "200"))
+    jobs = _pool_map(_synthetic_job, ph.suite(n))
+    figs, detail = synthetic_figures(jobs)
+    vm_s = sum(j["vm_s"] for j in jobs)
+    if os.environ.get("NABD_BENCH_SIGNAL_REAL", "1") != "0":
+        recs = []
+        for name, loader in signal_data.LOADERS.items():
+            got = loader()
+            if not got:
+                notes.append(f"real set {name} not found under {signal_data.PPG}: skipped.")
+            recs.extend(got)
+        rjobs = _pool_map(_real_job, recs)
+        vm_s += sum(j["vm_s"] for j in rjobs)
+        rf, rd = real_figures(rjobs)
+        figs.update(rf)
+        detail.update(rd)
+    try:
+        figs.update(temperature_figures())
+    except Exception as e:  # reported, never hidden
+        notes.append(f"temperature benchmark failed: {type(e).__name__}: {e}.")
+    try:
+        figs.update(cost_figures())
+    except Exception as e:
+        notes.append(f"cost measurement failed: {type(e).__name__}: {e}.")
+    detail["bland_altman"] = {
+        "ba_hr_synthetic": plot_bland_altman(detail["hr_pairs"], "HR, synthetic suite", "bpm", outdir / "ba_hr_synthetic.png"),
+        "ba_spo2_synthetic": plot_bland_altman(detail["spo2_pairs"], "SpO2, synthetic suite", "%",
+                                               outdir / "ba_spo2_synthetic.png"),
+        "ba_hr_real": plot_bland_altman(detail.get("real_hr_pairs", []), "HR, TROIKA + ICU recordings", "bpm",
+                                        outdir / "ba_hr_real.png"),
+        "ba_spo2_real": plot_bland_altman(detail.get("real_spo2_pairs", []), "SpO2, EmotiBit recordings", "%",
+                                          outdir / "ba_spo2_real.png"),
+    }
+    for name, ba in detail["bland_altman"].items():
+        if ba:
+            figs[name.replace("ba_", "bland_altman_") + "_bias"] = ba["bias"]
+            figs[name.replace("ba_", "bland_altman_") + "_loa"] = [ba["loa_low"], ba["loa_high"]]
+    figs["vm_seconds_total"] = round(vm_s, 1)
+    figs = {k: _clean(v) for k, v in figs.items()}
+    elapsed = time.monotonic() - t_start
+    write_report(figs, detail, outdir, elapsed, notes)
+    docs = REPO / "docs"
+    if docs.is_dir() and outdir.resolve() == (REPO / "build" / "bench").resolve():
+        shutil.copyfile(outdir / "signal.md", docs / "validation.md")
+    for n_ in notes:
+        print("   note:", n_)
+    return figs
