@@ -55,8 +55,13 @@ def run_chain(red, ir, rate_hz: float) -> list[dict] | None:
     if sr is None:
         return None
     ir_l = [int(v) for v in np.round(ir)]
-    red_l = [int(v) for v in np.round(red)] if red is not None else None
-    return sr.run_chain(red_l, ir_l, rate_hz)
+    if red is not None:
+        return sr.run_chain([int(v) for v in np.round(red)], ir_l, rate_hz)
+    try:
+        return sr.run_chain(None, ir_l, rate_hz)       # IR only: heart rate only
+    except (TypeError, ValueError):
+        outs = sr.run_chain(ir_l, ir_l, rate_hz)       # harness wants both: SpO2 is meaningless
+        return [o | {"spo2": None} for o in outs]
 
 
 def per_second(outputs: list[dict] | None, step: float = EVAL_STEP_S) -> list[dict]:
@@ -219,6 +224,11 @@ def synthetic_figures(jobs: list[dict]) -> tuple[dict, dict]:
             if fin(r["rd_r"]) and fin(r["ref_spo2"]) and 70 <= r["ref_spo2"] <= 100]
     f["maxim_rd117_spo2_arms_pct_nabd_curve"] = arms(*zip(*rd_r, strict=False)) if rd_r else None
     f["maxim_rd117_spo2_readings"] = len(rd_sp)
+    if not any(j["chain"] for j in jobs):     # nothing ran: no figure of nabd's may look measured
+        for k in ("artifact_withheld_pct", "artifact_withheld_pct_no_finger", "artifact_withheld_pct_motion",
+                  "artifact_withheld_pct_clipping", "false_reading_no_finger", "time_to_first_valid_s_p50",
+                  "time_to_first_valid_s_p90", "time_to_first_valid_never_pct"):
+            f[k] = None
     detail = {"hr_pairs": hr_pairs, "spo2_pairs": sp_pairs, "breakdown": _breakdown(jobs)}
     return f, detail
 
@@ -226,8 +236,9 @@ def synthetic_figures(jobs: list[dict]) -> tuple[dict, dict]:
 def _pctl(xs: list[float], q: float):
     if not xs:
         return None
-    v = float(np.percentile(np.asarray(xs, dtype=float), q))
-    return round(v, 2) if math.isfinite(v) else "never"
+    a = np.asarray(xs, dtype=float)
+    v = float(np.percentile(np.where(np.isfinite(a), a, 1e9), q))
+    return round(v, 2) if v < 1e8 else "never"
 
 
 def _breakdown(jobs: list[dict]) -> list[dict]:

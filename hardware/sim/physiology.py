@@ -529,7 +529,7 @@ def suite(n: int = 200, seed: int = 2025, duration_s: float = 35.0) -> list[Phys
     named = ["motion", "motion", "no-finger", "finger-off", "ambient", "motion", "hypoxia", "exercise",
              "irregular", "fever", "dark-skin", "low-perfusion"]
     for i in range(n):
-        kind = named[i % len(named)] if i % 4 == 3 else "sweep"
+        kind = named[(i // 4) % len(named)] if i % 4 == 3 else "sweep"
         if kind != "sweep":
             out.append(scenario(kind, seed=seed + i, duration_s=duration_s))
             continue
