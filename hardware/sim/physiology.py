@@ -87,6 +87,11 @@ def calibration_coefficients() -> tuple[float, float, float]:
         for keys in (("spo2_a", "spo2_b", "spo2_c"), ("a", "b", "c")):
             if all(k in d for k in keys):
                 return tuple(float(d[k]) for k in keys)  # type: ignore[return-value]
+    import warnings  # noqa: PLC0415
+
+    warnings.warn("firmware/signal/calibration.py exists but its default SpO2 coefficients were not "
+                  "found (tried SPO2_COEFFS, DEFAULT_SPO2, SPO2_DEFAULT, DEFAULT_COEFFS, SPO2_ABC, "
+                  "DEFAULTS[spo2_a..c]): synthesising through the fallback curve", RuntimeWarning, stacklevel=2)
     return FALLBACK_CAL
 
 

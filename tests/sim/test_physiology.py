@@ -69,6 +69,12 @@ def test_calibration_matches_firmware_defaults_when_present():
         from firmware.signal import calibration  # noqa: F401
     except ImportError:
         pytest.skip("firmware/signal/calibration.py not there yet: synthesiser uses its fallback curve")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # the firmware's defaults must be found, not guessed
+        coeffs = ph.calibration_coefficients()
+    assert len(coeffs) == 3
     # whichever curve it read, synthesis and reading back agree
     assert float(ph.spo2_from_r(ph.r_from_spo2(90.0))) == pytest.approx(90.0, abs=1e-3)
 
