@@ -3,13 +3,13 @@
 ``run(board)`` returns a list of ``(name, ok, detail)``, one per check, in this order:
 
 ``mlx90614.bus``       the thermometer answers at 0x5A and several reads are all PEC-valid
-``mlx90614.ambient``   Ta plausible (-20..60 degC)
-``mlx90614.object``    Tobj plausible (-20..100 degC)
+``mlx90614.ambient``   Ta plausible (-20..60 \u00b0C)
+``mlx90614.object``    Tobj plausible (-20..100 \u00b0C)
 ``max30102.part``      reset and part ID 0x15 at 0x57
 ``max30102.leds``      LED order; a unit with red/IR swapped passes, corrected in software
 ``max30102.fifo_rate`` samples for 1 s of board time within +-2 % of the configured rate
 ``max30102.overflow``  no sample lost while reading at the normal cadence
-``max30102.die_temp``  die temperature plausible (-20..85 degC)
+``max30102.die_temp``  die temperature plausible (-20..85 \u00b0C)
 
 A failing check names its fault first in the detail, as the simulator's fault names do
 (``"mlx90614:pec - PEC mismatch on 10 of 10 reads"``), so a log or a technician's screen says
@@ -37,11 +37,10 @@ _MLX_TEXT = {
 }
 _MAX_TEXT = {
     "absent": "no ACK at 0x57 (part absent or unpowered)",
-    "part-id": "wrong part ID",
+    "wrong-part": "another part answers at 0x57",
     "overflow": "FIFO overflow: samples lost",
+    "reset-timeout": "the RESET bit never cleared",
     "stuck": "I2C bus held (timeout)",
-    "reset": "reset bit never cleared",
-    "nack": "no ACK at 0x57",
 }
 
 
@@ -62,13 +61,16 @@ def _fault_of(part, e):
 
 
 def _describe(part, e):
+    """``part:fault \u2014 what happened``, from the driver's exception."""
     name = _fault_of(part, e)
-    table = _MLX_TEXT if part == "mlx90614" else _MAX_TEXT
-    text = table.get(name.split(":", 1)[1])
     msg = str(e)
-    if text and msg and msg != text:
-        return name + DASH + text + " (" + msg + ")"
-    return name + DASH + (text or msg or "error")
+    for prefix in (name, part + ":"):        # the drivers name their fault or part first already
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):].lstrip(" -:")
+    if not msg:
+        table = _MLX_TEXT if part == "mlx90614" else _MAX_TEXT
+        msg = table.get(name.split(":", 1)[1], "error")
+    return name + DASH + msg
 
 
 def _cc(v):
@@ -120,7 +122,8 @@ def _mlx_bus(ctx):
         if name == "mlx90614:pec":
             parts.append(name + DASH + "PEC mismatch on %d of %d reads" % (n, total))
         else:
-            parts.append(_describe("mlx90614", first[name]) + ", %d of %d reads" % (n, total))
+            what = _MLX_TEXT.get(name.split(":", 1)[1]) or str(first[name])
+            parts.append(name + DASH + "%s on %d of %d reads" % (what, n, total))
     return False, "; ".join(parts)
 
 
@@ -130,10 +133,10 @@ def _mlx_reading(ctx, what, lo_cc, hi_cc):
         v = m.ambient_cc() if what == "Ta" else m.object_cc()
     except Exception as e:
         return False, _describe("mlx90614", e)
-    rng = "%s..%s degC" % (_cc(lo_cc)[:-3], _cc(hi_cc)[:-3])
+    rng = "%s..%s \u00b0C" % (_cc(lo_cc)[:-3], _cc(hi_cc)[:-3])
     if lo_cc <= v <= hi_cc:
-        return True, "%s %s degC (plausible %s)" % (what, _cc(v), rng)
-    return False, "mlx90614:implausible" + DASH + "%s %s degC outside %s" % (what, _cc(v), rng)
+        return True, "%s %s \u00b0C (plausible %s)" % (what, _cc(v), rng)
+    return False, "mlx90614:implausible" + DASH + "%s %s \u00b0C outside %s" % (what, _cc(v), rng)
 
 
 def _mlx_ambient(ctx):
@@ -150,17 +153,12 @@ def _max_part(ctx):
     ctx.max = d
     try:
         d.reset()
-        info = d.check()
+        pid = d.check()
+        rev = d.rev_id()
     except Exception as e:
         ctx.max_failed = _fault_of("max30102", e)
         raise
-    detail = "part ID 0x15 at 0x57"
-    rev = getattr(d, "rev_id", None)
-    if rev is None and isinstance(info, (tuple, list)) and len(info) > 1:
-        rev = info[1]
-    if isinstance(rev, int):
-        detail += ", revision 0x%02x" % rev
-    return True, detail
+    return True, "part ID 0x%02x at 0x57, revision 0x%02x" % (pid, rev)
 
 
 def _need_max(ctx):
@@ -172,41 +170,33 @@ def _need_max(ctx):
 def _max_leds(ctx):
     d = ctx.max
     d.configure()
-    swapped = d.detect_swapped_leds()
+    swapped = d.detect_swapped_leds()       # restores the configuration itself
     if swapped is None:
         return False, "max30102:no-reflection" + DASH + "LED order undetermined: cover the sensor with a finger"
-    d.configure()
     if swapped:
         return True, "red/IR swapped on this unit: corrected in software"
     return True, "red on LED1, IR on LED2 as specified"
 
 
-def _expected_rate(d):
-    for attr in ("output_rate", "rate_hz", "sample_rate"):
-        v = getattr(d, attr, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return 100
-
-
 def _max_session(ctx):
     """Read the FIFO at the normal cadence for 1 s of board time: (samples read, lost, elapsed us,
-    expected rate)."""
+    expected output rate in samples/s)."""
     d = ctx.max
     clock = ctx.clock
     d.configure()
-    d.read_fifo()                          # drain what accumulated during configuration
-    total_lost = 0
-    n = 0
+    c = d.config
+    rate = c["sample_rate"] // c["sample_avg"]
+    d.read_fifo()                          # whatever accumulated during configuration
+    n0 = 0
+    lost0 = d.lost
     t0 = clock.ticks_us()
     while True:
         clock.sleep_ms(_CADENCE_MS)
-        n += d.read_fifo()
-        total_lost += d.lost
+        n0 += d.read_fifo()
         elapsed = clock.ticks_diff(clock.ticks_us(), t0)
         if elapsed >= _WINDOW_US:
             break
-    ctx.session = (n, total_lost, elapsed, _expected_rate(d))
+    ctx.session = (n0, d.lost - lost0, elapsed, rate)
     return ctx.session
 
 
@@ -239,8 +229,8 @@ def _max_overflow(ctx):
 def _max_die(ctx):
     v = ctx.max.die_temp_cc()
     if -2000 <= v <= 8500:
-        return True, "die %s degC (plausible -20..85)" % _cc(v)
-    return False, "max30102:implausible" + DASH + "die %s degC outside -20..85 degC" % _cc(v)
+        return True, "die %s \u00b0C (plausible -20..85)" % _cc(v)
+    return False, "max30102:implausible" + DASH + "die %s \u00b0C outside -20..85 \u00b0C" % _cc(v)
 
 
 _CHECKS = (

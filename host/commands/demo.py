@@ -46,16 +46,16 @@ def ppg(seconds):
     d.read_fifo()
     cap = 100 * seconds + 64
     red = array.array('i', bytes(4 * cap)); ir = array.array('i', bytes(4 * cap))
-    n = 0; lost = 0
+    n = 0
     t0 = clock.ticks_ms()
     while clock.ticks_diff(clock.ticks_ms(), t0) < seconds * 1000:
         clock.sleep_ms(40)
-        k = d.read_fifo(); lost += d.lost
+        k = d.read_fifo()
         for i in range(k):
             if n < cap:
                 red[n] = d.red[i]; ir[n] = d.ir[i]; n += 1
     d.shutdown()
-    return red, ir, n, lost, d.swapped
+    return red, ir, n, d.lost, d.swapped
 
 def crude_pulse(x, n, seconds):
     # beats = downward crossings of the mean (a rough estimate; the signal chain does it properly)

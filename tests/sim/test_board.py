@@ -63,8 +63,8 @@ def test_identity_randomness_heap(vm):
     assert vm.eval("c.unique_id().hex()") == "240ac4000007"
     r = vm.eval("[len(b.urandom(16)), b.urandom(8) != b.urandom(8)]")
     assert r == [16, True]
-    free = vm.eval("b.free_heap()")
-    assert 0 < free < vm.heapsize
+    free, gc_free = vm.eval("[b.free_heap(), __import__('gc').mem_free()]")
+    assert 0 < free and abs(free - gc_free) < 4096
     b = SimBoard(storage_root="")
     assert len(b.urandom(32)) == 32 and b.free_heap() > 10**6
     with pytest.raises(SimReset):
@@ -72,14 +72,15 @@ def test_identity_randomness_heap(vm):
 
 
 def test_max_int_pin_follows_the_sensor(vm):
-    """INT is high while nothing is pending and goes low when the FIFO reaches its almost-full
-    threshold with the interrupt enabled (the driver's default configuration)."""
+    """INT is high while nothing is pending, goes low when the FIFO reaches its almost-full
+    threshold with the interrupt enabled (the driver's default configuration), and high again
+    once the status is read."""
     vm.exec(NEW + "from firmware.drivers.max30102 import MAX30102\nb = SimBoard()\n"
-            "d = MAX30102(b.i2c, clock=b.clock)\nd.reset(); d.check(); d.configure(); d.read_fifo()\n"
-            "levels = [b.max_int.value()]\nb.clock.sleep_ms(400)\nlevels.append(b.max_int.value())\n"
-            "d.read_fifo(); levels.append(b.max_int.value())")
-    levels = vm.eval("levels")
-    assert levels[1] == 0 and levels[2] == 1, levels
+            "d = MAX30102(b.i2c, clock=b.clock)\nd.reset(); d.check(); d.configure(); d.status()\n"
+            "levels = [b.max_int.value()]\nb.clock.sleep_ms(100)\nlevels.append(b.max_int.value())\n"
+            "b.clock.sleep_ms(150)\nlevels.append(b.max_int.value())\n"
+            "d.read_fifo(); d.status(); levels.append(b.max_int.value())")
+    assert vm.eval("levels") == [1, 1, 0, 1]
 
 
 def test_virtual_time_runs_with_the_bus(vm):
@@ -163,7 +164,12 @@ def _echo_server(ctx=None):
     def serve():
         conn, _ = srv.accept()
         if ctx is not None:
-            conn = ctx.wrap_socket(conn, server_side=True)
+            try:
+                conn = ctx.wrap_socket(conn, server_side=True)
+            except ssl.SSLError:  # the client refused our certificate (the test expects it)
+                conn.close()
+                srv.close()
+                return
         with conn:
             data = conn.recv(1024)
             conn.sendall(data.upper())
