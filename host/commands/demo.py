@@ -85,12 +85,12 @@ def ac(x): return (max(x[i] for i in range(n)) - min(x[i] for i in range(n))) if
 
 oled.fill(0)
 oled.text('nabd', 0, 0)
-oled.text('self-test ' + ('OK' if ALL_OK else 'FAIL'), 40, 0)
+oled.text('selftest ' + ('OK' if ALL_OK else 'KO'), 40, 0)
 oled.big_text('%d.%d' % (t_obj // 100, (t_obj % 100) // 10), 0, 12, 2)
 oled.text('C', 66, 20)
 oled.text('%d' % bpm, 88, 12)
 oled.text('bpm', 88, 22)
-# the last 2 s of IR as a waveform (inverted: absorbance goes up with each beat)
+# the last 2 s of IR as a plethysmogram: less light returned (more blood) is drawn higher
 top, h = 36, 27
 oled.rect(0, top - 1, 128, h + 2, 1)
 m = min(n, 200)
