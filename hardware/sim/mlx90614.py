@@ -13,9 +13,10 @@ What the model honours, from the MLX90614 datasheet (SMBus Read/Write Word only)
   scenario (``ambient_mc(t_us)``, ``object_mc(t_us)``; Tobj2 from ``object2_mc`` when the scenario
   has one), at the virtual clock's time since the model was made.
 - **Emissivity** (approximation): the part converts IR power P = eps_target*(To^4 - Ta^4) back with
-  its setting eps_set. Linearised (Stefan-Boltzmann around Ta, within ~0.03 K in the clinical range
-  between 15 and 45 degC), the reading is Ta + (To - Ta) * eps_target / eps_set, so a wrong setting
-  biases it. ``target_emissivity`` (0..65535, default 65535 = the scenario's object temperature is
+  its setting eps_set. Linearised around Ta, the reading is Ta + (To - Ta) * eps_target / eps_set,
+  so a wrong setting biases it (eps 0.98 target, 1.0 setting: 36.8 degC reads ~0.26 K low). Against
+  the T^4 law this is within 0.07 K for eps ratios 0.98..1 and within 0.16 K for 0.95..1 (To 30..42,
+  Ta 15..35 degC): the direction and size of the bias, not a radiometric model. ``target_emissivity`` (0..65535, default 65535 = the scenario's object temperature is
   what an ideal black body would read) models skin (~0.98 = 64224). As on the real part, the
   EEPROM setting is latched at power-on/wake: a new emissivity shows after ``wake()`` or
   ``power_cycle()``.
