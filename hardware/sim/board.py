@@ -273,10 +273,11 @@ class SimBoard:
         self.scenario = scenario
         self.seed = seed
         self.clock = VirtualClock(unix_time)
-        self.i2c = VirtualI2C(self.clock, 100000)
-        self.mlx = self.i2c.attach(0x5A, MLX90614Model(self.clock, scenario, 0x5A, mlx_offset_mc, mlx_gain_ppm))
-        self.max = self.i2c.attach(0x57, MAX30102Model(self.clock, scenario, 0x57))
-        self.oled = self.i2c.attach(0x3C, SSD1306Model())
+        self.i2c = VirtualI2C(self.clock, _pin("I2C_FREQ", 100000))
+        a_mlx, a_max, a_oled = _pin("ADDR_MLX90614", 0x5A), _pin("ADDR_MAX30102", 0x57), _pin("ADDR_SSD1306", 0x3C)
+        self.mlx = self.i2c.attach(a_mlx, MLX90614Model(self.clock, scenario, a_mlx, mlx_offset_mc, mlx_gain_ppm))
+        self.max = self.i2c.attach(a_max, MAX30102Model(self.clock, scenario, a_max))
+        self.oled = self.i2c.attach(a_oled, SSD1306Model(addr=a_oled))
         self.sda = _pin("SDA", 21)
         self.scl = _pin("SCL", 22)
         self.button = SimPin(_pin("BUTTON", 27))

@@ -79,3 +79,13 @@ def test_demo_runs_and_writes_the_screen(tmp_path):
     assert 3600 <= m["t_obj_cc"] <= 3760 and m["lost"] == 0 and m["samples"] >= 290
     assert abs(m["pulse_bpm_rough"] - 72) <= 6
     assert out["screen"].count("\n") == 33 and "█" in out["screen"]
+
+
+def test_device_code_is_valid_micropython_and_finds_the_esp32_board(vm):
+    """What `nabd selftest --port` sends through mpremote: it compiles on MicroPython and names the
+    ESP32 board class that exists (it cannot run here: the VM has no `machine`)."""
+    from host.commands.selftest import DEVICE_CODE
+
+    vm.exec(f"compile({DEVICE_CODE!r}, 'selftest', 'exec')")
+    src = (REPO / "firmware" / "boards" / "esp32.py").read_text()
+    assert "class Esp32Board" in src and "from firmware.boards.esp32 import Esp32Board" in DEVICE_CODE
