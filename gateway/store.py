@@ -44,6 +44,14 @@ class Message:
     t0: float = 0.0                # time.monotonic() at arrival (latency metrics)
 
 
+@dataclass(slots=True)
+class _Prepared:
+    reading: tuple
+    obs: list[tuple]            # observation rows without reading_id
+    outbox: tuple | None
+    patient: str | None
+
+
 @dataclass
 class BatchResult:
     verdicts: list[Verdict] = field(default_factory=list)
@@ -147,8 +155,9 @@ class Store:
         return result
 
     def _process(self, conn: Any, messages: list[Message], now: float) -> BatchResult:
-        self.db.begin(conn)
         now_dt = dt.datetime.fromtimestamp(now, UTC)
+        # Phase A, before the write lock: parse, look up, verify, map to FHIR, serialise. Another
+        # process may commit the same (device, seq) meanwhile: phase B's ON CONFLICT catches it.
         parsed: list[Parsed | Verdict] = [parse(m.raw, m.topic) for m in messages]
         devices = {p.kid_device for p in parsed if isinstance(p, Parsed)}
         pairs = set()
@@ -161,32 +170,65 @@ class Store:
         seen = self.load_seen(conn, pairs)
 
         verdicts: list[Verdict] = []
-        for m, p in zip(messages, parsed, strict=True):
+        prepared: dict[int, _Prepared] = {}
+        for i, (m, p) in enumerate(zip(messages, parsed, strict=True)):
             v = verify(m.raw, m.topic, lambda d, k: keys.get((d, k)), lambda d, s: seen.get((d, s)), now,
                        self.skew, parsed=p)
             if v.kind == "accept":
                 try:
-                    obs = _observations(v.payload, m.received_at)
+                    prepared[i] = self._prepare(m, v)
                 except ValueError as e:  # fhir.MappingError: verification should have caught it
                     v = reject("invalid", f"cannot map to FHIR: {e}", v.device, seq=v.seq)
                 else:
-                    v = self._insert(conn, m, v, obs)
-                    if v.kind == "accept":
-                        seen[(v.device, v.seq)] = v.sha256
+                    seen[(v.device, v.seq)] = v.sha256
             verdicts.append(v)
 
+        # Phase B: the write transaction.
+        self.db.begin(conn)
+        obs_rows: list[tuple] = []
+        outbox_rows: list[tuple] = []
+        patients: dict[str, Any] = {}
+        for i, pr in prepared.items():
+            v = verdicts[i]
+            row = conn.execute(self._ins_reading, pr.reading).fetchone()
+            if row is None:  # another gateway process committed this (device, seq) meanwhile
+                prior = self.stored_digest(conn, v.device, v.seq)
+                if prior == v.sha256:
+                    verdicts[i] = Verdict("duplicate", device=v.device, seq=v.seq, key_version=v.key_version,
+                                          sha256=v.sha256)
+                else:
+                    verdicts[i] = reject("replay", f"seq {v.seq} already stored with other bytes", v.device,
+                                         seq=v.seq, key_version=v.key_version)
+                continue
+            obs_rows.extend((row[0],) + r for r in pr.obs)
+            if pr.outbox is not None:
+                outbox_rows.append(pr.outbox)
+            if pr.patient:
+                patients[pr.patient] = pr.reading[6]
+        cur = conn.cursor()
+        if obs_rows:
+            cur.executemany(self._ins_obs, obs_rows)
+        if outbox_rows:
+            cur.executemany(self._ins_outbox, outbox_rows)
+        if patients:
+            cur.executemany(self._ins_patient, list(patients.items()))
+
         last: dict[str, dict] = {}
+        ts_now = self._ts(now_dt)
         for m, v in zip(messages, verdicts, strict=True):
             if v.kind == "reject":
-                conn.execute(self._ins_quarantine, (m.received_at, v.reason, m.topic[:512], v.device,
+                conn.execute(self._ins_quarantine, (self._ts(m.received_at), v.reason, m.topic[:512], v.device,
                                                     bytes(m.raw[:RAW_LIMIT]), v.detail))
                 if v.reason in ("replay", "bad_signature"):
-                    conn.execute(self._ins_event, (now_dt, v.device, v.reason, v.detail))
+                    conn.execute(self._ins_event, (ts_now, v.device, v.reason, v.detail))
             elif v.kind == "accept":
                 last[v.device] = v.payload
-        for dev, p in last.items():
-            cal = p.get("cal") or {}
-            conn.execute(self._upd_device, (now_dt, p["fw"], cal.get("id"), cal.get("date"), dev))
+        if last:
+            rows = []
+            for dev, p in last.items():
+                cal = p.get("cal") or {}
+                rows.append((ts_now, p["fw"], cal.get("id"), cal.get("date"), dev))
+            cur.executemany(self._upd_device, rows)
 
         acks: dict[tuple[str, int], list[int]] = {}
         for v in verdicts:
@@ -199,34 +241,30 @@ class Store:
             out.append((f"nabd/v1/dev/{dev}/ack", jws.sign(rec.key.secret, jws.TYP_ACK, f"{dev}/{ver}", body)))
         return BatchResult(verdicts, out)
 
-    def _insert(self, conn: Any, m: Message, v: Verdict, obs: list[dict]) -> Verdict:
+    def _ts(self, t: dt.datetime) -> Any:
+        """A timestamp parameter: ISO text for SQLite (formatted once), the datetime for PostgreSQL."""
+        return t if self._pg else t.isoformat(timespec="microseconds")
+
+    def _prepare(self, m: Message, v: Verdict) -> "_Prepared":
         p = v.payload
         patient = p.get("patient")
-        row = conn.execute(self._ins_reading, (v.device, v.seq, v.sha256, bytes(m.raw), p["ts"], p["ts_ok"],
-                                               m.received_at, patient, p["fw"])).fetchone()
-        if row is None:  # another gateway process committed this (device, seq) meanwhile
-            prior = self.stored_digest(conn, v.device, v.seq)
-            if prior == v.sha256:
-                return Verdict("duplicate", device=v.device, seq=v.seq, key_version=v.key_version, sha256=v.sha256)
-            return reject("replay", f"seq {v.seq} already stored with other bytes", v.device, seq=v.seq,
-                          key_version=v.key_version)
-        reading_id = row[0]
-        if patient:
-            conn.execute(self._ins_patient, (patient, m.received_at))
+        received = self._ts(m.received_at)
+        reading = (v.device, v.seq, v.sha256, bytes(m.raw), p["ts"], p["ts_ok"], received, patient, p["fw"])
+        obs = _observations(p, m.received_at)
+        rows = []
+        outbox = None
         if obs:
-            eff = dt.datetime.fromtimestamp(p["ts"], UTC) if p["ts_ok"] else m.received_at
+            eff = self._ts(dt.datetime.fromtimestamp(p["ts"], UTC)) if p["ts_ok"] else received
             by_code = {o["code"]: o for o in p["obs"]}
-            rows = []
+            dumps = json.dumps
             for r in obs:
                 code = r["identifier"][0]["value"].rsplit("/", 1)[1]
                 o = by_code[code]
-                rows.append((reading_id, v.device, patient, code, o["value"], o["unit"], o["q"], eff,
-                             json.dumps(r, separators=(",", ":"))))
-            conn.cursor().executemany(self._ins_obs, rows)
+                rows.append((v.device, patient, code, o["value"], o["unit"], o["q"], eff,
+                             dumps(r, separators=(",", ":"))))
             if self.forward:
-                body = json.dumps(_bundle(obs), separators=(",", ":"))
-                conn.execute(self._ins_outbox, (v.device, body, m.received_at, m.received_at))
-        return v
+                outbox = (v.device, dumps(_bundle(obs), separators=(",", ":")), received, received)
+        return _Prepared(reading, rows, outbox, patient)
 
     @staticmethod
     def _count(verdicts: list[Verdict]) -> None:

@@ -125,3 +125,40 @@ def wait_for(pred, timeout: float = 20.0, every: float = 0.05) -> bool:
             return True
         time.sleep(every)
     return bool(pred())
+
+
+class MosquittoBroker:
+    """A Mosquitto on a free loopback port (benchmarks; tests use tests/conftest.py's fixture)."""
+
+    def __init__(self, folder: Path, config: str = "allow_anonymous true\n"):
+        import shutil
+        import socket
+
+        self.dir = Path(folder)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text(config + f"\nlistener {self.port} 127.0.0.1\nlog_dest file {self.dir}/mosquitto.log\n")
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > end:
+                    self.stop()
+                    raise RuntimeError("mosquitto did not start") from None
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)

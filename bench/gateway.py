@@ -1,0 +1,289 @@
+"""Gateway ingest benchmark: one Mosquitto, the same pre-signed readings queued for each consumer.
+
+Each drain phase: (1) the consumer's persistent MQTT 5 session is created (subscribed to the shared
+subscription) and left offline, (2) the same ``N`` signed readings are published and queued by
+the broker for it, (3) the consumer starts and we time from its first to its last message (first
+to last commit for the gateway, polled in its database), (4) its session is deleted.
+
+- ``raw_drain_per_s``: a paho-mqtt MQTT 5 client with manual_ack that only acknowledges;
+- ``ingest_per_s``: one ``nabd-gateway serve`` process, SQLite (WAL, synchronous=FULL);
+- ``naive_per_s``: verify, insert, commit one message at a time in ``on_message`` (same code, batch of 1);
+- ``postgres_ingest_per_s``: one gateway process, PostgreSQL;
+- ``scale_2_workers``: two gateway processes sharing the subscription (PostgreSQL: two SQLite writers
+  would serialise on the file lock) ÷ ``postgres_ingest_per_s``;
+- ``p99_latency_ms``: publish -> signed ack received (sent after the commit), steady 1,000 readings/s.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gateway.config import load
+from gateway.db import Database
+from gateway.ingest import SUBSCRIPTION
+from gateway.store import Message, Store
+from gateway.testing.generator import SimDevice, topic
+from gateway.testing.harness import GatewayProcess, MosquittoBroker, register, scalar, write_config
+
+REPO = Path(__file__).resolve().parent.parent
+N = int(os.environ.get("NABD_BENCH_N", "10000"))
+DEVICES = 200
+UTC = dt.timezone.utc
+
+
+def _client(url: str, cid: str, clean: bool, v5: bool = True, manual_ack: bool = False) -> mqtt.Client:
+    host, port = url.split("://")[1].split(":")
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid,
+                    protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, manual_ack=manual_ack)
+    c.max_inflight_messages_set(1000)
+    c._bench_addr = (host, int(port))  # type: ignore[attr-defined]
+    return c
+
+
+def _connect(c: mqtt.Client, clean: bool, expiry: int = 3600, receive_max: int = 1024) -> None:
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = expiry
+    props.ReceiveMaximum = receive_max
+    done = threading.Event()
+    c.on_connect = lambda *a: done.set()
+    c.connect(*c._bench_addr, keepalive=60, clean_start=clean, properties=props)  # type: ignore[attr-defined]
+    c.loop_start()
+    if not done.wait(10):
+        raise RuntimeError("no CONNACK")
+
+
+def _make_session(url: str, cid: str) -> None:
+    """A persistent session subscribed to the gateways' shared subscription, left offline."""
+    c = _client(url, cid, clean=True)
+    _connect(c, clean=True)
+    sub = threading.Event()
+    c.on_subscribe = lambda *a: sub.set()
+    c.subscribe(SUBSCRIPTION, options=SubscribeOptions(qos=1))
+    sub.wait(5)
+    c.disconnect()
+    c.loop_stop()
+
+
+def _drop_session(url: str, cid: str) -> None:
+    c = _client(url, cid, clean=True)
+    _connect(c, clean=True, expiry=0)
+    c.disconnect()
+    c.loop_stop()
+
+
+def _publish_all(url: str, msgs: list[tuple[str, bytes]]) -> None:
+    c = _client(url, "bench-pub-" + os.urandom(3).hex(), clean=True, v5=False)
+    c.connect(*c._bench_addr)  # type: ignore[attr-defined]
+    c.loop_start()
+    infos = [c.publish(t, raw, qos=1) for t, raw in msgs]
+    for i in infos:
+        i.wait_for_publish(60)
+    c.disconnect()
+    c.loop_stop()
+
+
+def _messages(devs: list[SimDevice], n: int) -> list[tuple[str, bytes]]:
+    per = n // len(devs)
+    return [(topic(d.id), d.next_reading()[1]) for _ in range(per) for d in devs]
+
+
+def _drain_raw(url: str, msgs) -> float:
+    cid = "bench-raw"
+    _make_session(url, cid)
+    _publish_all(url, msgs)
+    c = _client(url, cid, clean=False, manual_ack=True)
+    times: list[float] = []
+    done = threading.Event()
+
+    def on_message(client, userdata, m):
+        times.append(time.perf_counter())
+        client.ack(m.mid, m.qos)
+        if len(times) >= len(msgs):
+            done.set()
+
+    c.on_message = on_message
+    _connect(c, clean=False)
+    done.wait(120)
+    c.disconnect()
+    c.loop_stop()
+    _drop_session(url, cid)
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def _drain_naive(url: str, db_url: str, cfg_path: Path, msgs) -> float:
+    cid = "bench-naive"
+    _make_session(url, cid)
+    _publish_all(url, msgs)
+    cfg = load(cfg_path)
+    db = Database(db_url)
+    store = Store(db, cfg.security.kek())
+    conn = db.open()
+    c = _client(url, cid, clean=False, manual_ack=True)
+    times: list[float] = []
+    done = threading.Event()
+
+    def on_message(client, userdata, m):
+        store.process(conn, [Message(m.topic, bytes(m.payload), dt.datetime.now(UTC))])
+        client.ack(m.mid, m.qos)
+        times.append(time.perf_counter())
+        if len(times) >= len(msgs):
+            done.set()
+
+    c.on_message = on_message
+    _connect(c, clean=False)
+    done.wait(300)
+    c.disconnect()
+    c.loop_stop()
+    conn.close()
+    _drop_session(url, cid)
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def _drain_gateway(url: str, cfg_path: Path, db_url: str, msgs, workers: int = 1) -> float:
+    cids = [f"bench-gw-{i}" for i in range(workers)]
+    for cid in cids:
+        _make_session(url, cid)
+    _publish_all(url, msgs)
+    procs = [GatewayProcess(cfg_path, client_id=cid) for cid in cids]
+    for p in procs:
+        p.start()
+    t_first = t_last = None
+    end = time.monotonic() + 300
+    while time.monotonic() < end:
+        n = int(scalar(db_url, "SELECT COUNT(*) FROM readings"))
+        now = time.perf_counter()
+        if n > 0 and t_first is None:
+            t_first, n_first = now, n
+        if n >= len(msgs):
+            t_last = now
+            break
+        time.sleep(0.01)
+    for p in procs:
+        p.terminate()
+    for cid in cids:
+        _drop_session(url, cid)
+    if t_last is None:
+        raise RuntimeError(f"gateway stored {n} of {len(msgs)}")
+    return (len(msgs) - n_first) / (t_last - t_first)
+
+
+def _latency(url: str, cfg_path: Path, devs: list[SimDevice], rate: int = 1000, seconds: float = 5.0) -> float:
+    sent: dict[tuple[str, int], float] = {}
+    lat: list[float] = []
+    gw = GatewayProcess(cfg_path, client_id="bench-gw-lat").start()
+    sub = _client(url, "bench-acks", clean=True, v5=False)
+    import json
+
+    from gateway import jws
+
+    def on_message(client, userdata, m):
+        t = time.perf_counter()
+        body = json.loads(jws.b64url_decode(m.payload.split(b".")[1]))
+        for s in body["seqs"]:
+            t0 = sent.get((body["dev"], s))
+            if t0 is not None:
+                lat.append(t - t0)
+
+    sub.on_message = on_message
+    sub.connect(*sub._bench_addr)  # type: ignore[attr-defined]
+    sub.subscribe("nabd/v1/dev/+/ack", qos=1)
+    sub.loop_start()
+    pub = _client(url, "bench-steady", clean=True, v5=False)
+    pub.connect(*pub._bench_addr)  # type: ignore[attr-defined]
+    pub.loop_start()
+    time.sleep(0.5)
+    total = int(rate * seconds)
+    msgs = []
+    for i in range(total):
+        d = devs[i % len(devs)]
+        seq, raw = d.next_reading()
+        msgs.append((d.id, seq, raw))
+    t0 = time.perf_counter()
+    for i, (dev, seq, raw) in enumerate(msgs):
+        due = t0 + i / rate
+        while (now := time.perf_counter()) < due:
+            time.sleep(min(0.001, due - now))
+        sent[(dev, seq)] = time.perf_counter()
+        pub.publish(topic(dev), raw, qos=1)
+    end = time.monotonic() + 20
+    while len(lat) < total and time.monotonic() < end:
+        time.sleep(0.05)
+    pub.disconnect()
+    pub.loop_stop()
+    sub.disconnect()
+    sub.loop_stop()
+    gw.terminate()
+    _drop_session(url, "bench-gw-lat")
+    if len(lat) < total:
+        raise RuntimeError(f"only {len(lat)} of {total} acks received")
+    lat.sort()
+    return lat[int(0.99 * (len(lat) - 1))] * 1000.0
+
+
+def _pg_database() -> tuple[str, str, str]:
+    import psycopg
+
+    base = os.environ.get("NABD_TEST_PG_URL") or subprocess.run(
+        ["bash", str(REPO / "scripts" / "services.sh"), "url"], capture_output=True, text=True, check=True).stdout.strip()
+    name = "bench_" + os.urandom(4).hex()
+    with psycopg.connect(base, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    return base, name, base.rsplit("/", 1)[0] + "/" + name
+
+
+def _drop_pg(base: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(base, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def run(outdir) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="nabd-bench-gw-"))
+    broker = MosquittoBroker(tmp / "broker", "allow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n")
+    devs = [SimDevice(f"nabd-bench{i:04d}") for i in range(DEVICES)]
+    msgs = _messages(devs, N)
+    pg: list[tuple[str, str]] = []
+
+    def setup(name: str, kind: str) -> tuple[Path, str]:
+        if kind == "sqlite":
+            url = f"sqlite:///{tmp / name}.db"
+        else:
+            base, dbname, url = _pg_database()
+            pg.append((base, dbname))
+        cfg = write_config(tmp / name, broker.url, url)
+        register(cfg, devs)
+        return cfg, url
+
+    out: dict = {"messages": len(msgs), "devices": DEVICES}
+    try:
+        out["raw_drain_per_s"] = round(_drain_raw(broker.url, msgs))
+        cfg, url = setup("gw-sqlite", "sqlite")
+        out["ingest_per_s"] = round(_drain_gateway(broker.url, cfg, url, msgs))
+        cfg, url = setup("naive", "sqlite")
+        out["naive_per_s"] = round(_drain_naive(broker.url, url, cfg, msgs))
+        cfg, url = setup("gw-pg", "postgresql")
+        out["postgres_ingest_per_s"] = round(_drain_gateway(broker.url, cfg, url, msgs))
+        cfg, url = setup("gw-pg2", "postgresql")
+        two = _drain_gateway(broker.url, cfg, url, msgs, workers=2)
+        out["postgres_2_workers_per_s"] = round(two)
+        out["scale_2_workers"] = round(two / out["postgres_ingest_per_s"], 2)
+        cfg, url = setup("gw-lat", "sqlite")
+        out["p99_latency_ms"] = round(_latency(broker.url, cfg, devs), 1)
+        out["ingest_over_raw"] = round(out["ingest_per_s"] / out["raw_drain_per_s"], 2)
+        out["ingest_over_naive"] = round(out["ingest_per_s"] / out["naive_per_s"], 2)
+    finally:
+        broker.stop()
+        for base, name in pg:
+            _drop_pg(base, name)
+    return out
