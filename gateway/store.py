@@ -188,9 +188,8 @@ class Store:
         obs_rows: list[tuple] = []
         outbox_rows: list[tuple] = []
         patients: dict[str, Any] = {}
-        for i, pr in prepared.items():
-            v = verdicts[i]
-            row = conn.execute(self._ins_reading, pr.reading).fetchone()
+        for i, row in self._insert_readings(conn, prepared):
+            pr, v = prepared[i], verdicts[i]
             if row is None:  # another gateway process committed this (device, seq) meanwhile
                 prior = self.stored_digest(conn, v.device, v.seq)
                 if prior == v.sha256:
@@ -240,6 +239,22 @@ class Store:
             body = {"v": 1, "dev": dev, "seqs": sorted(set(seqs)), "ts": int(now)}
             out.append((f"nabd/v1/dev/{dev}/ack", jws.sign(rec.key.secret, jws.TYP_ACK, f"{dev}/{ver}", body)))
         return BatchResult(verdicts, out)
+
+    def _insert_readings(self, conn: Any, prepared: dict[int, "_Prepared"]):
+        """(index, (id,) or None when the (device, seq) exists) for each prepared reading.
+        PostgreSQL: one pipelined executemany with RETURNING (no round trip per row)."""
+        if not prepared:
+            return []
+        idx = list(prepared)
+        if not self._pg:
+            return [(i, conn.execute(self._ins_reading, prepared[i].reading).fetchone()) for i in idx]
+        cur = conn.cursor()
+        cur.executemany(self._ins_reading, [prepared[i].reading for i in idx], returning=True)
+        out = []
+        for i in idx:
+            out.append((i, cur.fetchone()))
+            cur.nextset()
+        return out
 
     def _ts(self, t: dt.datetime) -> Any:
         """A timestamp parameter: ISO text for SQLite (formatted once), the datetime for PostgreSQL."""

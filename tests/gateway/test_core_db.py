@@ -206,3 +206,27 @@ def test_admin_cli_init_devices_quarantine(tmp_path, capsys, db_url, monkeypatch
         rows = c.execute("SELECT actor, action, target FROM audit_log ORDER BY id").fetchall()
     assert [r[1] for r in rows] == ["devices.add", "devices.rotate-key", "devices.revoke"]
     assert all(r[0].startswith("cli:") and r[2] == "nabd-cli001" for r in rows)
+
+
+def test_unique_constraint_is_the_final_guard_when_another_process_raced(db):
+    """As if another gateway committed the same (device, seq) between our look-up and our insert:
+    the look-up is blinded, the INSERT ... ON CONFLICT decides duplicate (same bytes) or replay."""
+    kek = os.urandom(32)
+    dev = SimDevice("nabd-race001")
+    admin.add_device(db, kek, dev.id, dev.key, "F", "MA-05")
+    store = Store(db, kek)
+    store.load_seen = lambda conn, pairs: {}
+    conn = db.open()
+    now = dt.datetime.now(UTC)
+    seq, raw = dev.next_reading()
+    other = dev.next_reading()[1]
+    from gateway.testing.generator import reading, sign_reading
+    clone = sign_reading(dev.key, dev.kid, reading(dev.id, seq, values={"hr": 99}))
+    assert [v.kind for v in store.process(conn, [Message(topic(dev.id), raw, now)]).verdicts] == ["accept"]
+    res = store.process(conn, [Message(topic(dev.id), m, now) for m in (raw, clone, other)])
+    assert [(v.kind, v.reason) for v in res.verdicts] == [("duplicate", ""), ("reject", "replay"), ("accept", "")]
+    assert [t for t, _ in res.acks] == [topic(dev.id, "ack")]
+    conn.close()
+    with db.connect() as c:
+        assert c.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 2
+        assert c.execute("SELECT reason FROM quarantine").fetchall()[0][0] == "replay"
