@@ -27,12 +27,22 @@ _WIFI_TIMEOUT_MS = 15000
 _WDT_TIMEOUT_MS = 30000
 
 
+def epoch_offset(year0):
+    """Seconds to add to ``time.time()`` for Unix time, given the year of ``time.gmtime(0)``:
+    the ESP32 port counts from 2000, some ports from 1970."""
+    if year0 == 2000:
+        return _EPOCH_2000
+    if year0 == 1970:
+        return 0
+    raise ValueError("unknown epoch %d" % year0)
+
+
 class Esp32Clock:
     """MicroPython's ``time`` ticks plus the NTP-synced wall clock."""
 
     def __init__(self):
         self._synced = False
-        self._epoch_offset = _EPOCH_2000 if time.gmtime(0)[0] == 2000 else 0
+        self._epoch_offset = epoch_offset(time.gmtime(0)[0])
         self.ntp_host = "pool.ntp.org"
 
     def ticks_ms(self):
@@ -57,7 +67,7 @@ class Esp32Clock:
         """Unix seconds UTC, or None while NTP never succeeded since boot."""
         if not self._synced:
             return None
-        return time.time() + self._epoch_offset
+        return int(time.time()) + self._epoch_offset
 
     def sync_time(self):
         """Set the RTC from NTP; True on success (needs Wi-Fi)."""
@@ -151,12 +161,13 @@ class Esp32Network:
         if w.isconnected():
             return True
         w.connect(ssid, psk)
-        t0 = time.ticks_ms()
+        c = self._clock
+        t0 = c.ticks_ms()
         while not w.isconnected():
-            if time.ticks_diff(time.ticks_ms(), t0) > _WIFI_TIMEOUT_MS:
+            if c.ticks_diff(c.ticks_ms(), t0) > _WIFI_TIMEOUT_MS:
                 w.disconnect()
                 return False
-            time.sleep_ms(100)
+            c.sleep_ms(100)
         return True
 
     def isconnected(self):
