@@ -2,7 +2,7 @@
 
 A device model attached at a 7-bit address implements two methods that mirror the wire:
 
-``i2c_write(data, stop)``  the bytes sent after SA+W (a memoryview, valid only during the call);
+``i2c_write(data, stop)``  the bytes sent after SA+W (bytes-like, valid only during the call);
                            ``stop`` is False when a repeated start follows (a combined read).
 ``i2c_read(buf)``          fill ``buf`` with the bytes the device sends after SA+R.
 
@@ -20,6 +20,8 @@ class VirtualI2C:
     def __init__(self, clock=None, freq=100000):
         self.clock = clock
         self.freq = freq
+        # ns per byte (9 clocks), computed once: the per-transfer product must stay a small int
+        self._ns_per_byte = (9 * 1000000000) // freq
         self.devices = {}
         self.transactions = 0
         self._addr1 = bytearray(1)
@@ -46,7 +48,7 @@ class VirtualI2C:
         self.transactions += 1
         if self.clock is not None:
             # start + address byte + data bytes, 9 clocks each
-            self.clock.advance_us(((nbytes + 1) * 9 * 1000000) // self.freq)
+            self.clock.advance_us(((nbytes + 1) * self._ns_per_byte) // 1000)
 
     # --- machine.I2C API ---
     def scan(self):
@@ -55,7 +57,7 @@ class VirtualI2C:
     def writeto(self, addr, buf, stop=True):
         dev = self._dev(addr)
         self._charge(len(buf))
-        dev.i2c_write(memoryview(buf), stop)
+        dev.i2c_write(buf, stop)
         return len(buf)
 
     def readfrom_into(self, addr, buf, stop=True):
@@ -104,7 +106,7 @@ class VirtualI2C:
         data[: len(m)] = m
         data[len(m):] = buf
         self._charge(len(data))
-        dev.i2c_write(memoryview(data), True)
+        dev.i2c_write(data, True)
 
 
 def errno_name(e):
