@@ -12,7 +12,6 @@ on ``hashlib.sha256``. The wire format is ``docs/protocol.md``::
 HMAC over the exact bytes received (no JSON re-serialisation) in constant time, and never looks at
 the payload before the signature is good. The key is 32 bytes (any length works, RFC 2104).
 """
-import binascii
 import hashlib
 import json
 
@@ -68,17 +67,52 @@ def compare_digest(a, b):
 
 # --- base64url without padding (RFC 7515 section 2) ------------------------------------------
 
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
 def b64url_encode(data):
-    """base64url of ``data`` without padding or newline, as bytes."""
-    s = binascii.b2a_base64(data)
-    n = len(s)
-    while n and s[n - 1] in (10, 61):  # "\n", "="
-        n -= 1
-    return s[:n].replace(b"+", b"-").replace(b"/", b"_")
+    """base64url of ``data`` without padding or newline, as bytes.
+
+    Written out rather than ``binascii.b2a_base64`` + replace: one output buffer of the exact
+    size, the same code on every port (where ``binascii`` is micropython-lib's pure-Python module,
+    as in the WebAssembly VM, its b2a_base64 churns the heap quadratically)."""
+    n = len(data)
+    out = bytearray((n * 4 + 2) // 3)
+    a = _ALPHABET
+    full = n - n % 3
+    i = 0
+    j = 0
+    while i < full:
+        v = (data[i] << 16) | (data[i + 1] << 8) | data[i + 2]
+        out[j] = a[v >> 18]
+        out[j + 1] = a[(v >> 12) & 63]
+        out[j + 2] = a[(v >> 6) & 63]
+        out[j + 3] = a[v & 63]
+        i += 3
+        j += 4
+    if n - full:
+        v = data[i] << 16
+        if n - full == 2:
+            v |= data[i + 1] << 8
+            out[j + 2] = a[(v >> 6) & 63]
+        out[j] = a[v >> 18]
+        out[j + 1] = a[(v >> 12) & 63]
+    return bytes(out)
 
 
-def _b64ok(c):
-    return (65 <= c <= 90) or (97 <= c <= 122) or (48 <= c <= 57) or c == 45 or c == 95
+def _val(c):
+    """6-bit value of a base64url character code, or -1."""
+    if 65 <= c <= 90:
+        return c - 65
+    if 97 <= c <= 122:
+        return c - 71
+    if 48 <= c <= 57:
+        return c + 4
+    if c == 45:
+        return 62
+    if c == 95:
+        return 63
+    return -1
 
 
 def b64url_decode(s):
@@ -89,17 +123,23 @@ def b64url_decode(s):
     n = len(s)
     if n % 4 == 1:
         raise JWSError("malformed", "base64url length")
+    out = bytearray(n * 3 // 4)
+    acc = 0
+    bits = 0
+    j = 0
     for c in s:
-        if not _b64ok(c):
+        v = _val(c)
+        if v < 0:
             raise JWSError("malformed", "base64url alphabet")
-    pad = (4 - n % 4) % 4
-    try:
-        out = binascii.a2b_base64(bytes(s).replace(b"-", b"+").replace(b"_", b"/") + b"=" * pad)
-    except Exception:
-        raise JWSError("malformed", "base64url")
-    if b64url_encode(out) != bytes(s):  # non-zero unused bits: not the canonical encoding
+        acc = ((acc << 6) | v) & 0xFFFF
+        bits += 6
+        if bits >= 8:
+            bits -= 8
+            out[j] = (acc >> bits) & 0xFF
+            j += 1
+    if acc & ((1 << bits) - 1):  # non-zero unused bits: not the canonical encoding
         raise JWSError("malformed", "base64url trailing bits")
-    return out
+    return bytes(out)
 
 
 # --- JWS --------------------------------------------------------------------------------------
