@@ -309,6 +309,12 @@ class SimBoard:
             self.faults.append(fault)
 
     # --- the rest of the contract ---
+    def mlx_wake(self):
+        """Wake the MLX90614 from sleep as the ESP32 board does (SDA held low 40 ms); the part
+        then needs ~250 ms before its first valid reading (``MLX90614.wait_ready()``)."""
+        self.clock.sleep_ms(40)
+        self.mlx.wake()
+
     def wdt_feed(self):
         self.wdt_feeds += 1
 
