@@ -41,6 +41,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway import metrics
 from gateway.config import Config
 from gateway.db import Database
+from gateway.status import STATUS_SUBSCRIPTION, StatusWorker, is_status_topic
 from gateway.store import BatchResult, Message, Store
 
 log = logging.getLogger("nabd.gateway.ingest")
@@ -80,6 +81,7 @@ class Ingest:
         self.queue: queue.Queue[Message] = queue.Queue(maxsize=ic.queue_max)
         self.store = Store(self.db, config.security.kek(), forward=config.fhir_forward.enabled,
                            skew=ic.future_skew_s)
+        self.status = StatusWorker(self.db, config.security.kek(), self._ack_status, skew=ic.future_skew_s)
         self.client_id = client_id or config.broker.client_id or default_client_id()
         self.on_batch = on_batch
         self.epoch = 0
@@ -114,6 +116,7 @@ class Ingest:
             return
         self.epoch += 1
         client.subscribe(SUBSCRIPTION, options=SubscribeOptions(qos=1))
+        client.subscribe(STATUS_SUBSCRIPTION, options=SubscribeOptions(qos=1))  # gateway/status.py
         log.info("connected to %s:%s as %s (session present: %s)", self.config.broker.host,
                  self.config.broker.port, self.client_id, flags.session_present)
         self.connected.set()
@@ -128,6 +131,9 @@ class Ingest:
             return  # not acknowledged: the broker redelivers it to this session or another gateway
         m = Message(msg.topic, bytes(msg.payload), dt.datetime.now(UTC), msg.mid, msg.qos, self.epoch,
                     time.monotonic())
+        if is_status_topic(m.topic):
+            self.status.submit(m)  # device status: gateway/status.py (own queue, transaction, ack)
+            return
         self.queue.put(m)  # blocks when full: backpressure, never a drop
 
     def start(self) -> "Ingest":
@@ -135,6 +141,7 @@ class Ingest:
         self._conn = self.db.open()
         self._writer = threading.Thread(target=self._write_loop, name="nabd-writer", daemon=True)
         self._writer.start()
+        self.status.start()
         bc = self.config.broker
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = bc.session_expiry_s
@@ -152,6 +159,7 @@ class Ingest:
         self._stopped.set()
         if self._writer:
             self._writer.join(timeout=max(1.0, end - time.monotonic()))
+        self.status.stop(timeout=max(1.0, end - time.monotonic()))
         time.sleep(0.05)  # let paho flush the last PUBACKs and acks
         self.client.disconnect()
         self.client.loop_stop()
@@ -160,6 +168,10 @@ class Ingest:
                 self._conn.close()
             except Exception:
                 pass
+
+    def _ack_status(self, m: Message) -> None:
+        if m.qos > 0 and m.epoch == self.epoch:
+            self.client.ack(m.mid, m.qos)
 
     # -- writer ----------------------------------------------------------------------------------
     def _take_batch(self) -> list[Message]:

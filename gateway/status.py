@@ -1,0 +1,461 @@
+"""Device status messages: verify, keep the latest per device, acknowledge after the commit.
+
+Devices publish a signed, retained ``status`` (typ ``nabd-status+jws``, docs/protocol.md "Status")
+on every connect; their Last Will is the same message with ``"state": "offline"``, signed when
+the device connected, which the broker publishes when the connection drops. The ingest
+(gateway/ingest.py) subscribes to ``$share/nabd-gateway/nabd/v1/dev/+/status`` beside the readings
+and hands every status message to a ``StatusWorker`` (its own bounded queue, thread and database
+connection, so the readings' batch writer is untouched).
+
+Verification follows the readings' order (gateway/verify.py) and quarantines with the same
+reasons: 1 size (``oversized``) and shape (``malformed``: three base64url parts, header exactly
+alg/kid/typ with alg HS256 and typ ``nabd-status+jws``, payload a JSON object, 32-byte MAC);
+2 device and key version known (``unknown_device``) and not revoked (``revoked``); 3 HMAC-SHA-256
+in constant time (``bad_signature``, also a security event); 4 topic device = kid device = payload
+``dev`` (``topic_mismatch``); 5 values (``invalid``: every field of the protocol present with its
+type, nothing else; ``future_ts``: a synced ``ts`` more than the skew ahead).
+
+Storage (table ``device_status``, migration 0002): one row per device, replaced by each verified
+status in the order received (the Last Will is signed at connect time, so a device's own ``ts`` does
+not order a will against the ``online`` status of the same connection; receipt order does). The
+same bytes again (the broker redelivering after a gateway restart) change nothing and count as
+duplicates. ``devices.fw`` and ``devices.cal_due`` follow the status (the observatory's firmware
+and calibration-overdue figures read them); ``devices.last_seen_at`` follows ``online`` statuses.
+
+Status messages carry no sequence number, so a captured status can be replayed by someone able to
+publish on the device's topic (the broker ACL allows only the device itself): the worst it can do is
+show an old state until the device's next status.
+
+Metrics: ``nabd_status_messages_total{result="accepted"|"duplicate"|"rejected"}``, the gauge
+``nabd_devices_online`` (active devices whose latest status is ``online``, from the database, so it
+is right with several gateway processes), and rejections in ``nabd_quarantine_total{reason}``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import queue
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from gateway import metrics
+from gateway.db import Database, DatabaseError
+from gateway.jws import TYP_STATUS, b64url_decode
+from gateway.secrets import DeviceKey, KeyDecryptError, decrypt_key
+from gateway.verify import FUTURE_SKEW_S, MAX_BYTES, Verdict, _json_object, _Malformed, reject
+
+log = logging.getLogger("nabd.gateway.status")
+
+UTC = dt.timezone.utc
+SHARE_GROUP = "nabd-gateway"
+STATUS_FILTER = "nabd/v1/dev/+/status"
+STATUS_SUBSCRIPTION = f"$share/{SHARE_GROUP}/{STATUS_FILTER}"
+RAW_LIMIT = 4096
+STATES = ("online", "offline")
+
+_TOPIC_RE = re.compile(r"^nabd/v1/dev/([^/]+)/status$")
+_KID_RE = re.compile(r"^([a-z0-9][a-z0-9-]{2,39})/([1-9][0-9]{0,8})$")
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_FIELDS = frozenset(("v", "dev", "state", "ts", "ts_ok", "up", "fw", "rssi", "heap", "outbox", "drops",
+                     "seq", "sensors", "cal_due", "errors"))
+_COUNTS = ("up", "heap", "outbox", "drops", "seq", "errors")
+_MAX_INT = 2**53
+
+STATUS_MESSAGES = metrics.REGISTRY.counter(
+    "nabd_status_messages_total", "Device status messages by outcome (accepted, duplicate, rejected)", ("result",))
+DEVICES_ONLINE = metrics.REGISTRY.gauge(
+    "nabd_devices_online", "Active devices whose latest verified status is online")
+
+
+def is_status_topic(topic: str) -> bool:
+    return topic.endswith("/status")
+
+
+def topic_device(topic: str) -> str | None:
+    m = _TOPIC_RE.match(topic or "")
+    return m.group(1) if m else None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    key: DeviceKey
+    revoked: bool = False
+    why: str = ""
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _as_utc(v: Any) -> dt.datetime | None:
+    if v is None:
+        return None
+    if isinstance(v, dt.datetime):
+        return v if v.tzinfo else v.replace(tzinfo=UTC)
+    return dt.datetime.fromisoformat(str(v))
+
+
+# --- verification (pure) -----------------------------------------------------------------------
+
+def check_values(p: dict, now: float, skew: int = FUTURE_SKEW_S) -> tuple[str, str] | None:
+    """(reason, detail) when a status payload's values are wrong, else None."""
+    missing = sorted(_FIELDS - set(p))
+    if missing:
+        return "invalid", f"missing field(s) {missing}"
+    extra = sorted(set(p) - _FIELDS)
+    if extra:
+        return "invalid", f"unknown field(s) {extra}"
+    if not _is_int(p["v"]) or p["v"] != 1:
+        return "invalid", f"protocol version {p['v']!r}, expected 1"
+    if p["state"] not in STATES:
+        return "invalid", f"state {p['state']!r} not in {STATES}"
+    if not _is_int(p["ts"]) or not 0 <= p["ts"] < _MAX_INT:
+        return "invalid", "ts is not a non-negative integer"
+    if not isinstance(p["ts_ok"], bool):
+        return "invalid", "ts_ok is not a boolean"
+    for k in _COUNTS:
+        if not _is_int(p[k]) or not 0 <= p[k] < _MAX_INT:
+            return "invalid", f"{k} is not a non-negative integer"
+    if not isinstance(p["fw"], str) or not 1 <= len(p["fw"]) <= 32:
+        return "invalid", "fw is not a short string"
+    if p["rssi"] is not None and (not _is_int(p["rssi"]) or not -200 <= p["rssi"] <= 50):
+        return "invalid", "rssi is not null or an integer dBm in -200..50"
+    s = p["sensors"]
+    if not isinstance(s, dict) or len(s) > 8 or not all(
+            isinstance(k, str) and 1 <= len(k) <= 32 and isinstance(v, str) and 1 <= len(v) <= 64
+            for k, v in s.items()):
+        return "invalid", "sensors is not an object of at most 8 sensor names to short state strings"
+    cd = p["cal_due"]
+    if cd is not None:
+        if not isinstance(cd, str) or not _DATE_RE.match(cd):
+            return "invalid", "cal_due is not null or YYYY-MM-DD"
+        try:
+            dt.date.fromisoformat(cd)
+        except ValueError:
+            return "invalid", f"cal_due {cd!r} is not a date"
+    if p["ts_ok"] and p["ts"] > now + skew:
+        return "future_ts", f"ts {p['ts']} is {p['ts'] - now:.0f} s in the future (> {skew} s)"
+    return None
+
+
+def verify_status(raw: bytes, topic: str, keys: Callable[[str, int], KeyInfo | None], now: float,
+                  skew: int = FUTURE_SKEW_S) -> Verdict:
+    """The verdict on one status message; ``payload`` holds the verified status when accepted."""
+    hint = topic_device(topic)
+    raw = bytes(raw)
+    # 1 size and shape
+    if len(raw) > MAX_BYTES:
+        return reject("oversized", f"{len(raw)} bytes > {MAX_BYTES}", hint)
+    parts = raw.split(b".")
+    if len(parts) != 3:
+        return reject("malformed", f"{len(parts)} dot-separated parts, expected 3", hint)
+    try:
+        header = _json_object(b64url_decode(parts[0]), "header")
+        if set(header) != {"alg", "kid", "typ"}:
+            raise _Malformed(f"header members {sorted(header)}, expected exactly alg, kid, typ")
+        if header["alg"] != "HS256":
+            raise _Malformed(f"alg {header['alg']!r} is not HS256")
+        if header["typ"] != TYP_STATUS:
+            raise _Malformed(f"typ {header['typ']!r} is not {TYP_STATUS}")
+        m = _KID_RE.match(header["kid"]) if isinstance(header["kid"], str) else None
+        if not m:
+            raise _Malformed(f"kid {header['kid']!r} is not device/key_version")
+        payload = _json_object(b64url_decode(parts[1]), "payload")
+        signature = b64url_decode(parts[2])
+        if len(signature) != 32:
+            raise _Malformed(f"signature is {len(signature)} bytes, HS256 gives 32")
+    except _Malformed as e:
+        return reject("malformed", str(e), hint)
+    except ValueError as e:  # base64url
+        return reject("malformed", f"bad base64url part: {e}", hint)
+    dev, ver = m.group(1), int(m.group(2))
+    # 2 device and key
+    rec = keys(dev, ver)
+    if rec is None:
+        return reject("unknown_device", f"no device/key {dev}/{ver}", dev)
+    if rec.revoked:
+        return reject("revoked", rec.why or f"key {dev}/{ver} revoked", dev)
+    # 3 signature over the exact bytes received, constant time
+    expected = hmac.new(rec.key.secret, parts[0] + b"." + parts[1], hashlib.sha256).digest()
+    if not hmac.compare_digest(expected, signature):
+        return reject("bad_signature", f"HMAC does not verify under {dev}/{ver}", dev)
+    # 4 agreement
+    tdev, pdev = topic_device(topic), payload.get("dev")
+    if not (tdev == dev == pdev):
+        return reject("topic_mismatch", f"topic device {tdev!r}, kid device {dev!r}, payload dev {pdev!r}", dev)
+    # 5 values
+    bad = check_values(payload, now, skew)
+    if bad:
+        return reject(bad[0], bad[1], dev, key_version=ver)
+    return Verdict("accept", device=dev, key_version=ver, sha256=hashlib.sha256(raw).hexdigest(), payload=payload)
+
+
+# --- storage -------------------------------------------------------------------------------------
+
+class StatusStore:
+    """Verify and store status messages, one transaction per call (``process``)."""
+
+    def __init__(self, db: Database, kek: bytes, skew: int = FUTURE_SKEW_S):
+        self.db = db
+        self._kek = kek
+        self.skew = skew
+        self._decrypted: dict[tuple[str, int, bytes], DeviceKey] = {}
+        q = db.sql
+        self._sel_keys = q("SELECT d.status, k.key_version, k.key_enc, k.revoked_at FROM devices d "
+                           "JOIN device_keys k ON k.device_id = d.id WHERE d.id = ?")
+        self._sel_status = q("SELECT sha256 FROM device_status WHERE device_id = ?")
+        self._upsert = q(
+            "INSERT INTO device_status (device_id, state, ts, ts_ok, up, fw, rssi, heap, outbox, drops, seq, "
+            "errors, sensors, cal_due, key_version, sha256, received_at, state_since, messages) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) "
+            "ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, ts = excluded.ts, "
+            "ts_ok = excluded.ts_ok, up = excluded.up, fw = excluded.fw, rssi = excluded.rssi, "
+            "heap = excluded.heap, outbox = excluded.outbox, drops = excluded.drops, seq = excluded.seq, "
+            "errors = excluded.errors, sensors = excluded.sensors, cal_due = excluded.cal_due, "
+            "key_version = excluded.key_version, sha256 = excluded.sha256, received_at = excluded.received_at, "
+            "state_since = CASE WHEN device_status.state = excluded.state THEN device_status.state_since "
+            "ELSE excluded.state_since END, messages = device_status.messages + 1")
+        self._upd_device = q("UPDATE devices SET fw = ?, cal_due = ? WHERE id = ?")
+        self._upd_seen = q("UPDATE devices SET last_seen_at = ? WHERE id = ? AND "
+                           "(last_seen_at IS NULL OR last_seen_at < ?)")
+        self._ins_quarantine = q("INSERT INTO quarantine (received_at, reason, topic, device_hint, raw, detail) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)")
+        self._ins_event = q("INSERT INTO security_events (at, device_id, kind, detail) VALUES (?, ?, ?, ?)")
+
+    def _ts(self, t: dt.datetime) -> Any:
+        return t if self.db.dialect == "postgresql" else t.astimezone(UTC).isoformat(timespec="microseconds")
+
+    def _keys(self, conn: Any, dev: str, now: dt.datetime) -> dict[int, KeyInfo]:
+        out = {}
+        for status, ver, enc, revoked_at in conn.execute(self._sel_keys, (dev,)).fetchall():
+            enc = bytes(enc)
+            ck = (dev, int(ver), enc)
+            key = self._decrypted.get(ck)
+            if key is None:
+                key = self._decrypted[ck] = decrypt_key(self._kek, dev, int(ver), enc)
+            ra = _as_utc(revoked_at)
+            if status != "active":
+                out[int(ver)] = KeyInfo(key, True, f"device {dev} is {status}")
+            elif ra is not None and ra <= now:
+                out[int(ver)] = KeyInfo(key, True, f"key {dev}/{ver} revoked at {ra.isoformat()}")
+            else:
+                out[int(ver)] = KeyInfo(key)
+        return out
+
+    def process(self, conn: Any, messages: list, now: float | None = None) -> list[Verdict]:
+        """Verify and store ``messages`` (objects with ``topic``, ``raw``, ``received_at``) in one
+        transaction, committed on return. Verdict kinds: accept, duplicate, reject."""
+        now = time.time() if now is None else now
+        now_dt = dt.datetime.fromtimestamp(now, UTC)
+        try:
+            self.db.begin(conn)
+            verdicts = [self._one(conn, m, now, now_dt) for m in messages]
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        for v in verdicts:
+            STATUS_MESSAGES.inc(result={"accept": "accepted", "duplicate": "duplicate"}.get(v.kind, "rejected"))
+            if v.kind == "reject":
+                metrics.QUARANTINE.inc(reason=v.reason)
+        return verdicts
+
+    def _one(self, conn: Any, m: Any, now: float, now_dt: dt.datetime) -> Verdict:
+        cache: dict[str, dict[int, KeyInfo]] = {}
+
+        def keys(dev: str, ver: int) -> KeyInfo | None:
+            if dev not in cache:
+                cache[dev] = self._keys(conn, dev, now_dt)
+            return cache[dev].get(ver)
+
+        try:
+            v = verify_status(m.raw, m.topic, keys, now, self.skew)
+        except KeyDecryptError as e:  # a stored key that does not decrypt: the gateway's problem, loud
+            log.error("status from %s: %s", topic_device(m.topic), e)
+            v = reject("malformed", "gateway error: the device key does not decrypt (see the gateway log)",
+                       topic_device(m.topic))
+        if v.kind == "reject":
+            self.quarantine(conn, m, v, now_dt)
+            return v
+        row = conn.execute(self._sel_status, (v.device,)).fetchone()
+        if row is not None and hmac.compare_digest(str(row[0]), v.sha256):
+            return Verdict("duplicate", device=v.device, key_version=v.key_version, sha256=v.sha256,
+                           payload=v.payload)
+        p = v.payload
+        rx = self._ts(m.received_at)
+        conn.execute(self._upsert, (v.device, p["state"], p["ts"], p["ts_ok"], p["up"], p["fw"], p["rssi"],
+                                    p["heap"], p["outbox"], p["drops"], p["seq"], p["errors"],
+                                    json.dumps(p["sensors"], separators=(",", ":"), sort_keys=True),
+                                    p["cal_due"], v.key_version, v.sha256, rx, rx))
+        conn.execute(self._upd_device, (p["fw"], p["cal_due"], v.device))
+        if p["state"] == "online":
+            conn.execute(self._upd_seen, (rx, v.device, rx))
+        return v
+
+    def quarantine(self, conn: Any, m: Any, v: Verdict, now_dt: dt.datetime) -> None:
+        conn.execute(self._ins_quarantine, (self._ts(m.received_at), v.reason, m.topic[:512], v.device,
+                                            bytes(m.raw[:RAW_LIMIT]), v.detail))
+        if v.reason == "bad_signature":
+            conn.execute(self._ins_event, (self._ts(now_dt), v.device, "status_" + v.reason, v.detail))
+
+    def online_count(self, conn: Any) -> int:
+        row = conn.execute("SELECT COUNT(*) FROM device_status s JOIN devices d ON d.id = s.device_id "
+                           "WHERE s.state = 'online' AND d.status = 'active'").fetchone()
+        return int(row[0])
+
+
+def latest(db: Database, device_id: str | None = None) -> list[dict]:
+    """The stored latest status of one device or of all, as dicts (for the CLI, API and tests)."""
+    sql = ("SELECT device_id, state, ts, ts_ok, up, fw, rssi, heap, outbox, drops, seq, errors, sensors, "
+           "cal_due, key_version, received_at, state_since, messages FROM device_status")
+    params: tuple = ()
+    if device_id is not None:
+        sql += " WHERE device_id = ?"
+        params = (device_id,)
+    with db.connect() as conn:
+        rows = conn.execute(db.sql(sql + " ORDER BY device_id"), params).fetchall()
+    cols = ("device_id", "state", "ts", "ts_ok", "up", "fw", "rssi", "heap", "outbox", "drops", "seq", "errors",
+            "sensors", "cal_due", "key_version", "received_at", "state_since", "messages")
+    out = []
+    for r in rows:
+        d = dict(zip(cols, r, strict=True))
+        d["ts_ok"] = bool(d["ts_ok"])
+        d["sensors"] = json.loads(d["sensors"])
+        for k in ("cal_due", "received_at", "state_since"):
+            val = d[k]
+            if isinstance(val, dt.datetime):
+                d[k] = val.astimezone(UTC).isoformat()
+            elif isinstance(val, dt.date):
+                d[k] = val.isoformat()
+        out.append(d)
+    return out
+
+
+# --- the worker the ingest hands status messages to ----------------------------------------------
+
+def _db_errors() -> tuple[type[BaseException], ...]:
+    errs: list[type[BaseException]] = [sqlite3.OperationalError, DatabaseError]
+    try:
+        import psycopg
+
+        errs += [psycopg.OperationalError, psycopg.InterfaceError]
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+class StatusWorker:
+    """A bounded queue and a thread: ``submit(message)`` from paho's network thread (blocks when full:
+    backpressure, never a drop); the thread stores batches in one transaction each and only then
+    calls ``ack(message)`` (the broker PUBACK, on the connection the message came from). A database
+    error keeps the batch unacknowledged and retries on a fresh connection; anything else isolates
+    and quarantines the offending message."""
+
+    def __init__(self, db: Database, kek: bytes, ack: Callable[[Any], None], *, skew: int = FUTURE_SKEW_S,
+                 queue_max: int = 1024, batch_max: int = 64):
+        self.db = db
+        self.store = StatusStore(db, kek, skew)
+        self.ack = ack
+        self.batch_max = batch_max
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_max)
+        self.processed = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: Any = None
+
+    def submit(self, m: Any) -> None:
+        self.queue.put(m)
+
+    def start(self) -> "StatusWorker":
+        self._thread = threading.Thread(target=self._loop, name="nabd-status", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Store and acknowledge what is queued (up to ``timeout``), then stop."""
+        end = time.monotonic() + timeout
+        while not self.queue.empty() and time.monotonic() < end and self._thread and self._thread.is_alive():
+            time.sleep(0.02)
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=max(1.0, end - time.monotonic()))
+        self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+        self._conn = None
+
+    def _loop(self) -> None:
+        self._refresh_gauge()
+        while not (self._stop.is_set() and self.queue.empty()):
+            try:
+                batch = [self.queue.get(timeout=0.1)]
+            except queue.Empty:
+                continue
+            while len(batch) < self.batch_max:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._commit(batch)
+
+    def _commit(self, batch: list) -> None:
+        delay = 0.05
+        while True:
+            try:
+                if self._conn is None:
+                    self._conn = self.db.open()
+                self._process(batch)
+                break
+            except _db_errors() as e:
+                log.error("database error, %d status message(s) kept unacknowledged, retrying: %s", len(batch), e)
+                self._close()
+                if self._stop.is_set() and delay > 1.0:
+                    return  # shutting down: the broker redelivers them to the next session
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.processed += len(batch)
+        for m in batch:
+            self.ack(m)
+        self._refresh_gauge()
+
+    def _process(self, batch: list) -> None:
+        try:
+            self.store.process(self._conn, batch)
+        except _db_errors():
+            raise
+        except Exception:
+            if len(batch) > 1:
+                for m in batch:
+                    self._process([m])
+                return
+            log.exception("status store failed on one message; quarantining it")
+            m = batch[0]
+            v = reject("malformed", "gateway error while storing this status (see the gateway log)",
+                       topic_device(m.topic))
+            self.db.begin(self._conn)
+            self.store.quarantine(self._conn, m, v, dt.datetime.now(UTC))
+            self._conn.commit()
+            STATUS_MESSAGES.inc(result="rejected")
+            metrics.QUARANTINE.inc(reason=v.reason)
+
+    def _refresh_gauge(self) -> None:
+        try:
+            if self._conn is None:
+                self._conn = self.db.open()
+            DEVICES_ONLINE.set(self.store.online_count(self._conn))
+            self._conn.commit()
+        except Exception as e:  # a metric must never stop the worker
+            log.warning("cannot count online devices: %s", e)
+            self._close()
