@@ -1,0 +1,123 @@
+"""Beat detection on the band-passed IR pulse (pulse up), fixed point, no allocation per sample.
+
+Peak/valley detection with hysteresis: while rising, follow the maximum; a peak is confirmed when
+the signal has fallen ``hyst`` below it; while falling, follow the minimum; a valley is confirmed
+when the signal has risen ``hyst`` above it. ``hyst`` = 3/8 of the tracked beat amplitude (never
+below ``HYST_MIN``): large enough to ignore the dicrotic notch and noise, small enough to follow
+a halving of the amplitude from one beat to the next. With no peak for 1.5 s the tracked amplitude
+decays (halves every ~0.5 s) so that the detector finds a pulse that became much weaker.
+
+The beat's time is where the upstroke crosses 50 % of its valley-to-peak rise, linearly
+interpolated between samples (Q8 = 1/256 sample): the steepest, least noise-sensitive point of
+the pulse, and heart rate is therefore not quantised to whole sample lags. The last 256 samples
+are kept in a ring (``buf``) for that search.
+
+``step(y, n)`` returns ``PEAK`` when it confirmed a beat (then ``t_q8`` = its time in 1/256 sample,
+modulo 2**30, ``amp`` = valley-to-peak rise in the input's units, ``peak_n``/``valley_n`` the
+sample indices), ``VALLEY`` when it confirmed a valley, 0 otherwise.
+"""
+from array import array
+
+from micropython import const
+
+PEAK = const(1)
+VALLEY = const(2)
+HYST_MIN = const(24)           # counts × 8 (3 counts)
+_RING = const(256)
+_RMASK = const(255)
+_DECAY_AFTER = const(150)      # samples without a peak before the amplitude estimate decays
+_TMASK = const(0x3FFFFFFF)
+
+
+class BeatDetector:
+    def __init__(self):
+        self.buf = array("i", bytes(4 * _RING))
+        self.reset()
+
+    def reset(self):
+        self.rising = True
+        self.ext = 0
+        self.ext_n = 0
+        self.valley = 0
+        self.valley_n = 0
+        self.amp_est = 0
+        self.hyst = HYST_MIN
+        self.since = 0
+        self.t_q8 = 0
+        self.amp = 0
+        self.peak = 0
+        self.peak_n = 0
+
+    def step(self, y, n):
+        """One band-passed sample ``y`` at sample index ``n`` (increasing by one per call)."""
+        self.buf[n & _RMASK] = y
+        s = self.since + 1
+        self.since = s
+        if s > _DECAY_AFTER and not (s & 15):
+            a = self.amp_est
+            a -= a >> 3
+            self.amp_est = a
+            h = (a * 3) >> 3
+            self.hyst = h if h > HYST_MIN else HYST_MIN
+        if self.rising:
+            if y > self.ext:
+                self.ext = y
+                self.ext_n = n
+            elif y < self.ext - self.hyst:
+                self.rising = False
+                return self._peak(n)
+        else:
+            if y < self.ext:
+                self.ext = y
+                self.ext_n = n
+            elif y > self.ext + self.hyst:
+                self.rising = True
+                self.valley = self.ext
+                self.valley_n = self.ext_n
+                self.ext = y
+                self.ext_n = n
+                return VALLEY
+        return 0
+
+    def _peak(self, n):
+        p = self.ext
+        pn = self.ext_n
+        v = self.valley
+        vn = self.valley_n
+        amp = p - v
+        self.peak = p
+        self.peak_n = pn
+        self.amp = amp
+        self.ext = self.buf[n & _RMASK]
+        self.ext_n = n
+        # amplitude tracking: follow fast, but one odd beat moves the estimate by 1/4 only
+        a = self.amp_est
+        if a == 0:
+            a = amp
+        else:
+            a += (amp - a) >> 2
+        self.amp_est = a
+        h = (a * 3) >> 3
+        self.hyst = h if h > HYST_MIN else HYST_MIN
+        self.since = 0
+        # 50 % crossing of the upstroke, searched backwards from the peak
+        buf = self.buf
+        thr = (p + v) >> 1
+        lo = vn
+        if pn - lo > _RING - 2 or n - lo > _RING - 2:
+            lo = n - (_RING - 2)
+        k = pn
+        while k > lo and buf[(k - 1) & _RMASK] >= thr:
+            k -= 1
+        if k <= lo:
+            k = lo + 1
+        b0 = buf[(k - 1) & _RMASK]
+        b1 = buf[k & _RMASK]
+        if b1 > b0 and b0 < thr:
+            frac = ((thr - b0) << 8) // (b1 - b0)
+            if frac > 256:
+                frac = 256
+        else:
+            frac = 0
+        self.t_q8 = ((((k - 1) & 0x3FFFFF) << 8) + frac) & _TMASK
+        return PEAK

@@ -1,0 +1,412 @@
+"""Pulse oximetry chain: heart rate, SpO2, perfusion index, signal quality and withholding.
+
+    po = PulseOx()                    # 100 samples/s, default calibration
+    for red, ir in samples:           # ADC counts (MAX30102: 18 bit); red = -1 for IR only
+        if po.push(red, ir):          # True once per second of samples: a report is ready
+            show(po.hr_x10, po.spo2_x10, po.withheld)
+
+Report fields (ints, set by the push that returned True):
+
+* ``t_ms``: time of the report's last sample, ms since ``reset()``;
+* ``hr_x10`` bpm × 10, ``spo2_x10`` % × 10, ``pi_x100`` % × 100: −1 when withheld or not measurable
+  (SpO2 is −1 in IR-only operation and when the red/IR ratio is not consistent enough);
+* ``q``: signal quality 0–100; ``withheld``: 0 when values are reported, else an index into
+  ``WITHHELD`` (the reason's name) — nothing is reported then;
+* ``age_ms``: time since the last report with a valid heart rate (−1 when there was none yet);
+  ``stale`` = 1 when that value is more than 30 s old (ISO 80601-2-61 asks to indicate it);
+  ``last_hr_x10``/``last_spo2_x10`` keep that last valid value for a display.
+
+``push(red, ir, flags=0)``: ``flags`` bit 0 (``FLAG_ALC_OVF``) = the MAX30102 reported ambient
+light cancellation overflow in this sample's FIFO read. IR-only: pass ``red = -1``.
+
+Per sample: two band-pass front ends (``filters.BandPass``), the IR beat detector
+(``beats.BeatDetector``), clipping and motion tests: small-int arithmetic, no allocation. Per beat:
+interval, amplitudes, R and PI into ring buffers. Per report (1 Hz): medians and the decisions.
+Algorithms, thresholds and their reasons: docs/signal.md.
+"""
+from array import array
+
+from micropython import const
+
+from firmware.signal import stats
+from firmware.signal.beats import PEAK, BeatDetector
+from firmware.signal.calibration import Calibration
+from firmware.signal.filters import BandPass
+
+# withholding reasons: index into WITHHELD
+NONE = const(0)
+NO_FINGER = const(1)
+SETTLING = const(2)
+MOTION = const(3)
+LOW_PERFUSION = const(4)
+CLIPPING = const(5)
+AMBIENT_LIGHT = const(6)
+IRREGULAR_RHYTHM = const(7)
+WITHHELD = ("none", "no_finger", "settling", "motion", "low_perfusion", "clipping", "ambient_light",
+            "irregular_rhythm")
+
+FLAG_ALC_OVF = const(1)
+
+RATE_HZ = const(100)
+ADC_MAX = const(262143)
+FINGER_MIN = const(10000)      # IR DC counts: below, no finger (bare sensor: LED cross-talk only)
+CLIP_HI = const(261120)        # ADC_MAX − 1023: within 0.4 % of full scale
+CLIP_LO = const(0)
+FLAT_RUN = const(12)           # both channels stuck for 12 samples: saturated/frozen ADC
+AMBIENT_DC = const(229376)     # both DCs above 7/8 full scale and within 1/16 of each other
+AMBIENT_DIFF = const(16384)
+PI_MIN_X100 = const(20)        # 0.20 %: below, withheld (low perfusion)
+Q_MIN = const(40)
+STALE_MS = const(30000)
+
+_REPORT_N = const(100)         # samples per report (1 s)
+_SETTLE_N = const(150)         # beats in the 1.5 s after a DC jump are not used
+_MOTION_HOLD_N = const(150)    # samples withheld after the last motion evidence
+_IV_MIN_Q8 = const(6982)       # 27.27 samples = 220 bpm, × 256
+_IV_MAX_Q8 = const(51200)      # 200 samples = 30 bpm, × 256
+_HR_WIN_N = const(800)         # intervals ending in the last 8 s make the HR
+_SPO2_WIN_N = const(500)       # beats in the last 5 s make SpO2 and PI
+_NO_PULSE_N = const(400)       # no beat for 4 s with a finger: no pulsatile component
+_NIV = const(16)
+_NB = const(8)
+_RING = const(256)
+_RMASK = const(255)
+_TMASK = const(0x3FFFFFFF)
+_HR_NUM = const(15360000)      # 60 s × 100 Hz × 256 (Q8) × 10 (bpm × 10)
+
+
+def _q17(ac, dc):
+    """ac/dc × 2**17 with small ints only (ac < 2**22, 0 < dc < 2**18)."""
+    a = ac << 7
+    hi = a // dc
+    rem = a - hi * dc
+    return (hi << 10) + ((rem << 10) // dc)
+
+
+class PulseOx:
+    """The streaming chain. ``rate_hz`` must be 100 (the host resamples other rates);
+    ``cal`` a ``calibration.Calibration`` (default curve when None)."""
+
+    def __init__(self, rate_hz=100, cal=None):
+        if rate_hz != RATE_HZ:
+            raise ValueError("PulseOx runs at 100 samples/s; resample first (got %r)" % (rate_hz,))
+        self.cal = cal if cal is not None else Calibration()
+        self.ir_f = BandPass()
+        self.red_f = BandPass()
+        self.det = BeatDetector()
+        self.rbuf = array("i", bytes(4 * _RING))
+        self.iv = array("i", bytes(4 * _NIV))       # beat intervals, samples × 256
+        self.iv_n = array("i", bytes(4 * _NIV))     # sample index of the beat ending each interval
+        self.b_r = array("i", bytes(4 * _NB))       # per beat: R × 1024 (−1 = none)
+        self.b_pi = array("i", bytes(4 * _NB))      # per beat: PI % × 100
+        self.b_amp = array("i", bytes(4 * _NB))     # per beat: IR amplitude, counts × 8
+        self.b_n = array("i", bytes(4 * _NB))       # per beat: sample index
+        self.s1 = array("i", bytes(4 * _NIV))       # scratch for medians
+        self.s2 = array("i", bytes(4 * _NIV))
+        self.reset()
+
+    # -- state -------------------------------------------------------------------------------
+    def reset(self):
+        """Forget everything (new measurement); times restart at 0."""
+        self.ir_f.reset()
+        self.red_f.reset()
+        self.det.reset()
+        self.n = 0
+        self.rep_n = 0
+        self.last_ir = -1
+        self.last_red = -1
+        self.flat = 0
+        self.hr_q = 0
+        self.k_q8 = 0           # red/IR pulse amplitude ratio (counts), × 256
+        self.mot_thr = 0        # |IR pulse| beyond which a sample is motion (0: not armed yet)
+        self.mot_until = 0
+        self.settle_until = 0
+        self.finger_n = -1      # sample index at which the finger was first seen (-1: absent)
+        self.last_beat_n = -1
+        self.jumps = 0
+        self.red_mode = False
+        self._forget()
+        self._clear_window()
+        self.t_ms = 0
+        self.hr_x10 = -1
+        self.spo2_x10 = -1
+        self.pi_x100 = -1
+        self.q = 0
+        self.withheld = NO_FINGER
+        self.age_ms = -1
+        self.stale = 0
+        self.last_hr_x10 = -1
+        self.last_spo2_x10 = -1
+        self.last_valid_n = -1
+
+    def _forget(self):
+        """Drop the beat history (finger placed/lifted, settling)."""
+        self.iv_cnt = 0
+        self.iv_head = 0
+        self.b_cnt = 0
+        self.b_head = 0
+        self.last_t = -1
+
+    def _clear_window(self):
+        self.w_clip = 0
+        self.w_alc = 0
+        self.w_mot = 0
+        self.w_res = 0
+        self.w_dr = 0
+        self.w_red = 0
+
+    # -- per sample --------------------------------------------------------------------------
+    def push(self, red, ir, flags=0):
+        """One sample pair (ADC counts; ``red`` −1 for IR only). True when a report is ready."""
+        n = self.n + 1
+        self.n = n
+        if flags & FLAG_ALC_OVF:
+            self.w_alc += 1
+        if ir >= CLIP_HI or ir <= CLIP_LO:
+            self.w_clip += 1
+        yi = self.ir_f.step(ir)
+        ev = self.det.step(yi, n)
+        if red >= 0:
+            self.w_red += 1
+            if red >= CLIP_HI or red <= CLIP_LO:
+                self.w_clip += 1
+            if ir == self.last_ir and red == self.last_red:
+                f = self.flat + 1
+                self.flat = f
+                if f >= FLAT_RUN:
+                    self.w_clip += 1
+            else:
+                self.flat = 0
+            self.last_red = red
+            yr = self.red_f.step(red)
+            rbuf = self.rbuf
+            rbuf[n & _RMASK] = yr
+            k = self.k_q8
+            if k:
+                # red/IR disagreement on the 40 ms slope: pulses are proportional, motion is not
+                m = (n - 4) & _RMASK
+                dr = yr - rbuf[m]
+                e = (dr << 8) - k * (yi - self.det.buf[m])
+                self.w_res += (e if e >= 0 else -e) >> 8
+                self.w_dr += dr if dr >= 0 else -dr
+        self.last_ir = ir
+        t = self.mot_thr
+        if t and (yi > t or -yi > t):
+            self.w_mot += 1
+            self.mot_until = n + _MOTION_HOLD_N
+        if ev == PEAK:
+            self._beat(n)
+        if n - self.rep_n >= _REPORT_N:
+            self._report(n)
+            return True
+        return False
+
+    # -- per beat ----------------------------------------------------------------------------
+    def _beat(self, n):
+        d = self.det
+        t = d.t_q8
+        amp = d.amp
+        self.mot_thr = 2 * d.amp_est + 4 * 24
+        if n < self.settle_until or n < self.mot_until:
+            self.last_t = -1
+            return
+        lt = self.last_t
+        if lt >= 0:
+            iv = (t - lt) & _TMASK
+            if iv < _IV_MIN_Q8:
+                return                      # refractory: a notch or noise, keep the previous beat
+            if iv <= _IV_MAX_Q8:
+                h = self.iv_head
+                self.iv[h] = iv
+                self.iv_n[h] = n
+                self.iv_head = (h + 1) & (_NIV - 1)
+                if self.iv_cnt < _NIV:
+                    self.iv_cnt += 1
+        self.last_t = t
+        self.last_beat_n = n
+        dci = self.ir_f.dc >> 8
+        if dci <= 0 or amp <= 0:
+            return
+        pi = (amp * 1250) // dci if amp < 800000 else 100000
+        r = -1
+        if self.red_mode:
+            # amplitudes at the same instants on both channels (3-sample means at IR valley, peak)
+            buf = d.buf
+            rbuf = self.rbuf
+            pn = d.peak_n
+            vn = d.valley_n
+            if n - vn < _RING - 2 and pn > vn:
+                ai = (buf[(pn - 1) & _RMASK] + buf[pn & _RMASK] + buf[(pn + 1) & _RMASK]
+                      - buf[(vn - 1) & _RMASK] - buf[vn & _RMASK] - buf[(vn + 1) & _RMASK])
+                ar = (rbuf[(pn - 1) & _RMASK] + rbuf[pn & _RMASK] + rbuf[(pn + 1) & _RMASK]
+                      - rbuf[(vn - 1) & _RMASK] - rbuf[vn & _RMASK] - rbuf[(vn + 1) & _RMASK])
+                dcr = self.red_f.dc >> 8
+                if ai > 0 and ar > 0 and dcr > 0 and ai < (1 << 22) and ar < (1 << 22):
+                    qi = _q17(ai, dci)
+                    qr = _q17(ar, dcr)
+                    if 0 < qr < (1 << 19) and qi > 0:
+                        r = (qr << 10) // qi
+                    kk = (ar << 8) // ai
+                    if kk < (1 << 12):
+                        self.k_q8 = kk if self.k_q8 == 0 else self.k_q8 + ((kk - self.k_q8) >> 2)
+        h = self.b_head
+        self.b_r[h] = r
+        self.b_pi[h] = pi
+        self.b_amp[h] = amp
+        self.b_n[h] = n
+        self.b_head = (h + 1) & (_NB - 1)
+        if self.b_cnt < _NB:
+            self.b_cnt += 1
+
+    # -- per report --------------------------------------------------------------------------
+    def _report(self, n):
+        self.rep_n = n
+        self.t_ms = n * 10
+        self.red_mode = self.w_red > 0
+        dci = self.ir_f.dc >> 8
+        dcr = self.red_f.dc >> 8
+        w = NONE
+        q = 100
+        hr = -1
+        spo2 = -1
+        pi = -1
+        j = self.ir_f.jumps + self.red_f.jumps
+        if j != self.jumps:
+            # finger placed or lifted, pressure step: start over once the light has settled
+            self.jumps = j
+            self._forget()
+            self.settle_until = n + _SETTLE_N
+        if dci < FINGER_MIN:
+            self.finger_n = -1
+            self._forget()
+            w = NO_FINGER
+        elif self.finger_n < 0:
+            self.finger_n = n
+        if w == NONE and (self.w_alc or (self.red_mode and dci >= AMBIENT_DC and dcr >= AMBIENT_DC
+                                         and -AMBIENT_DIFF < dci - dcr < AMBIENT_DIFF)):
+            w = AMBIENT_LIGHT
+        if w == NONE and self.w_clip:
+            w = CLIPPING
+            self.settle_until = n + _SETTLE_N
+        if w == NONE and n < self.settle_until:
+            w = SETTLING
+        if w == NONE and (self.w_mot or n < self.mot_until):
+            w = MOTION
+        if w == NONE and self.red_mode and self.k_q8 and self.w_dr > 200 and self.w_res * 2 > self.w_dr:
+            w = MOTION
+            self.mot_until = n + _MOTION_HOLD_N
+        if w == NONE:
+            m = self._intervals(n)
+            if m < 3:
+                if self.last_beat_n < 0 or n - self.last_beat_n > _NO_PULSE_N:
+                    w = SETTLING if n - self.finger_n < 2 * _NO_PULSE_N else NO_FINGER
+                else:
+                    w = SETTLING
+            else:
+                hr = self._hr(m)
+                q = self.hr_q
+                if hr < 0:
+                    w = IRREGULAR_RHYTHM
+        if w == NONE:
+            pi = self._median_beats(n, self.b_pi)
+            if pi >= 0 and pi < PI_MIN_X100:
+                w = LOW_PERFUSION
+        if w == NONE and self.red_mode:
+            rq = self._median_beats(n, self.b_r)
+            if rq > 0:
+                spo2 = self.cal.spo2_x10(rq)
+                # consistency of R between beats lowers the quality
+                disp = self._disp_beats(n, self.b_r, rq)
+                q -= disp
+                if disp > 30:
+                    spo2 = -1
+        if q < 0:
+            q = 0
+        if w == NONE and q < Q_MIN:
+            w = MOTION
+        if w != NONE:
+            hr = -1
+            spo2 = -1
+            pi = -1
+            if w == NO_FINGER or w == CLIPPING or w == AMBIENT_LIGHT:
+                q = 0
+        self.withheld = w
+        self.hr_x10 = hr
+        self.spo2_x10 = spo2
+        self.pi_x100 = pi
+        self.q = q
+        if hr >= 0:
+            self.last_valid_n = n
+            self.last_hr_x10 = hr
+            self.last_spo2_x10 = spo2
+        if self.last_valid_n >= 0:
+            a = (n - self.last_valid_n) * 10
+            self.age_ms = a
+            self.stale = 1 if a > STALE_MS else 0
+        self._clear_window()
+
+    def _intervals(self, n):
+        """Copy the intervals that ended in the last 8 s into ``s1``; their count."""
+        m = 0
+        s1 = self.s1
+        iv = self.iv
+        ivn = self.iv_n
+        for i in range(self.iv_cnt):
+            if n - ivn[i] <= _HR_WIN_N:
+                s1[m] = iv[i]
+                m += 1
+        return m
+
+    def _hr(self, m):
+        """hr_x10 from the ``m`` intervals in ``s1`` (its quality in ``hr_q``); −1 when the rhythm
+        is too irregular for one number. Outliers (> 25 % from the median: missed or extra beats) are
+        left out of the mean; more than a third of them means an irregular rhythm."""
+        s1 = self.s1
+        stats.sort(s1, m)
+        med = stats.median_sorted(s1, m)
+        tol = med >> 2
+        tot = 0
+        k = 0
+        for i in range(m):
+            v = s1[i]
+            if -tol <= v - med <= tol:
+                tot += v
+                k += 1
+        dev = stats.mad(s1, m, med, self.s2)
+        cv = (dev * 1483) // med          # robust coefficient of variation, ‰
+        self.hr_q = 100 - cv // 3
+        if (m - k) * 3 > m or cv > 100 or k < 3:
+            return -1
+        return (_HR_NUM * k) // tot
+
+    def _median_beats(self, n, arr):
+        """Median of ``arr`` over the beats of the last 5 s (−1 when none or all −1)."""
+        s2 = self.s2
+        bn = self.b_n
+        m = 0
+        for i in range(self.b_cnt):
+            if n - bn[i] <= _SPO2_WIN_N and arr[i] >= 0:
+                s2[m] = arr[i]
+                m += 1
+        if m == 0:
+            return -1
+        stats.sort(s2, m)
+        return stats.median_sorted(s2, m)
+
+    def _disp_beats(self, n, arr, med):
+        """Mean absolute deviation of ``arr`` from ``med`` over the last 5 s, % of ``med``."""
+        bn = self.b_n
+        tot = 0
+        m = 0
+        for i in range(self.b_cnt):
+            if n - bn[i] <= _SPO2_WIN_N and arr[i] >= 0:
+                d = arr[i] - med
+                tot += d if d >= 0 else -d
+                m += 1
+        if m == 0 or med <= 0:
+            return 100
+        return (tot * 100) // (m * med)
+
+    def name(self):
+        """The withholding reason of the last report ("none" when values were reported)."""
+        return WITHHELD[self.withheld]
