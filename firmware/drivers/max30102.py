@@ -16,6 +16,11 @@ FIFO reading (``read_fifo``) drains every sample waiting in the part in one burs
 - OVF_COUNTER is added to ``self.lost`` (samples lost since ``configure``) and kept in
   ``self.last_lost``. It saturates at 15: past that the loss is estimated from the elapsed time
   and ``self.lost_exact`` becomes False.
+- A full FIFO can drop a sample between the pointer poll and the first byte of the FIFO_DATA read;
+  the pop then clears OVF_COUNTER before anyone saw it. With rollover (the default) the dropped
+  sample still moved the read pointer, so the next poll finds RD ahead of where this read left it
+  by more than OVF_COUNTER explains, and the difference is counted too: ``lost`` is exact. Without
+  rollover no register keeps such a loss (the model counts it as ``silent_lost``).
 
 Nothing is allocated per call (proven on MicroPython with ``micropython.heap_lock()``).
 
@@ -165,6 +170,8 @@ class MAX30102:
         self._shift = 0
         self._shdn = False
         self._t_poll = 0
+        self._rd_next = -1      # where this driver left FIFO_RD_PTR (-1: unknown)
+        self._rollover = False
         self._buf = bytearray(FIFO_DEPTH * 6)
         mv = memoryview(self._buf)
         # one view per multiple of 3 bytes: slicing a memoryview allocates, so it is done here
@@ -232,6 +239,7 @@ class MAX30102:
         self._first(_MODE_CONFIG)
         self._write(_MODE_CONFIG, _RESET)
         self.configured = False
+        self._rd_next = -1
         self._shdn = False
         for _ in range(_RESET_POLLS):
             self.clock.sleep_ms(1)
@@ -295,6 +303,7 @@ class MAX30102:
         self.last_lost = 0
         self.lost_exact = True
         self._shdn = False
+        self._rollover = bool(rollover)
         self.configured = True
 
     @staticmethod
@@ -311,6 +320,7 @@ class MAX30102:
         except OSError as e:
             raise _bus_error(e)
         self._t_poll = self.clock.ticks_ms()
+        self._rd_next = 0
 
     # --- FIFO ---
     def read_fifo(self):
@@ -324,25 +334,33 @@ class MAX30102:
         elapsed = self.clock.ticks_diff(now, self._t_poll)
         self._t_poll = now
         ovf = p[1] & 0x1F
-        n = (p[0] - p[2]) & 0x1F
+        rd = p[2] & 0x1F
+        n = (p[0] - rd) & 0x1F
         if n == 0:
             if ovf:
                 n = FIFO_DEPTH
             elif not self._shdn and self.period_us and elapsed * 1000 >= 31 * self.period_us:
                 if self._reg(_INT_STATUS_1) & A_FULL:
                     n = FIFO_DEPTH
-        if ovf:
-            if ovf >= 0x0F and self.period_us:
+        lost = ovf
+        if ovf >= 0x0F:
+            if self.period_us:
                 est = elapsed * 1000 // self.period_us - FIFO_DEPTH
-                if est > ovf:
-                    ovf = est
-                self.lost_exact = False
-            self.lost += ovf
-        self.last_lost = ovf
+                if est > lost:
+                    lost = est
+            self.lost_exact = False
+        elif self._rollover and self._rd_next >= 0:
+            # overwrites pushed RD on; those OVF_COUNTER does not show were lost before the last pop
+            lost += (rd - self._rd_next - ovf) & 0x1F
+        self.lost += lost
+        self.last_lost = lost
         if n == 0:
+            self._rd_next = rd
             return 0
         bps = self._bps
+        self._rd_next = -1      # unknown until the burst succeeds
         self._read(_FIFO_DATA, self._views[n * bps // 3])
+        self._rd_next = (rd + n) & 0x1F
         b = self._buf
         red = self.red
         ir = self.ir

@@ -16,6 +16,9 @@ What the model honours (MAX30102 datasheet, 19-7740 rev 1, and ``../shared/desig
   overwrites the oldest, without it the FIFO stops when full. Every sample that does not survive
   counts in ``lost``; ``produced`` counts every sample generated, ``popped`` every sample read out:
   ``produced == lost + popped + samples in the FIFO`` is the ground truth for tests and benchmarks.
+  ``silent_lost`` counts the losses no register ever showed: dropped after the reader's last read
+  of OVF_COUNTER and erased from it by the next pop (a full FIFO losing a sample between a
+  reader's pointer poll and its FIFO_DATA read). With rollover the read pointer still moves.
 - Interrupt status 1: A_FULL (set on each push that leaves at least 32 − FIFO_A_FULL samples),
   PPG_RDY (each push), ALC_OVF (ambient light beyond the cancellation limit), PWR_RDY (power-up);
   status 2: DIE_TEMP_RDY. Flags latch and clear when their status register is read; shutdown
@@ -136,6 +139,10 @@ class MAX30102Model:
         self.lost = 0          # samples dropped or overwritten by overflow
         self.popped = 0        # samples read out through FIFO_DATA
         self.underruns = 0     # FIFO_DATA read while the FIFO was empty
+        # lost samples no register ever showed: counted in OVF_COUNTER after its last read, then
+        # erased by a pop (the race between a reader's pointer poll and its FIFO_DATA read)
+        self.silent_lost = 0
+        self._ovf_unread = 0
         self.accesses = 0
         self.resets = 0
         self.swapped = False
@@ -291,15 +298,15 @@ class MAX30102Model:
                 n = k - j
                 self.produced += n
                 self.lost += n
-                for _ in range(n if n < 16 else 16):
-                    self._ovf()
+                self._ovf(n)
                 return
             self._push(t_end - (acc + (k - 1 - j) * cost) // sr)
 
-    def _ovf(self):
+    def _ovf(self, n=1):
         r = self.regs
-        if r[_OVF_COUNTER] < 0x0F:
-            r[_OVF_COUNTER] += 1
+        v = r[_OVF_COUNTER] + n
+        r[_OVF_COUNTER] = v if v < 0x0F else 0x0F
+        self._ovf_unread += n
 
     def _push(self, t):
         r = self.regs
@@ -466,6 +473,8 @@ class MAX30102Model:
                 buf[i] = _RESET
             else:
                 buf[i] = r[p]
+                if p == _OVF_COUNTER:
+                    self._ovf_unread = 0
             if p == _INT_STATUS_1 or p == _INT_STATUS_2:
                 r[p] = 0
             p = (p + 1) & 0xFF
@@ -487,6 +496,8 @@ class MAX30102Model:
                 self.popped += 1
                 r[_FIFO_RD_PTR] = (rd + 1) & 0x1F
                 r[_OVF_COUNTER] = 0
+                self.silent_lost += self._ovf_unread
+                self._ovf_unread = 0
             else:
                 self.underruns += 1
         v = self.fifo[self._cur * 6 + b]
