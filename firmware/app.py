@@ -58,6 +58,8 @@ IDLE_STEP_MS = const(50)
 PPG_STEP_MS = const(40)
 _REDRAW_MS = const(1000)
 _NTP_RETRY_MS = const(60000)
+TEMP_LO_CC = const(3400)     # rated display range of body temperature (0.01 degC)
+TEMP_HI_CC = const(4250)
 _SETTLE_REPORTS = const(6)   # reports with a finger before values are usually out (progress)
 
 SETTINGS = ("report_pi", "temp_site_offset_c")
@@ -73,7 +75,7 @@ class Result:
 
     def __init__(self):
         self.temp_cc = None
-        self.temp_flag = None     # "LO"/"HI" from the temperature chain, or None
+        self.temp_flag = None     # "LO", "HI" or "no reading" when temp_cc is None
         self.spo2 = None
         self.hr = None
         self.pi_cp = None
@@ -198,7 +200,6 @@ class App:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not -5 <= v <= 5:
                     raise ValueError("temp_site_offset_c must be a number within -5..5")
                 self.temp_site_offset_cc = int(v * 100 + (0.5 if v >= 0 else -0.5))
-                self.thermo_site_offset(self.temp_site_offset_cc)
             self.log.info("app", "settings applied: " + ",".join(sorted(args)))
         else:
             raise ValueError("unknown command " + str(cmd))
@@ -273,7 +274,7 @@ class App:
         elif state == PPG:
             self._start_ppg()
         elif state == INFO:
-            self.ui.info(self.info_lines())
+            self.ui.info(self.info_lines(), self.fw)
 
     def _elapsed(self):
         return self.clock.ticks_diff(self.clock.ticks_ms(), self._t_state)
@@ -376,11 +377,29 @@ class App:
         if self._n_temp < TEMP_READS:
             self.ui.aim(100 * self._n_temp // TEMP_READS)
             return
-        r = self.result
-        r.temp_cc, r.q_temp, r.temp_flag = self.thermo.result()
+        self._temp_result(self.result)
         self.mlx.sleep()
         self._mlx_awake = False
         self._enter(PPG)
+
+    def _temp_result(self, r):
+        """Body temperature from the chain (robust average, calibration, forehead-to-core
+        offset); ``temp_flag`` "LO"/"HI" outside the rated range (no value then), "no reading"
+        when too many reads disagreed. ``q_temp``: share of the reads kept (thousandths)."""
+        th = self.thermo
+        t, flags = th.result()
+        m = th.n_used + th.n_rejected
+        r.q_temp = 1000 * th.n_used // m if m else 0
+        if t is not None and self.temp_site_offset_cc is not None and th.object_cc is not None:
+            t = th.object_cc + self.temp_site_offset_cc
+        if t is None:
+            r.temp_flag = "no reading"
+        elif t < TEMP_LO_CC:
+            r.temp_flag = "LO"
+        elif t > TEMP_HI_CC:
+            r.temp_flag = "HI"
+        else:
+            r.temp_cc = t
 
     # --- SpO2 and pulse ---
     def _start_ppg(self):
@@ -510,13 +529,12 @@ class App:
 
     # --- info ---
     def info_lines(self):
-        """What the info screen shows, as (label, value) pairs."""
+        """What the info screen shows under the firmware version, as (label, value) pairs."""
         cfg = self.cfg
         cal = cfg.calibration if cfg is not None else None
         due = cal.get("due") if cal else None
         up = self.uplink
         return [("", cfg.device_id if cfg is not None else "?"),
-                ("FW", self.fw),
                 ("Net", up.state),
                 ("Waiting", up.queued),
                 ("Cal due", due or "none"),

@@ -48,10 +48,10 @@ def make_chains(cfg):
     """The SpO2/pulse chain and the temperature chain, calibrated from ``cfg.calibration``."""
     from firmware.signal import calibration
     from firmware.signal.pulseox import PulseOx
-    from firmware.signal.temperature import TempChain
+    from firmware.signal.temperature import TempProcessor
 
     cal = calibration.from_config(cfg.calibration if cfg is not None else None)
-    return PulseOx(cal=cal), TempChain(cal)
+    return PulseOx(cal=cal), TempProcessor(cal.temp_gain_ppm, cal.temp_offset_cc, "forehead")
 
 
 def build(board, cfg=None, outbox_capacity=1000):

@@ -7,7 +7,7 @@ by 8 lines; ``big_text`` doubles it to 8 characters by 16 pixels).
     ui.finger(seconds_left=28)      # "place finger"
     ui.measuring("SpO2 / pulse", 55, "settling")
     ui.result(r)                    # r: firmware.app.Result
-    ui.info(lines)                  # [(label, value), ...]
+    ui.info(lines, fw="0.1.0")      # [(label, value), ...]
     ui.error("MLX90614", "no answer (nack)")
 
 Every screen is a full redraw then one ``show()`` (about 93 ms on the 100 kHz bus), so the app
@@ -33,9 +33,9 @@ ROW_STATE = const(56)
 # measuring screens
 ROW_TITLE = const(0)
 ROW_PROMPT = const(16)     # big prompt, two lines of 16 px
-ROW_BAR = const(50)
-BAR_H = const(6)
-ROW_NOTE = const(57)
+ROW_BAR = const(46)
+BAR_H = const(7)
+ROW_NOTE = const(56)
 
 ALERT_TEXT = {"fever": "FEVER", "hypothermia": "LOW TEMP", "low_spo2": "SpO2<90",
               "tachycardia": "PULSE>120", "bradycardia": "PULSE<50"}
@@ -191,13 +191,13 @@ class UI:
         d.text(state_line(r), 0, ROW_STATE, 1)
         self._end()
 
-    def info(self, lines):
-        """Device information: ``lines`` is a list of (label, value) shown as ``label value``,
-        one per text line under the title, values cut to the line."""
+    def info(self, lines, fw=""):
+        """Device information: the firmware version in the title bar, then ``lines``, a list of
+        (label, value) shown as ``label value`` (a long value continues on the next line)."""
         d = self._begin("info")
         if d is None:
             return self._end()
-        self._title("Device info")
+        self._title("Info", ("fw " + fw) if fw else "")
         y = 10
         for label, value in lines:
             text = label + " " + str(value) if label else str(value)
@@ -240,7 +240,10 @@ def pulse_text(hr):
 def temp_line(r):
     """``T 36.9C  Q 91%``: temperature and the worst signal quality (percent)."""
     q = r.quality()
-    s = "T " + temp_text(r.temp_cc) + "C"
+    if r.temp_cc is None and r.temp_flag in ("LO", "HI"):
+        s = "T " + r.temp_flag
+    else:
+        s = "T " + temp_text(r.temp_cc) + "C"
     if q is not None:
         s = s + "  Q " + str((q + 5) // 10) + "%"
     return s[:CHARS]
