@@ -12,6 +12,10 @@ interpolated between samples (Q8 = 1/256 sample): the steepest, least noise-sens
 the pulse, and heart rate is therefore not quantised to whole sample lags. The last 256 samples
 are kept in a ring (``buf``) for that search.
 
+``amp_est`` tracks the beat amplitude, ``slope_est`` the upstroke's rise over 4 samples (both
+exponential averages over ~4 beats). ``reseed()`` restarts them from the next beat (after the
+finger settled: the landing transient inflates them).
+
 ``step(y, n)`` returns ``PEAK`` when it confirmed a beat (then ``t_q8`` = its time in 1/256 sample,
 modulo 2**30, ``amp`` = valley-to-peak rise in the input's units, ``peak_n``/``valley_n`` the
 sample indices), ``VALLEY`` when it confirmed a valley, 0 otherwise.
@@ -41,12 +45,18 @@ class BeatDetector:
         self.valley = 0
         self.valley_n = 0
         self.amp_est = 0
+        self.slope_est = 0
         self.hyst = HYST_MIN
         self.since = 0
         self.t_q8 = 0
         self.amp = 0
         self.peak = 0
         self.peak_n = 0
+
+    def reseed(self):
+        self.amp_est = 0
+        self.slope_est = 0
+        self.hyst = HYST_MIN
 
     def step(self, y, n):
         """One band-passed sample ``y`` at sample index ``n`` (increasing by one per call)."""
@@ -120,4 +130,9 @@ class BeatDetector:
         else:
             frac = 0
         self.t_q8 = ((((k - 1) & 0x3FFFFF) << 8) + frac) & _TMASK
+        # steepness of the upstroke: rise over 4 samples around the 50 % point
+        s4 = buf[(k + 1) & _RMASK] - buf[(k - 3) & _RMASK]
+        if s4 > 0:
+            e = self.slope_est
+            self.slope_est = s4 if e == 0 else e + ((s4 - e) >> 2)
         return PEAK

@@ -9,7 +9,12 @@
 * low-pass: an 8-sample boxcar (running sum over a ring; −3 dB at 5.5 Hz, first null at 12.5 Hz at
   100 Hz) of ``dc − x``; the sum keeps 3 extra bits of resolution.
 
-So the output is the 0.12–5.5 Hz band of the light signal. Both channels use the same filter, so
+* a second high-pass on the boxcar output: one-pole, ``lp`` in Q4, time constant 64 samples
+  (corner 0.25 Hz): with the DC tracker, a second-order roll-off below the slowest heart rate
+  (30 bpm = 0.5 Hz) that removes baseline wander and respiration, whose slope over an upstroke
+  would otherwise bias the amplitudes at low perfusion.
+
+So the output is the 0.25–5.5 Hz band of the light signal. Both channels use the same filter, so
 the ratio of their pulse amplitudes (SpO2's R) is unchanged by it.
 """
 from array import array
@@ -19,6 +24,7 @@ from micropython import const
 _DC_SHIFT = const(7)
 _N = const(8)          # boxcar length (power of two)
 _MASK = const(7)
+_HP_SHIFT = const(6)   # second high-pass: time constant 64 samples, corner 0.25 Hz
 
 
 class BandPass:
@@ -34,6 +40,7 @@ class BandPass:
             buf[i] = 0
         self.dc = 0
         self.sum = 0
+        self.lp = 0
         self.i = 0
         self.jumps = 0
 
@@ -49,6 +56,7 @@ class BandPass:
             for i in range(_N):
                 buf[i] = 0
             self.sum = 0
+            self.lp = 0
         else:
             dc += d >> _DC_SHIFT
         self.dc = dc
@@ -59,4 +67,6 @@ class BandPass:
         buf[i] = v
         self.i = (i + 1) & _MASK
         self.sum = s
-        return s
+        lp = self.lp + (((s << 4) - self.lp) >> _HP_SHIFT)
+        self.lp = lp
+        return s - (lp >> 4)

@@ -118,7 +118,9 @@ class PulseOx:
         self.flat = 0
         self.hr_q = 0
         self.k_q8 = 0           # red/IR pulse amplitude ratio (counts), × 256
-        self.mot_thr = 0        # |IR pulse| beyond which a sample is motion (0: not armed yet)
+        self.mot_thr = 0        # |IR 40 ms slope| beyond which a sample is motion (0: not armed yet)
+        self.lvl_thr = 0        # |IR pulse| beyond which a sample is motion
+        self.reseed = False
         self.mot_until = 0
         self.settle_until = 0
         self.finger_n = -1      # sample index at which the finger was first seen (-1: absent)
@@ -191,9 +193,11 @@ class PulseOx:
                 self.w_dr += dr if dr >= 0 else -dr
         self.last_ir = ir
         t = self.mot_thr
-        if t and (yi > t or -yi > t):
-            self.w_mot += 1
-            self.mot_until = n + _MOTION_HOLD_N
+        if t:
+            di = yi - self.det.buf[(n - 4) & _RMASK]
+            if di > t or -di > t or yi > self.lvl_thr or -yi > self.lvl_thr:
+                self.w_mot += 1
+                self.mot_until = n + _MOTION_HOLD_N
         if ev == PEAK:
             self._beat(n)
         if n - self.rep_n >= _REPORT_N:
@@ -204,32 +208,21 @@ class PulseOx:
     # -- per beat ----------------------------------------------------------------------------
     def _beat(self, n):
         d = self.det
-        t = d.t_q8
         amp = d.amp
-        self.mot_thr = 2 * d.amp_est + 4 * 24
-        if n < self.settle_until or n < self.mot_until:
-            self.last_t = -1
+        if self.reseed and n >= self.settle_until:
+            # the landing transient is over: amplitude and slope estimates start afresh
+            self.reseed = False
+            d.reseed()
+            self.k_q8 = 0
+            self.mot_thr = 0
             return
-        lt = self.last_t
-        if lt >= 0:
-            iv = (t - lt) & _TMASK
-            if iv < _IV_MIN_Q8:
-                return                      # refractory: a notch or noise, keep the previous beat
-            if iv <= _IV_MAX_Q8:
-                h = self.iv_head
-                self.iv[h] = iv
-                self.iv_n[h] = n
-                self.iv_head = (h + 1) & (_NIV - 1)
-                if self.iv_cnt < _NIV:
-                    self.iv_cnt += 1
-        self.last_t = t
-        self.last_beat_n = n
+        if d.slope_est:
+            # motion: a 40 ms slope 3× the upstroke's, or an excursion 4× the beat amplitude
+            self.mot_thr = 3 * d.slope_est + 48
+            self.lvl_thr = 4 * d.amp_est + 96
         dci = self.ir_f.dc >> 8
-        if dci <= 0 or amp <= 0:
-            return
-        pi = (amp * 1250) // dci if amp < 800000 else 100000
         r = -1
-        if self.red_mode:
+        if self.red_mode and dci > 0:
             # amplitudes at the same instants on both channels (3-sample means at IR valley, peak)
             buf = d.buf
             rbuf = self.rbuf
@@ -248,7 +241,29 @@ class PulseOx:
                         r = (qr << 10) // qi
                     kk = (ar << 8) // ai
                     if kk < (1 << 12):
+                        # red/IR amplitude ratio for the motion test: tracked on every beat
                         self.k_q8 = kk if self.k_q8 == 0 else self.k_q8 + ((kk - self.k_q8) >> 2)
+        if n < self.settle_until or n < self.mot_until:
+            self.last_t = -1            # beats while settling or moving are not used
+            return
+        t = d.t_q8
+        lt = self.last_t
+        if lt >= 0:
+            iv = (t - lt) & _TMASK
+            if iv < _IV_MIN_Q8:
+                return                      # refractory: a notch or noise, keep the previous beat
+            if iv <= _IV_MAX_Q8:
+                h = self.iv_head
+                self.iv[h] = iv
+                self.iv_n[h] = n
+                self.iv_head = (h + 1) & (_NIV - 1)
+                if self.iv_cnt < _NIV:
+                    self.iv_cnt += 1
+        self.last_t = t
+        self.last_beat_n = n
+        if dci <= 0 or amp <= 0:
+            return
+        pi = (amp * 1250) // dci if amp < 800000 else 100000
         h = self.b_head
         self.b_r[h] = r
         self.b_pi[h] = pi
@@ -276,6 +291,7 @@ class PulseOx:
             self.jumps = j
             self._forget()
             self.settle_until = n + _SETTLE_N
+            self.reseed = True
         if dci < FINGER_MIN:
             self.finger_n = -1
             self._forget()
@@ -290,9 +306,13 @@ class PulseOx:
             self.settle_until = n + _SETTLE_N
         if w == NONE and n < self.settle_until:
             w = SETTLING
+        if w == NONE and dci > 0 and (self.det.amp_est * 1250) // dci < PI_MIN_X100 and self.det.amp_est:
+            w = LOW_PERFUSION
         if w == NONE and (self.w_mot or n < self.mot_until):
             w = MOTION
-        if w == NONE and self.red_mode and self.k_q8 and self.w_dr > 200 and self.w_res * 2 > self.w_dr:
+        if (w == NONE and self.red_mode and self.k_q8 and self.w_res * 2 > self.w_dr
+                and self.w_res > ((self.k_q8 * self.det.amp_est) >> 7) + 1500):
+            # red and IR disagree on the slope: motion (pulses are proportional on both)
             w = MOTION
             self.mot_until = n + _MOTION_HOLD_N
         if w == NONE:
