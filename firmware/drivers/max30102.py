@@ -345,7 +345,7 @@ class MAX30102:
         lost = ovf
         if ovf >= 0x0F:
             if self.period_us:
-                est = elapsed * 1000 // self.period_us - FIFO_DEPTH
+                est = (elapsed * 1000 + self.period_us // 2) // self.period_us - FIFO_DEPTH
                 if est > lost:
                     lost = est
             self.lost_exact = False

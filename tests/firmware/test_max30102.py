@@ -289,6 +289,14 @@ def test_hr_mode_is_red_only(vm):
     assert vm.eval("[d.red[0], d.ir[0]]") == [counts(150000), 0]
 
 
+def test_multi_led_mode_reads_both_slots(vm):
+    setup(vm, scenario="ConstantScenario(red=150000, ir=200000)",
+          configure="d.check(); d.reset(); d.configure(mode='multi', red_ma=5.0, ir_ma=9.0)")
+    vm.exec("m.noise_pa = 0; c.sleep_ms(100)")
+    assert vm.eval("d.read_fifo()") >= 9
+    assert vm.eval("[d.red[0], d.ir[0]]") == [counts(150000, led_code=25), counts(200000, led_code=45)]
+
+
 def test_led_current_scales_and_the_adc_clips(vm):
     setup(vm, scenario="ConstantScenario(red=150000, ir=200000)",
           configure="d.check(); d.reset(); d.configure(red_ma=3.4, ir_ma=51, adc_range_na=2048)")
