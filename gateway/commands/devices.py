@@ -111,3 +111,7 @@ def register(sub) -> None:
                    help="how long the old version stays valid (default [security] key_grace_hours)")
     k.add_argument("--json", action="store_true")
     k.set_defaults(func=cmd_rotate)
+
+    from gateway.commands_out import register_cli  # `devices command ID ...`: signed commands to a device
+
+    register_cli(s)

@@ -1,0 +1,352 @@
+"""Device status ingestion (gateway/status.py) and signed commands (gateway/commands_out.py) on
+SQLite and PostgreSQL, the command CLI against a real Mosquitto. Statuses and commands are built
+and checked with the FIRMWARE's code (firmware/jws.py, firmware.reading.dumps: the exact bytes a
+device sends) and CPython's hmac, independent of the gateway's signer."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from firmware import jws as fw_jws
+from firmware import reading as fw_reading
+from gateway import admin, commands_out, metrics, observatory
+from gateway.db import Database
+from gateway.status import DEVICES_ONLINE, STATUS_MESSAGES, StatusStore, latest
+from gateway.store import Message
+from gateway.testing.harness import rows, scalar, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+UTC = dt.timezone.utc
+DEV = "nabd-240ac4000abc"
+KEY = bytes(range(32))
+OTHER = "nabd-240ac4000def"
+KEY2 = bytes(range(32, 64))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/gateway.db"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def kek():
+    return os.urandom(32)
+
+
+@pytest.fixture
+def db(db_url, kek):
+    d = Database(db_url)
+    d.migrate()
+    admin.add_device(d, kek, DEV, KEY, "chu-ibn-sina", "MA-04", actor="test")
+    admin.add_device(d, kek, OTHER, KEY2, "cs-azrou", "MA-05", actor="test")
+    return d
+
+
+def status(dev=DEV, **kw) -> dict:
+    """A status payload exactly as firmware/uplink.py's status_payload builds it."""
+    p = {"v": 1, "dev": dev, "state": "online", "ts": int(time.time()), "ts_ok": True, "up": 12, "fw": "0.2.0",
+         "rssi": -61, "heap": 81234, "outbox": 3, "drops": 0, "seq": 1042,
+         "sensors": {"mlx90614": "ok", "max30102": "ok"}, "cal_due": "2027-11-02", "errors": 0}
+    p.update(kw)
+    return p
+
+
+def sign(payload: dict, key: bytes = KEY, kid: str = DEV + "/1", typ: str = "nabd-status+jws") -> bytes:
+    return fw_jws.sign(key, kid, typ, fw_reading.dumps(payload))
+
+
+def msg(raw: bytes, dev: str = DEV) -> Message:
+    return Message(f"nabd/v1/dev/{dev}/status", raw, dt.datetime.now(UTC))
+
+
+def process(db, kek, *messages):
+    store = StatusStore(db, kek)
+    conn = db.open()
+    try:
+        return store.process(conn, list(messages))
+    finally:
+        conn.close()
+
+
+# --- status ----------------------------------------------------------------------------------------
+
+def test_status_is_verified_and_the_latest_is_kept(db, kek):
+    assert fw_reading.dumps(status()).startswith(b'{"v":1,')  # the firmware's own serialiser
+    before = STATUS_MESSAGES.value(result="accepted")
+    online = sign(status())
+    (v,) = process(db, kek, msg(online))
+    assert v.kind == "accept"
+    (s,) = latest(db, DEV)
+    assert s["state"] == "online" and s["fw"] == "0.2.0" and s["rssi"] == -61 and s["heap"] == 81234
+    assert s["outbox"] == 3 and s["drops"] == 0 and s["errors"] == 0 and s["seq"] == 1042
+    assert s["sensors"] == {"mlx90614": "ok", "max30102": "ok"} and s["cal_due"] == "2027-11-02"
+    assert s["key_version"] == 1 and s["messages"] == 1 and s["received_at"].endswith("+00:00")
+    dev = {d["id"]: d for d in admin.list_devices(db)}[DEV]
+    assert dev["fw"] == "0.2.0" and dev["last_seen_at"] is not None
+    assert str(scalar(db.url, "SELECT cal_due FROM devices WHERE id = ?", (DEV,))) == "2027-11-02"
+    since = s["state_since"]
+
+    # the same bytes again (broker redelivery): a duplicate, nothing changes
+    (v,) = process(db, kek, msg(online))
+    assert v.kind == "duplicate" and latest(db, DEV)[0]["messages"] == 1
+    # another online status: replaces the values, state_since kept
+    (v,) = process(db, kek, msg(sign(status(up=99, heap=70000, sensors={"mlx90614": "ok", "max30102": "absent"}))))
+    s = latest(db, DEV)[0]
+    assert v.kind == "accept" and s["up"] == 99 and s["sensors"]["max30102"] == "absent"
+    assert s["state_since"] == since and s["messages"] == 2
+    # the Last Will (offline, signed at connect time: an older ts) still wins by arrival
+    time.sleep(0.01)
+    (v,) = process(db, kek, msg(sign(status(state="offline", ts=int(time.time()) - 3600, rssi=None,
+                                            fw="0.2.1", cal_due=None))))
+    s = latest(db, DEV)[0]
+    assert v.kind == "accept" and s["state"] == "offline" and s["rssi"] is None and s["state_since"] > since
+    assert scalar(db.url, "SELECT fw FROM devices WHERE id = ?", (DEV,)) == "0.2.1"
+    assert scalar(db.url, "SELECT cal_due FROM devices WHERE id = ?", (DEV,)) is None
+    # an unsynced clock: ts is uptime, never "future"
+    (v,) = process(db, kek, msg(sign(status(ts=10**12, ts_ok=False))))
+    assert v.kind == "accept" and latest(db, DEV)[0]["ts_ok"] is False
+    assert STATUS_MESSAGES.value(result="accepted") - before == 4
+    assert int(scalar(db.url, "SELECT COUNT(*) FROM quarantine")) == 0
+
+
+def test_forged_and_malformed_statuses_are_quarantined_with_their_reason(db, kek):
+    admin.add_device(db, kek, "nabd-revoked01", os.urandom(32), "x", "MA-01", actor="test")
+    admin.revoke_device(db, "nabd-revoked01")
+    now = int(time.time())
+    cases = {
+        "oversized": (DEV, b"x" * 2049),
+        "malformed": (DEV, b"not.a.jws!"),
+        "bad_signature": (DEV, sign(status(), key=os.urandom(32))),
+        "unknown_device": ("nabd-nobody01", sign(status(dev="nabd-nobody01"), kid="nabd-nobody01/1")),
+        "revoked": ("nabd-revoked01", sign(status(dev="nabd-revoked01"), kid="nabd-revoked01/1")),
+        "topic_mismatch": (OTHER, sign(status())),          # DEV's status on OTHER's topic
+        "invalid": (DEV, sign(status(state="asleep"))),
+        "future_ts": (DEV, sign(status(ts=now + 3600))),
+    }
+    more = [  # other shapes of the same reasons
+        ("malformed", DEV, sign(status(), typ="nabd-reading+jws")),    # a reading's typ on the status topic
+        ("malformed", DEV, sign(status(), kid=DEV + "/1").replace(b".", b".=", 1)),
+        ("invalid", DEV, sign({k: v for k, v in status().items() if k != "heap"})),
+        ("invalid", DEV, sign(status(extra=1))),
+        ("invalid", DEV, sign(status(cal_due="2027-02-30"))),
+        ("invalid", DEV, sign(status(outbox=-1))),
+        ("invalid", DEV, sign(status(sensors=["ok"]))),
+        ("topic_mismatch", DEV, sign(status(dev=OTHER))),             # payload names another device
+    ]
+    q0 = metrics.QUARANTINE.value(reason="bad_signature")
+    items = [(r, d, raw) for r, (d, raw) in cases.items()] + more
+    verdicts = process(db, kek, *[msg(raw, d) for _, d, raw in items])
+    assert [v.reason for v in verdicts] == [r for r, _, _ in items]
+    got = rows(db.url, "SELECT reason, topic, raw FROM quarantine ORDER BY id")
+    assert [(r, t, bytes(raw)) for r, t, raw in got] == \
+        [(r, f"nabd/v1/dev/{d}/status", raw[:4096]) for r, d, raw in items]
+    assert latest(db) == []                                    # nothing stored
+    assert rows(db.url, "SELECT kind, device_id FROM security_events") == [("status_bad_signature", DEV)]
+    assert metrics.QUARANTINE.value(reason="bad_signature") == q0 + 1
+
+
+def test_statuses_feed_the_observatory_and_the_online_gauge(db, kek):
+    """devices.fw and devices.cal_due come from statuses: the observatory's firmware versions and
+    calibration-overdue counts follow them without a single reading."""
+    today = dt.datetime.now(UTC).date()
+    overdue = (today - dt.timedelta(days=3)).isoformat()
+    process(db, kek, msg(sign(status(fw="0.3.0", cal_due=overdue))),
+            msg(sign(status(dev=OTHER, fw="0.2.9", cal_due="2099-01-01"), key=KEY2, kid=OTHER + "/1"), OTHER))
+    rep = observatory.device_counts(db, today.isoformat(), today.isoformat())
+    cells = {r["region"]: r for r in rep["rows"] if r.get("facility") is None} if "rows" in rep else None
+    flat = json.dumps(rep)
+    assert '"0.3.0": 1' in flat and '"0.2.9": 1' in flat, flat[:2000]
+    if cells:
+        assert cells["MA-04"]["calibration_overdue"] == 1 and cells["MA-05"]["calibration_overdue"] == 0
+    else:
+        assert '"calibration_overdue": 1' in flat
+    store = StatusStore(db, kek)
+    with db.connect() as conn:
+        assert store.online_count(conn) == 2
+    process(db, kek, msg(sign(status(state="offline"))))
+    admin.revoke_device(db, OTHER)
+    with db.connect() as conn:
+        assert store.online_count(conn) == 0    # one offline, the other revoked
+    assert DEVICES_ONLINE.name in metrics.REGISTRY.render()
+
+
+# --- commands: the transaction -----------------------------------------------------------------------
+
+def open_cmd(token: bytes, key: bytes = KEY, kid: str = DEV + "/1") -> dict:
+    """A command as the device opens it: the firmware's verify, plus CPython's hmac."""
+    body = json.loads(fw_jws.verify(key, token, "nabd-cmd+jws", kid=kid))
+    h, p, s = token.split(b".")
+    assert hmac.compare_digest(hmac.new(key, h + b"." + p, hashlib.sha256).digest(), fw_jws.b64url_decode(s))
+    return body
+
+
+def test_commands_get_increasing_n_signed_with_the_current_key(db, kek):
+    t0 = time.time()
+    p1 = commands_out.prepare(db, kek, DEV, "assign_patient", {"patient": "p-7Hq2xK"}, "test", ttl_s=120)
+    p2 = commands_out.prepare(db, kek, DEV, "identify", {"seconds": 5}, "test")
+    p3 = commands_out.prepare(db, kek, DEV, "settings", {"report_pi": False, "temp_site_offset_c": 0.4}, "test")
+    assert (p1.n, p2.n, p3.n) == (1, 2, 3) and p1.topic == f"nabd/v1/dev/{DEV}/cmd"
+    b1 = open_cmd(p1.token)
+    assert b1 == {"v": 1, "dev": DEV, "n": 1, "exp": p1.exp, "cmd": "assign_patient", "args": {"patient": "p-7Hq2xK"}}
+    assert int(t0) + 120 <= p1.exp <= time.time() + 120
+    assert open_cmd(p3.token)["args"] == {"report_pi": False, "temp_site_offset_c": 0.4}
+    assert rows(db.url, "SELECT id FROM patients") == [("p-7Hq2xK",)]
+    assert scalar(db.url, "SELECT cmd_n FROM devices WHERE id = ?", (DEV,)) == 3
+    audit = rows(db.url, "SELECT action, target, detail FROM audit_log WHERE action LIKE ? ORDER BY id", ("devices.command%",))
+    assert [a[:2] for a in audit] == [("devices.command", DEV)] * 3
+    assert "n=1 cmd=assign_patient" in audit[0][2] and KEY.hex() not in json.dumps(audit)
+    # the other device's counter is its own
+    assert commands_out.prepare(db, kek, OTHER, "identify", {"seconds": 1}, "test").n == 1
+    # after rotate-key the new version signs (the old one is only kept for readings in flight)
+    new_key = os.urandom(32)
+    admin.rotate_key(db, kek, DEV, new_key, grace_hours=72)
+    p4 = commands_out.prepare(db, kek, DEV, "identify", {"seconds": 3}, "test")
+    assert p4.key_version == 2 and open_cmd(p4.token, new_key, DEV + "/2")["n"] == 4
+    with pytest.raises(fw_jws.JWSError):
+        open_cmd(p4.token)
+
+
+def test_two_admins_never_share_an_n(db, kek):
+    got: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def admin_session():
+        try:
+            for _ in range(10):
+                p = commands_out.prepare(db, kek, DEV, "identify", {"seconds": 2}, "test")
+                with lock:
+                    got.append(p.n)
+        except BaseException as e:  # noqa: BLE001 - asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=admin_session) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(got) == list(range(1, 41))
+    assert int(scalar(db.url, "SELECT COUNT(*) FROM audit_log WHERE action = 'devices.command'")) == 40
+
+
+@pytest.mark.parametrize("cmd,args,why", [
+    ("assign_patient", {"patient": "Ahmed Benali"}, "does not match"),
+    ("assign_patient", {"patient": "abc"}, "does not match"),
+    ("assign_patient", {}, "exactly"),
+    ("identify", {"seconds": 0}, "1..300"),
+    ("identify", {"seconds": 301}, "1..300"),
+    ("identify", {"seconds": True}, "1..300"),
+    ("settings", {"wifi_psk": "x"}, "unknown setting"),
+    ("settings", {"report_pi": "yes"}, "true or false"),
+    ("settings", {"temp_site_offset_c": 9}, "-5.0..5.0"),
+    ("settings", {}, "at least one"),
+    ("reboot", {}, "unknown command"),
+])
+def test_bad_commands_are_refused_and_consume_nothing(db, kek, cmd, args, why):
+    with pytest.raises(commands_out.CommandRefused, match=why):
+        commands_out.prepare(db, kek, DEV, cmd, args, "test")
+    assert scalar(db.url, "SELECT cmd_n FROM devices WHERE id = ?", (DEV,)) == 0
+    assert int(scalar(db.url, "SELECT COUNT(*) FROM patients")) == 0
+
+
+def test_unknown_and_revoked_devices_get_no_command(db, kek):
+    with pytest.raises(commands_out.CommandRefused, match="no device"):
+        commands_out.prepare(db, kek, "nabd-nobody01", "identify", {"seconds": 3}, "test")
+    admin.revoke_device(db, OTHER)
+    with pytest.raises(commands_out.CommandRefused, match="revoked"):
+        commands_out.prepare(db, kek, OTHER, "identify", {"seconds": 3}, "test")
+    assert scalar(db.url, "SELECT cmd_n FROM devices WHERE id = ?", (OTHER,)) == 0
+
+
+# --- commands: the CLI against a real broker -------------------------------------------------------
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    # the installed entry point (``python -m gateway.cli`` would load a second CommandError class)
+    return subprocess.run([str(Path(sys.executable).parent / "nabd-gateway"), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, **(env or {})))
+
+
+@pytest.mark.broker
+def test_cli_publishes_signed_commands_to_the_broker(broker, tmp_path, db_url):
+    cfg = write_config(tmp_path, broker.url, db_url)
+    from gateway.config import load
+
+    c = load(cfg)
+    d = Database(db_url)
+    d.migrate()
+    admin.add_device(d, c.security.kek(), DEV, KEY, "chu-ibn-sina", "MA-04", actor="test")
+    received: list[mqtt.MQTTMessage] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher", protocol=mqtt.MQTTv5)
+    subscribed = threading.Event()
+    sub.on_message = lambda cl, u, m: received.append(m)
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.connect(broker.host, broker.port)
+    sub.loop_start()
+    sub.subscribe(f"nabd/v1/dev/{DEV}/cmd", qos=1)
+    assert subscribed.wait(5)
+    try:
+        r = cli("devices", "command", DEV, "assign-patient", "p-7Hq2xK", "--config", str(cfg), "--json",
+                env={"NABD_ADMIN": "dr-amrani"})
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["ok"] and out["n"] == 1 and out["cmd"] == "assign_patient" and out["args"] == {"patient": "p-7Hq2xK"}
+        r = cli("devices", "command", DEV, "--config", str(cfg), "identify", "--seconds", "7", "--ttl", "60")
+        assert r.returncode == 0 and "n=2" in r.stdout, r.stderr
+        r = cli("devices", "command", DEV, "settings", "report_pi=false", "temp_site_offset_c=-0.3",
+                "--config", str(cfg), "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["n"] == 3, r.stderr
+        r = cli("devices", "command", DEV, "assign-patient", "--clear", "--config", str(cfg), "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["args"] == {"patient": None}, r.stderr
+        end = time.monotonic() + 10
+        while len(received) < 4 and time.monotonic() < end:
+            time.sleep(0.02)
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    bodies = [open_cmd(m.payload) for m in received]
+    assert [(b["n"], b["cmd"], b["args"]) for b in bodies] == [
+        (1, "assign_patient", {"patient": "p-7Hq2xK"}), (2, "identify", {"seconds": 7}),
+        (3, "settings", {"report_pi": False, "temp_site_offset_c": -0.3}), (4, "assign_patient", {"patient": None})]
+    assert all(m.qos == 1 and not m.retain for m in received)
+    expiry = getattr(received[1].properties, "MessageExpiryInterval", None)
+    assert expiry is not None and 55 <= expiry <= 60      # the broker drops it when the device would
+    assert 55 <= bodies[1]["exp"] - time.time() <= 61
+    assert ("dr-amrani", "devices.command") in rows(db_url, "SELECT actor, action FROM audit_log")
+    assert rows(db_url, "SELECT id FROM patients") == [("p-7Hq2xK",)]
+
+    # bad input: clear errors, exit codes, nothing consumed
+    n0 = scalar(db_url, "SELECT cmd_n FROM devices WHERE id = ?", (DEV,))
+    for argv, code, text in [
+        (("assign-patient", "Fatima Zahra"), 2, "does not match"),
+        (("assign-patient",), 2, "TOKEN or --clear"),
+        (("settings", "colour=blue"), 2, "unknown setting"),
+        (("identify", "--seconds", "0"), 2, "1..300"),
+    ]:
+        r = cli("devices", "command", DEV, *argv, "--config", str(cfg))
+        assert r.returncode == code and text in r.stderr, (argv, r.returncode, r.stderr)
+    r = cli("devices", "command", "nabd-nobody01", "identify", "--config", str(cfg))
+    assert r.returncode == 4 and "no device" in r.stderr
+    r = cli("devices", "command", DEV, "identify")
+    assert r.returncode == 2 and "--config" in r.stderr
+    assert scalar(db_url, "SELECT cmd_n FROM devices WHERE id = ?", (DEV,)) == n0
+
+    # the broker down: exit 3, the failure audited, the n skipped (never reused)
+    broker.stop()
+    r = cli("devices", "command", DEV, "identify", "--config", str(cfg), "--timeout", "2")
+    assert r.returncode == 3 and "not delivered" in r.stderr and "n=5" in r.stderr, r.stderr
+    assert ("devices.command-failed", DEV) in rows(db_url, "SELECT action, target FROM audit_log")
+    assert scalar(db_url, "SELECT cmd_n FROM devices WHERE id = ?", (DEV,)) == n0 + 1
