@@ -46,6 +46,7 @@ class BeatDetector:
         self.valley_n = 0
         self.amp_est = 0
         self.slope_est = 0
+        self.slope = 0
         self.hyst = HYST_MIN
         self.since = 0
         self.t_q8 = 0
@@ -54,6 +55,7 @@ class BeatDetector:
         self.peak_n = 0
 
     def reseed(self):
+        """Forget the amplitude and slope estimates: the next beat seeds them."""
         self.amp_est = 0
         self.slope_est = 0
         self.hyst = HYST_MIN
@@ -132,6 +134,7 @@ class BeatDetector:
         self.t_q8 = ((((k - 1) & 0x3FFFFF) << 8) + frac) & _TMASK
         # steepness of the upstroke: rise over 4 samples around the 50 % point
         s4 = buf[(k + 1) & _RMASK] - buf[(k - 3) & _RMASK]
+        self.slope = s4
         if s4 > 0:
             e = self.slope_est
             self.slope_est = s4 if e == 0 else e + ((s4 - e) >> 2)

@@ -215,7 +215,7 @@ class PulseOx:
             d.reseed()
             self.k_q8 = 0
             self.mot_thr = 0
-            return
+            self.lvl_thr = 0
         if d.slope_est:
             # motion: a 40 ms slope 3× the upstroke's, or an excursion 4× the beat amplitude
             self.mot_thr = 3 * d.slope_est + 48
@@ -317,7 +317,7 @@ class PulseOx:
             self.mot_until = n + _MOTION_HOLD_N
         if w == NONE:
             m = self._intervals(n)
-            if m < 3:
+            if m < 2:
                 if self.last_beat_n < 0 or n - self.last_beat_n > _NO_PULSE_N:
                     w = SETTLING if n - self.finger_n < 2 * _NO_PULSE_N else NO_FINGER
                 else:
@@ -326,7 +326,7 @@ class PulseOx:
                 hr = self._hr(m)
                 q = self.hr_q
                 if hr < 0:
-                    w = IRREGULAR_RHYTHM
+                    w = SETTLING if m == 2 else IRREGULAR_RHYTHM
         if w == NONE:
             pi = self._median_beats(n, self.b_pi)
             if pi >= 0 and pi < PI_MIN_X100:
@@ -395,7 +395,9 @@ class PulseOx:
         dev = stats.mad(s1, m, med, self.s2)
         cv = (dev * 1483) // med          # robust coefficient of variation, ‰
         self.hr_q = 100 - cv // 3
-        if (m - k) * 3 > m or cv > 100 or k < 3:
+        if m == 2 and (s1[1] - s1[0]) * 8 > med:
+            return -1                     # two intervals only: they must agree within 12 %
+        if (m - k) * 3 > m or cv > 100 or k < 2:
             return -1
         return (_HR_NUM * k) // tot
 
