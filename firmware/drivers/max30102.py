@@ -41,12 +41,15 @@ the newest data is kept and the loss is counted. The FIFO (32 samples) fills in 
 ``read_fifo`` at least every ~250 ms; A_FULL (INT pin) fires at 17 samples.
 
 Allowed sample rate per pulse width (datasheet tables "SpO2/HR mode allowed settings"); a rate
-beyond these is not honoured by the part, so ``configure`` refuses it:
+beyond these is not honoured by the part, so ``configure`` refuses it. With 411 µs pulses in
+SpO2/multi mode we stop at 200 sps: the project's sensor notes (shared/design/sensors.md) record
+that rates >= 400 sps are not honoured there, and refusing a marginal setting costs nothing (the
+firmware runs at 100 sps) while accepting one the part ignores would silently change the rate:
 
 ==========  ======  ======  ======  ======
 mode        69 µs   118 µs  215 µs  411 µs
 ==========  ======  ======  ======  ======
-SpO2/multi  1600    1000    800     400
+SpO2/multi  1600    1000    800     200
 HR          3200    1600    1600    1000
 ==========  ======  ======  ======  ======
 """
@@ -105,7 +108,7 @@ _RATES = (50, 100, 200, 400, 800, 1000, 1600, 3200)
 _PULSES = (69, 118, 215, 411)
 _RANGES = (2048, 4096, 8192, 16384)
 _AVERAGES = (1, 2, 4, 8, 16, 32)
-_MAX_RATE_SPO2 = (1600, 1000, 800, 400)
+_MAX_RATE_SPO2 = (1600, 1000, 800, 200)
 _MAX_RATE_HR = (3200, 1600, 1600, 1000)
 
 

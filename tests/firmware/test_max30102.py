@@ -122,7 +122,7 @@ def test_first_access_after_power_up_is_retried_a_bounded_number_of_times(vm):
     ("ir_ma=-1", "ir_ma"),
     ("almost_full=16", "almost_full 16"),
     ("almost_full=33", "almost_full 33"),
-    ("sample_rate=800", "800 sps is not honoured with 411 us pulses in spo2 mode (at most 400"),
+    ("sample_rate=400", "400 sps is not honoured with 411 us pulses in spo2 mode (at most 200"),
     ("sample_rate=1600, pulse_width_us=215", "at most 800"),
     ("mode='hr', sample_rate=1600", "at most 1000"),
     ("mode='multi', sample_rate=3200, pulse_width_us=69", "at most 1600"),
@@ -141,9 +141,9 @@ def test_configure_writes_the_datasheet_fields(vm):
             "red_ma=51, ir_ma=0.2, sample_avg=32, rollover=False, almost_full=32)")
     regs = vm.eval("[m.regs[r] for r in (0x08, 0x09, 0x0A, 0x0C, 0x0D, 0x02, 0x04, 0x05, 0x06)]")
     assert regs == [(5 << 5) | 0x00, 0x02, (3 << 5) | (5 << 2) | 3, 255, 1, 0x80, 0, 0, 0]
-    vm.exec("d.configure(mode='multi', sample_rate=400, pulse_width_us=411, sample_avg=4, almost_full=17)")
+    vm.exec("d.configure(mode='multi', sample_rate=400, pulse_width_us=215, sample_avg=4, almost_full=17)")
     regs = vm.eval("[m.regs[r] for r in (0x08, 0x09, 0x0A, 0x11, 0x12)]")
-    assert regs == [(2 << 5) | 0x10 | 0x0F, 0x07, (1 << 5) | (3 << 2) | 3, 0x21, 0]
+    assert regs == [(2 << 5) | 0x10 | 0x0F, 0x07, (1 << 5) | (3 << 2) | 2, 0x21, 0]
     assert vm.eval("[d.period_us, d.output_sps]") == [10000, 100.0]
 
 
