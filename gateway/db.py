@@ -65,11 +65,22 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 def render(template: str, dialect: str) -> list[str]:
-    """The statements of a migration template for ``dialect``."""
+    """The statements of a migration template for ``dialect``; a statement that starts with
+    ``[sqlite]`` or ``[postgresql]`` is kept for that dialect only (the tag is removed)."""
     text = "\n".join(line for line in template.splitlines() if not line.lstrip().startswith("--"))
     for k, v in _TYPES[dialect].items():
         text = text.replace("{" + k + "}", v)
-    return [s.strip() for s in re.split(r"^\s*;\s*$", text, flags=re.M) if s.strip()]
+    out = []
+    for s in re.split(r"^\s*;\s*$", text, flags=re.M):
+        s = s.strip()
+        m = re.match(r"^\[(sqlite|postgresql)\]\s*", s)  # a statement for one dialect only
+        if m:
+            if m.group(1) != dialect:
+                continue
+            s = s[m.end():]
+        if s:
+            out.append(s)
+    return out
 
 
 class Database:

@@ -1,7 +1,8 @@
 """Forwarder: sends the outbox to the national FHIR server and the observatory, until accepted.
 
-Outbox rows are written by the store transaction (kind ``fhir``: a transaction Bundle of one
-reading's Observations, ``partition_key`` = device id) and by the observatory's daily push (kind
+Outbox rows are written by the store transaction (kind ``fhir``, ``partition_key`` = device id,
+body ``{"reading_id": N}``: the reading's Observations are rendered from its signed bytes when the
+row is sent; a body holding a transaction Bundle is sent as it is) and by the observatory's daily push (kind
 ``observatory``). The forwarder:
 
 - sends each partition (one device, or the observatory) strictly in ``id`` order: a row is tried
@@ -158,8 +159,13 @@ class Forwarder:
         return error is None
 
     def _fhir_request(self, conn, row: dict) -> tuple[str, bytes, dict]:
-        bundle = rs.load_json(row["body"])
-        resources = [e["resource"] for e in bundle.get("entry", [])]
+        body = rs.load_json(row["body"])
+        if "reading_id" in body:  # written by the ingest: the reading's Observations, rendered now
+            resources = rs.reading_observations(self.db, conn, int(body["reading_id"]))
+            if not resources:
+                raise ValueError(f"reading {body['reading_id']} has no observations")
+        else:  # a stored transaction Bundle
+            resources = [e["resource"] for e in body.get("entry", [])]
         extra: dict[str, dict] = {}
         for res in resources:
             for key in ("device", "subject"):

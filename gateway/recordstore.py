@@ -104,11 +104,53 @@ def patient_exists(db, conn, token: str) -> bool:
     return bool(rows(conn, q(db, "SELECT id FROM patients WHERE id = ?"), (token,)))
 
 
+def reading_payload(raw: Any) -> dict:
+    """The payload of a stored reading: ``readings.raw`` holds the signed JWS bytes the gateway
+    verified at ingest; the payload is its middle part."""
+    from gateway.jws import b64url_decode
+
+    parts = bytes(raw).split(b".")
+    if len(parts) != 3:
+        raise ValueError("stored reading is not a compact JWS")
+    return json.loads(b64url_decode(parts[1]))
+
+
+def render_observations(raw: Any, received_at: Any) -> dict[str, dict]:
+    """code -> FHIR Observation of one stored reading, rendered from its signed bytes and receipt
+    time (the same function, on the same inputs, as at ingest: identical resources)."""
+    from gateway.fhir import observations_for_reading
+
+    obs = observations_for_reading(reading_payload(raw), parse_time(received_at))
+    return {o["identifier"][0]["value"].rsplit("/", 1)[1]: o for o in obs}
+
+
+def _observation(r: dict, cache: dict) -> dict:
+    """An observation row's resource: the stored JSON (rows written before schema version 3, or by
+    other writers) or rendered from its reading."""
+    if r["resource"] is not None:
+        return load_json(r["resource"])
+    rid = r["reading_id"]
+    if rid not in cache:
+        cache[rid] = render_observations(r["raw"], r["received_at"])
+    return cache[rid][r["code"]]
+
+
+def reading_observations(db, conn, reading_id: int) -> list[dict]:
+    """The Observations of one reading (stored or rendered), in their stored order."""
+    page = rows(conn, q(db, "SELECT o.reading_id, o.code, o.resource, r.raw, r.received_at FROM observations o "
+                            "JOIN readings r ON r.id = o.reading_id WHERE o.reading_id = ? ORDER BY o.id"),
+                (reading_id,))
+    cache: dict = {}
+    return [_observation(r, cache) for r in page]
+
+
 def observations_page(db, conn, column: str, value: str, count: int, offset: int) -> tuple[list[dict], int]:
-    """Stored Observation resources for ``device_id`` or ``patient_id`` = value, oldest first."""
+    """Observation resources for ``device_id`` or ``patient_id`` = value, oldest first."""
     if column not in ("device_id", "patient_id"):
         raise ValueError(column)
     total = rows(conn, q(db, f"SELECT COUNT(*) AS n FROM observations WHERE {column} = ?"), (value,))[0]["n"]
-    page = rows(conn, q(db, f"SELECT resource FROM observations WHERE {column} = ? "
-                            f"ORDER BY effective_at, id LIMIT ? OFFSET ?"), (value, count, offset))
-    return [load_json(r["resource"]) for r in page], int(total)
+    page = rows(conn, q(db, f"SELECT o.reading_id, o.code, o.resource, r.raw, r.received_at FROM observations o "
+                            f"JOIN readings r ON r.id = o.reading_id WHERE o.{column} = ? "
+                            f"ORDER BY o.effective_at, o.id LIMIT ? OFFSET ?"), (value, count, offset))
+    cache: dict = {}
+    return [_observation(r, cache) for r in page], int(total)

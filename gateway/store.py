@@ -9,9 +9,13 @@
 3. accepted readings are inserted with ``INSERT ... ON CONFLICT (device_id, seq) DO NOTHING``: when
    another gateway process committed the same (device, seq) meanwhile, the insert returns no row
    and the stored digest decides duplicate or replay: the unique constraint is the final guard;
-4. their FHIR Observations (``gateway.fhir.observations_for_reading``), the patient token, one
-   ``fhir`` outbox row (when forwarding is enabled), quarantine rows, security events and the
-   devices' ``last_seen_at`` go in the same transaction; COMMIT.
+4. their observation rows (code, value, unit, q, effective time: the values only), the patient
+   token, one ``fhir`` outbox row naming the reading (when forwarding is enabled), quarantine
+   rows, security events and the devices' ``last_seen_at`` go in the same transaction; COMMIT.
+
+No FHIR JSON is built here: a reading's Observations are a pure function of its signed bytes and
+receipt time (``gateway.fhir.observations_for_reading``), so the API and the forwarder render them
+from the reading when they read it (gateway/recordstore.py). The hot path stores values only.
 
 Only after COMMIT does the caller acknowledge anything (broker PUBACK, signed device ack): the
 acks are returned in ``BatchResult.acks`` as (topic, signed bytes).
@@ -19,7 +23,6 @@ acks are returned in ``BatchResult.acks`` as (topic, signed bytes).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +51,6 @@ class Message:
 class _Prepared:
     reading: tuple
     obs: list[tuple]            # observation rows without reading_id
-    outbox: tuple | None
     patient: str | None
 
 
@@ -66,20 +68,6 @@ def _as_utc(v: Any) -> dt.datetime | None:
     return dt.datetime.fromisoformat(str(v))
 
 
-def _observations(payload: dict, received_at: dt.datetime) -> list[dict]:
-    try:
-        from gateway.fhir import observations_for_reading
-    except ImportError:  # G-records' module not there yet: readings only
-        return []
-    return observations_for_reading(payload, received_at)
-
-
-def _bundle(resources: list[dict]) -> dict:
-    from gateway.fhir import transaction_bundle
-
-    return transaction_bundle(resources)
-
-
 class Store:
     def __init__(self, db: Database, kek: bytes, forward: bool = False, skew: int = FUTURE_SKEW_S):
         self.db = db
@@ -93,7 +81,7 @@ class Store:
                               "patient_id, fw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                               "ON CONFLICT (device_id, seq) DO NOTHING RETURNING id")
         self._ins_obs = q("INSERT INTO observations (reading_id, device_id, patient_id, code, value, unit, q, "
-                          "effective_at, resource) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                          "effective_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         self._ins_patient = q("INSERT INTO patients (id, created_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING")
         self._ins_outbox = q("INSERT INTO outbox (kind, partition_key, body, created_at, attempts, next_attempt_at) "
                              "VALUES ('fhir', ?, ?, ?, 0, ?)")
@@ -175,12 +163,8 @@ class Store:
             v = verify(m.raw, m.topic, lambda d, k: keys.get((d, k)), lambda d, s: seen.get((d, s)), now,
                        self.skew, parsed=p)
             if v.kind == "accept":
-                try:
-                    prepared[i] = self._prepare(m, v)
-                except ValueError as e:  # fhir.MappingError: verification should have caught it
-                    v = reject("invalid", f"cannot map to FHIR: {e}", v.device, seq=v.seq)
-                else:
-                    seen[(v.device, v.seq)] = v.sha256
+                prepared[i] = self._prepare(m, v)
+                seen[(v.device, v.seq)] = v.sha256
             verdicts.append(v)
 
         # Phase B: the write transaction.
@@ -199,9 +183,11 @@ class Store:
                     verdicts[i] = reject("replay", f"seq {v.seq} already stored with other bytes", v.device,
                                          seq=v.seq, key_version=v.key_version)
                 continue
-            obs_rows.extend((row[0],) + r for r in pr.obs)
-            if pr.outbox is not None:
-                outbox_rows.append(pr.outbox)
+            rid = row[0]
+            obs_rows.extend((rid,) + r for r in pr.obs)
+            if self.forward:
+                received = pr.reading[6]
+                outbox_rows.append((v.device, '{"reading_id":%d}' % rid, received, received))
             if pr.patient:
                 patients[pr.patient] = pr.reading[6]
         cur = conn.cursor()
@@ -265,21 +251,10 @@ class Store:
         patient = p.get("patient")
         received = self._ts(m.received_at)
         reading = (v.device, v.seq, v.sha256, bytes(m.raw), p["ts"], p["ts_ok"], received, patient, p["fw"])
-        obs = _observations(p, m.received_at)
-        rows = []
-        outbox = None
-        if obs:
-            eff = self._ts(dt.datetime.fromtimestamp(p["ts"], UTC)) if p["ts_ok"] else received
-            by_code = {o["code"]: o for o in p["obs"]}
-            dumps = json.dumps
-            for r in obs:
-                code = r["identifier"][0]["value"].rsplit("/", 1)[1]
-                o = by_code[code]
-                rows.append((v.device, patient, code, o["value"], o["unit"], o["q"], eff,
-                             dumps(r, separators=(",", ":"))))
-            if self.forward:
-                outbox = (v.device, dumps(_bundle(obs), separators=(",", ":")), received, received)
-        return _Prepared(reading, rows, outbox, patient)
+        eff = self._ts(dt.datetime.fromtimestamp(p["ts"], UTC)) if p["ts_ok"] else received
+        dev = v.device
+        rows = [(dev, patient, o["code"], o["value"], o["unit"], o["q"], eff) for o in p["obs"]]
+        return _Prepared(reading, rows, patient)
 
     @staticmethod
     def _count(verdicts: list[Verdict]) -> None:

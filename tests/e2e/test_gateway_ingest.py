@@ -304,7 +304,7 @@ def test_broker_redelivers_what_was_not_committed_after_sigkill(broker_factory, 
     total = 3000
     try:
         infos = [c.publish(topic(d.id), d.next_reading()[1], qos=1) for _ in range(total // 4) for d in devs]
-        assert wait_for(lambda: _count(db_url) > 0, timeout=20)
+        assert wait_for(lambda: _count(db_url) > 0, timeout=20, every=0.005)
         gw.kill()
         at_kill = _count(db_url)
         for i in infos:

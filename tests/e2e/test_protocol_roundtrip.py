@@ -13,6 +13,7 @@ import time
 import pytest
 
 from gateway import admin
+from gateway import recordstore as rs
 from gateway.db import Database
 from gateway.store import Message, Store
 
@@ -81,7 +82,8 @@ def test_firmware_signed_readings_are_verified_and_stored_by_the_gateway(db_url,
     with db.connect() as c:
         assert c.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 3
         stored = [bytes(r[0]) for r in c.execute("SELECT raw FROM readings ORDER BY seq")]
-        resources = [json.loads(r[0]) for r in c.execute("SELECT resource FROM observations")]
+        ids = [r[0] for r in c.execute("SELECT id FROM readings ORDER BY seq")]
+        resources = [o for i in ids for o in rs.reading_observations(db, c, i)]  # rendered from raw
     assert stored == msgs                                   # the exact bytes the firmware signed
     assert {r["identifier"][0]["value"] for r in resources} >= {f"{DEV}/1/temp", f"{DEV}/3/pi"}
     # the gateway's ack is accepted by the firmware's verifier, with the device's kid

@@ -137,6 +137,48 @@ def test_store_transaction_and_key_rotation(db):
     assert actions == ["devices.add", "devices.rotate-key", "devices.rotate-key"]
 
 
+def test_observations_are_rendered_from_the_signed_reading(db):
+    """The store keeps values only; the API's page and the forwarder's bundle render the FHIR
+    Observations from the reading's signed bytes and receipt time: exactly what
+    fhir.observations_for_reading gives, valid R4, unsynced clocks keeping the receipt time."""
+    from fhir.resources.R4B.observation import Observation
+
+    from gateway import fhir
+    from gateway import recordstore as rs
+    from gateway.forward import Forwarder
+
+    kek = os.urandom(32)
+    dev = SimDevice("nabd-render01")
+    admin.add_device(db, kek, dev.id, dev.key, "F", "MA-05")
+    store = Store(db, kek, forward=True)
+    received = dt.datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+    raws = [dev.next_reading(patient="p-render1", flags=["fever"], values={"temp": 38.4})[1],
+            dev.next_reading(ts_ok=False, ts=42, codes=("spo2", "hr"))[1]]
+    conn = db.open()
+    r = store.process(conn, [Message(topic(dev.id), m, received) for m in raws])
+    conn.close()
+    assert [v.kind for v in r.verdicts] == ["accept", "accept"]
+    payloads = [v.payload for v in r.verdicts]
+    expected = [o for p in payloads for o in fhir.observations_for_reading(p, received)]
+    with db.connect() as c:
+        assert c.execute("SELECT COUNT(*) FROM observations WHERE resource IS NULL").fetchone()[0] == 6
+        page, total = rs.observations_page(db, c, "device_id", dev.id, 50, 0)
+        bodies = [json.loads(b) for (b,) in c.execute("SELECT body FROM outbox ORDER BY id")]
+    assert total == 6 and sorted(page, key=lambda o: o["id"]) == sorted(expected, key=lambda o: o["id"])
+    for o in page:
+        Observation.model_validate(o)
+    unsynced = [o for o in page if o["id"].startswith(f"{dev.id}-2-")]
+    assert {o["effectiveDateTime"] for o in unsynced} == {"2026-03-04T05:06:07+00:00"}
+    assert [b.keys() for b in bodies] == [{"reading_id"}, {"reading_id"}]
+    fw = Forwarder({"fhir_forward": {"url": "http://127.0.0.1:9/fhir", "enabled": True}}, db)
+    with db.connect() as c:
+        row = {"id": 1, "body": json.dumps(bodies[0])}
+        _, sent, _ = fw._fhir_request(c, row)
+        row_old = {"id": 1, "body": json.dumps(fhir.transaction_bundle(expected[:4]))}
+        _, sent_old, _ = fw._fhir_request(c, row_old)
+    assert sent == sent_old  # the same bundle as one stored at ingest time would give
+
+
 def test_config_validation_gives_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load(tmp_path / "missing.toml")
