@@ -22,6 +22,11 @@ same bytes again (the broker redelivering after a gateway restart) change nothin
 duplicates. ``devices.fw`` and ``devices.cal_due`` follow the status (the observatory's firmware
 and calibration-overdue figures read them); ``devices.last_seen_at`` follows ``online`` statuses.
 
+Retained statuses: Mosquitto sends the retained status of every device when the gateway
+(re)subscribes, also through the shared subscription (MQTT 5 says a shared subscription gets no
+retained messages; Mosquitto 2 sends them anyway), so a gateway started after the devices still
+learns their state; unchanged ones are duplicates and cost one look-up each.
+
 Status messages carry no sequence number, so a captured status can be replayed by someone able to
 publish on the device's topic (the broker ACL allows only the device itself): the worst it can do is
 show an old state until the device's next status.

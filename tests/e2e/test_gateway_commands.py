@@ -36,6 +36,7 @@ from firmware.log import Log
 from firmware.outbox import Outbox
 from firmware.seq import SeqCounter
 from firmware.uplink import Uplink
+from gateway.db import Database
 from gateway.testing.harness import GatewayProcess, register, rows, scalar, wait_for, write_config
 from tests.e2e.test_device_broker import GW_PASSWORD, device_identity, start_broker
 from tests.firmware._commsboard import make_board
@@ -214,6 +215,13 @@ def test_status_stored_forged_quarantined_last_will_recorded(broker_factory, tmp
             assert fw == "0.1.0" and str(cal_due) == "2027-11-02" and str(rx) > str(first_rx)
             assert int(scalar(db_url, "SELECT COUNT(*) FROM quarantine")) == 1
             assert int(scalar(db_url, "SELECT messages FROM device_status WHERE device_id = ?", (dev,))) == 2
+            # a gateway that lost the row learns the state again from the broker's retained status
+            assert gw.terminate() == 0
+            with Database(db_url).connect() as conn:
+                conn.execute("DELETE FROM device_status")
+            gw.start()
+            assert wait_for(lambda: status_row(db_url, dev) is not None, timeout=15), gw.log[-2000:]
+            assert status_row(db_url, dev)[0] == "offline"
         finally:
             if p.poll() is None:
                 p.kill()
