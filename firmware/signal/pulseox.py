@@ -397,7 +397,7 @@ class PulseOx:
         self.hr_q = 100 - cv // 3
         if m == 2 and (s1[1] - s1[0]) * 8 > med:
             return -1                     # two intervals only: they must agree within 12 %
-        if (m - k) * 3 > m or cv > 100 or k < 2:
+        if (m - k) * 3 > m or cv > 80 or k < 2:
             return -1
         return (_HR_NUM * k) // tot
 

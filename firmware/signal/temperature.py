@@ -10,7 +10,7 @@ Steps (docs/signal.md):
 1. robust average: median and median absolute deviation (MAD) of up to ``N_MAX`` reads; reads
    further than max(4·1.4826·MAD, 0.15 °C) from the median are rejected (a hand moving, a read
    of hair or the room); the mean of the rest, rounded. At least 3 reads and half of them must
-   remain, else flag ``NO_READING``;
+   remain, and the MAD must be ≤ 0.20 °C, else flag ``NO_READING``;
 2. calibration: T = T·gain + offset (``cal_gain_ppm``: 1 000 000 = unity; ``cal_offset_cc``);
    ``object_cc`` keeps this calibrated surface temperature;
 3. site offset, forehead → core (``site="forehead"``): the heat-balance form
@@ -36,6 +36,7 @@ SITE_K_MILLI = const(75)         # forehead heat-balance coefficient k × 1000
 SITE_FIXED_CC = const(90)        # forehead -> core without an ambient reading, 0.01 °C
 N_MAX = const(32)
 _REJECT_MIN_CC = const(15)
+_MAD_MAX_CC = const(20)          # reads scattering more than this (0.2 °C MAD) give no reading
 SITES = ("forehead", "none")
 
 
@@ -99,6 +100,8 @@ class TempProcessor:
             a[i] = v if v >= 0 else -v
         _sort(a, m)
         mad = (a[m >> 1] + a[(m - 1) >> 1]) >> 1
+        if mad > _MAD_MAX_CC:
+            return None, NO_READING         # reads scatter: the aim or the subject is moving
         lim = (mad * 5930) // 1000          # 4 × 1.4826 × MAD
         if lim < _REJECT_MIN_CC:
             lim = _REJECT_MIN_CC
