@@ -4,6 +4,7 @@
     nabd-gateway devices command ID identify [--seconds N]        --config FILE [--json]
     nabd-gateway devices command ID settings KEY=VALUE...         --config FILE [--json]
     (each also takes --ttl SECONDS, default 600, and --timeout SECONDS for the broker)
+    nabd-gateway devices status [ID] --config FILE [--json]       (latest status, gateway/status.py)
 
 ``send_command(cfg, db, device_id, cmd, args, actor)``:
 
@@ -299,8 +300,33 @@ def _run(args) -> int:
     return 0
 
 
+def _run_status(args) -> int:
+    from gateway.commands._common import open_config
+    from gateway.status import latest
+
+    _, db = open_config(args)
+    found = latest(db, args.id)
+    if args.json:
+        print(json.dumps(found, separators=(",", ":")))
+        return 0
+    cols = ("device_id", "state", "fw", "rssi", "outbox", "drops", "errors", "cal_due", "received_at")
+    table = [cols] + [tuple("" if r[c] is None else str(r[c]) for c in cols) for r in found]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
 def register_cli(devices_sub) -> None:
-    """Add ``command`` to the ``devices`` subparsers (called from gateway/commands/devices.py)."""
+    """Add ``command`` and ``status`` to the ``devices`` subparsers (from gateway/commands/devices.py)."""
+    from gateway.commands._common import add_config
+
+    st = devices_sub.add_parser("status", help="the latest signed status of each device (or of ID)")
+    add_config(st)
+    st.add_argument("id", nargs="?", default=None)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_run_status)
+
     c = devices_sub.add_parser("command", help="send a signed command to a device (assign-patient, identify, settings)")
     _common(c)
     c.add_argument("id", help="device id")

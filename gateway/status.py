@@ -294,6 +294,7 @@ class StatusStore:
             return Verdict("duplicate", device=v.device, key_version=v.key_version, sha256=v.sha256,
                            payload=v.payload)
         p = v.payload
+        assert p is not None  # accepted verdicts carry their payload
         rx = self._ts(m.received_at)
         conn.execute(self._upsert, (v.device, p["state"], p["ts"], p["ts_ok"], p["up"], p["fw"], p["rssi"],
                                     p["heap"], p["outbox"], p["drops"], p["seq"], p["errors"],

@@ -328,6 +328,15 @@ def test_cli_publishes_signed_commands_to_the_broker(broker, tmp_path, db_url):
     assert ("dr-amrani", "devices.command") in rows(db_url, "SELECT actor, action FROM audit_log")
     assert rows(db_url, "SELECT id FROM patients") == [("p-7Hq2xK",)]
 
+    # the stored statuses, as the administrators see them
+    process(d, c.security.kek(), msg(sign(status(fw="0.4.0"))))
+    r = cli("devices", "status", "--config", str(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    (st,) = json.loads(r.stdout)
+    assert st["device_id"] == DEV and st["state"] == "online" and st["fw"] == "0.4.0"
+    r = cli("devices", "status", DEV, "--config", str(cfg))
+    assert r.returncode == 0 and "online" in r.stdout and "0.4.0" in r.stdout, r.stderr
+
     # bad input: clear errors, exit codes, nothing consumed
     n0 = scalar(db_url, "SELECT cmd_n FROM devices WHERE id = ?", (DEV,))
     for argv, code, text in [
