@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from host.signalrun import measure_cost, run_chain
-from tests.firmware._ppg import ppg
+from tests.firmware._ppg import ppg, r_of_spo2
 
 
 def _reported(outs, t0=0.0):
@@ -162,7 +162,7 @@ def test_stale_after_30_s_without_a_valid_value(vm):
 
 def test_device_calibration_changes_spo2(vm):
     red, ir, _ = ppg(25, hr=70, spo2=90, seed=12)
-    r = (-(-34.6596622) - np.sqrt(34.6596622 ** 2 - 4 * 1.5958422 * (112.6898759 - 90))) / (2 * 1.5958422)
+    r = r_of_spo2(90.0)
     outs = run_chain(red, ir, 100, cal={"spo2": [110.0, -25.0]}, vm=vm)
     rep = _reported(outs, 10)
     assert rep and abs(np.median([o["spo2"] for o in rep]) - (110 - 25 * r)) < 1.5
