@@ -35,6 +35,8 @@ CONF
     as_pg "$bindir/pg_ctl" -D "$DATA" -l "$DATA/server.log" -w start >/dev/null
     as_pg "$bindir/psql" -h 127.0.0.1 -p "$PORT" -U postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname='nabd'" | grep -q 1 \
       || as_pg "$bindir/psql" -h 127.0.0.1 -p "$PORT" -U postgres -qc "CREATE ROLE nabd LOGIN CREATEDB"
+    # tests drop their databases WITH (FORCE), which terminates leftover sessions
+    as_pg "$bindir/psql" -h 127.0.0.1 -p "$PORT" -U postgres -qc "GRANT pg_signal_backend TO nabd" >/dev/null
     as_pg "$bindir/psql" -h 127.0.0.1 -p "$PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='nabd'" | grep -q 1 \
       || as_pg "$bindir/psql" -h 127.0.0.1 -p "$PORT" -U postgres -qc "CREATE DATABASE nabd OWNER nabd"
     echo "services: postgres up ($URL)"

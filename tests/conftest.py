@@ -39,7 +39,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float = 10.0) -> None:
+def wait_port(port: int, timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
@@ -156,5 +156,11 @@ def pg_url(request):
         pytest.fail(f"PostgreSQL not reachable at {base} ({e}); `make test` starts it via scripts/services.sh")
     url = base.rsplit("/", 1)[0] + "/" + name
     yield url
-    with psycopg.connect(base, autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    # Clean-up only: a database left behind (a child process still connected) is reported, not fatal.
+    try:
+        with psycopg.connect(base, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except psycopg.Error as e:
+        import warnings
+
+        warnings.warn(f"could not drop test database {name}: {e}", stacklevel=1)
