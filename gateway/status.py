@@ -54,7 +54,7 @@ from gateway import metrics
 from gateway.db import Database, DatabaseError
 from gateway.jws import TYP_STATUS, b64url_decode
 from gateway.secrets import DeviceKey, KeyDecryptError, decrypt_key
-from gateway.verify import FUTURE_SKEW_S, MAX_BYTES, Verdict, _json_object, _Malformed, reject
+from gateway.verify import FUTURE_SKEW_S, MAX_BYTES, Verdict, reject
 
 log = logging.getLogger("nabd.gateway.status")
 
@@ -77,6 +77,34 @@ STATUS_MESSAGES = metrics.REGISTRY.counter(
     "nabd_status_messages_total", "Device status messages by outcome (accepted, duplicate, rejected)", ("result",))
 DEVICES_ONLINE = metrics.REGISTRY.gauge(
     "nabd_devices_online", "Active devices whose latest verified status is online")
+
+
+class _Malformed(ValueError):
+    pass
+
+
+def _unique_pairs(pairs: list) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise _Malformed("duplicate JSON member")
+    return d
+
+
+def _no_constants(name: str):
+    raise _Malformed(f"JSON constant {name} is not allowed")
+
+
+def _json_object(data: bytes, what: str) -> dict:
+    """Strict JSON object, as gateway/verify.py parses readings (no duplicate members, no NaN)."""
+    try:
+        obj = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_pairs, parse_constant=_no_constants)
+    except _Malformed as e:
+        raise _Malformed(f"{what}: {e}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _Malformed(f"{what} is not UTF-8 JSON ({type(e).__name__})") from None
+    if not isinstance(obj, dict):
+        raise _Malformed(f"{what} is not a JSON object")
+    return obj
 
 
 def is_status_topic(topic: str) -> bool:

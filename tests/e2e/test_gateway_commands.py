@@ -293,10 +293,10 @@ def test_commands_reach_the_device_which_applies_them_once(broker_factory, tmp_p
         g.disconnect()
         seq2 = d2.measure()
         assert d2.run(lambda: d2.up.reading_state(seq2) == "stored", timeout=15)
-        d2.up.close()
+        d2.up.close()                                # a clean close publishes the signed offline status
+        assert wait_for(lambda: status_row(db_url, dev)[0] == "offline", timeout=10), gw.log[-2000:]
     assert rows(db_url, "SELECT patient_id FROM readings WHERE device_id = ? AND seq = ?", (dev, seq2)) == [(None,)]
     assert scalar(db_url, "SELECT cmd_n FROM devices WHERE id = ?", (dev,)) == 5
     audit = rows(db_url, "SELECT actor, action, target FROM audit_log WHERE action = ?", ("devices.command",))
     assert audit == [("test-admin", "devices.command", dev)] * 5
     assert int(scalar(db_url, "SELECT COUNT(*) FROM quarantine")) == 0
-    assert status_row(db_url, dev)[0] == "offline"   # its clean close published the offline status

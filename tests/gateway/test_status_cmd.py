@@ -139,6 +139,8 @@ def test_forged_and_malformed_statuses_are_quarantined_with_their_reason(db, kek
     more = [  # other shapes of the same reasons
         ("malformed", DEV, sign(status(), typ="nabd-reading+jws")),    # a reading's typ on the status topic
         ("malformed", DEV, sign(status(), kid=DEV + "/1").replace(b".", b".=", 1)),
+        ("malformed", DEV, fw_jws.sign(KEY, DEV + "/1", "nabd-status+jws", b'{"v":1,"v":1}')),  # duplicate member
+        ("malformed", DEV, fw_jws.sign(KEY, DEV + "/1", "nabd-status+jws", b'{"heap":NaN}')),
         ("invalid", DEV, sign({k: v for k, v in status().items() if k != "heap"})),
         ("invalid", DEV, sign(status(extra=1))),
         ("invalid", DEV, sign(status(cal_due="2027-02-30"))),
