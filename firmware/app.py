@@ -146,7 +146,7 @@ class App:
         if isinstance(p, str):
             self.patient = p
         self.state = None
-        self.result = None
+        self.result = Result()     # the last measurement (empty before the first)
         self.readings = 0          # readings submitted since boot
         self.measurements = 0      # measurements finished (submitted or not)
         self.errors = 0

@@ -194,3 +194,19 @@ for _ in range(20):
 print(got)
 """)
     assert int(out.strip()) >= 280
+
+
+def test_main_run_returns_after_max_readings(vm):
+    device(vm)
+    out = vm.exec("""
+def presser(a):
+    if board.button.value():
+        board.button.release()          # a short press: released at the next step
+    elif a.state in ('idle', 'result') and a._elapsed() > 1000:
+        board.button.press()
+    return False
+main.run(board, dev=dev, max_readings=2, until=presser)
+print(app.readings, app.state, dev.outbox.max_seq)
+""")
+    readings, state, max_seq = out.split()
+    assert readings == "2" and state == "result" and max_seq == "2"
