@@ -1,10 +1,15 @@
-"""``nabd demo``: the system on simulated hardware (``make demo``).
+"""``nabd demo``: the system on simulated hardware (``make demo``, the README's main job).
 
-For now: the firmware, inside the real MicroPython interpreter, runs the sensor self-test on the
-simulated board, takes a temperature reading (MLX90614) and a few seconds of PPG (MAX30102),
-draws the result on the OLED, and the host prints the screen as text and saves it as
-``build/demo/screen.png``. ``run_demo()`` returns everything as a dict so that later stages (signal
-chain, signing, broker and gateway) can extend the demo rather than replace its parts.
+The site demo (default) builds a whole site from the real parts (see ``host/site.py``): Mosquitto
+with per-device credentials and the protocol's ACL, ``nabd-gateway serve`` with its records, and a
+virtual device running the unchanged firmware. The device runs its self-test, measures a patient
+(temperature, SpO2, pulse), signs each reading and publishes it; the gateway verifies and files it;
+a signed command assigns a patient; the records are read back through the FHIR API; the observatory
+counts are printed; and the device's screen is saved as ``build/demo/screen.png``.
+
+``nabd demo --bench`` is the bench-top check alone: inside the real MicroPython interpreter, the
+sensor self-test, a temperature reading and a few seconds of PPG on the simulated board, with the
+OLED printed as text (``run_demo()``).
 """
 from __future__ import annotations
 
@@ -150,20 +155,86 @@ def _print_report(r: dict) -> None:
     print(f"screenshot: {r['screen_png']}")
 
 
+def run_site_demo(out_dir: Path = DEFAULT_OUT, readings: int = 2, scenario: str = "normal", say=print) -> dict:
+    """Self-test, then broker + gateway + virtual device; returns what the records and the
+    observatory show."""
+    from host import site as site_mod
+    from host.commands import sim
+
+    say = say or (lambda *a: None)
+    out_dir = Path(out_dir)
+    say("1. self-test of the firmware on the simulated board (MicroPython VM)")
+    bench = run_demo(out_dir / "bench", seconds=2)
+    say("   " + ", ".join(f"{c['name']} {'ok' if c['ok'] else 'FAILED'}" for c in bench["selftest"]))
+    with site_mod.Site(out_dir / "site") as s:
+        say("2. site set-up: gateway config with fresh secrets, device identity, broker passwords + ACL")
+        s.setup()
+        s.start()
+        say(f"   broker {s.broker_url} (no anonymous access), gateway API {s.api}, device {s.device_id}")
+        say(f"3. the device measures {readings} patient(s) and publishes; the gateway acknowledges each")
+        first = s.measure(1, scenario=scenario)
+        say(f"   first reading: seq {first['seqs']} acknowledged: {first['ok']}")
+        say("4. the gateway assigns patient p-demo01 to the device (signed command)")
+        cmd = s.assign_patient("p-demo01")
+        rest = s.measure(max(readings - 1, 1), scenario=scenario, seed=1)
+        say(f"   next readings: seq {rest['seqs']} acknowledged: {rest['ok']}")
+        obs = s.observations()
+        say(f"5. the records (GET /fhir/Observation?device={s.device_id}): {len(obs)} Observations")
+        rows = []
+        for o in obs:
+            q = o.get("valueQuantity", {})
+            rows.append({"code": o["code"]["coding"][0]["code"], "display": o["code"]["coding"][0].get("display", ""),
+                         "value": q.get("value"), "unit": q.get("code"), "subject": (o.get("subject") or {}).get("reference"),
+                         "effective": o.get("effectiveDateTime")})
+            say(f"   {rows[-1]['effective']}  {rows[-1]['display'][:34]:<34} {q.get('value')!s:>6} {q.get('code', ''):<5}"
+                f" {rows[-1]['subject'] or '(no patient yet)'}")
+        counts = s.observatory()
+        say("6. observatory (device counts; cells with fewer than "
+            f"{counts.get('suppress_below')} patients suppressed):")
+        for r in counts.get("rows", []):
+            say(f"   {r['date']} {r['region']} {r.get('facility') or '(region total)'}: registered "
+                f"{r['devices_registered']}, active {r['devices_active']}, firmware {r['firmware']}"
+                + (" [suppressed]" if r.get("suppressed") else ""))
+    shot = sim.screenshot(scenario, out_dir / "screen.png", at="result")
+    say("7. the device's result screen (" + shot["out"] + "):")
+    say(shot["ascii"])
+    ok = bool(first["ok"] and rest["ok"] and bench["ok"] and obs)
+    return {"ok": ok, "device_id": s.device_id, "selftest": bench["selftest"], "readings": first["seqs"] + rest["seqs"],
+            "command": {k: cmd.get(k) for k in ("cmd", "n", "args")}, "observations": rows,
+            "observatory": counts, "screen_png": shot["out"]}
+
+
 def cmd_demo(args) -> int:
-    r = run_demo(Path(args.out), seconds=args.seconds, bpm=args.bpm, faults=tuple(args.fault or ()))
+    if args.bench:
+        r = run_demo(Path(args.out), seconds=args.seconds, bpm=args.bpm, faults=tuple(args.fault or ()))
+        if args.json:
+            emit_json(r)
+        else:
+            _print_report(r)
+        return EXIT_OK if r["ok"] else EXIT_FAIL
+    from host.site import SiteError
+
+    try:
+        r = run_site_demo(Path(args.out), readings=args.readings, scenario=args.scenario,
+                          say=None if args.json else print)
+    except SiteError as e:
+        raise CommandError(str(e), EXIT_DEVICE) from None
     if args.json:
         emit_json(r)
     else:
-        _print_report(r)
+        print("demo " + ("complete: every reading signed, verified, stored once and readable as FHIR R4"
+                         if r["ok"] else "FAILED"))
     return EXIT_OK if r["ok"] else EXIT_FAIL
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="the system on simulated hardware: self-test, a reading, the screen")
+    p = sub.add_parser("demo", help="the system on simulated hardware: broker, gateway, virtual device, records")
     add_common(p, port=False)
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for screen.png (default build/demo)")
-    p.add_argument("--seconds", type=int, default=4, help="seconds of PPG to record (default 4)")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for the site and screen.png (default build/demo)")
+    p.add_argument("--readings", type=int, default=3, help="readings the virtual device takes (default 3)")
+    p.add_argument("--scenario", default="normal", help="physiology scenario of the patient (default normal)")
+    p.add_argument("--bench", action="store_true", help="only the bench-top sensor check on the MicroPython VM")
+    p.add_argument("--seconds", type=int, default=4, help="--bench: seconds of PPG to record (default 4)")
     p.add_argument("--bpm", type=int, default=72, help="pulse rate of the simulated finger")
     p.add_argument("--fault", action="append", choices=valid_faults(), metavar="NAME",
                    help="inject a simulated fault (repeatable)")

@@ -71,7 +71,7 @@ def test_real_board_unreachable_is_a_device_error(tmp_path):
 
 
 def test_demo_runs_and_writes_the_screen(tmp_path):
-    p = nabd("demo", "--json", "--out", str(tmp_path), "--seconds", "3")
+    p = nabd("demo", "--bench", "--json", "--out", str(tmp_path), "--seconds", "3")
     assert p.returncode == 0, p.stdout + p.stderr
     out = json.loads(p.stdout)
     assert out["ok"] and (tmp_path / "screen.png").stat().st_size > 1000
