@@ -76,10 +76,13 @@ def store_reading(db, p: dict, received_at: dt.datetime | None = None, outbox: b
     return obs
 
 
-@pytest.fixture
+_DBS = [d for d in ("sqlite", "postgresql") if os.environ.get("NABD_TEST_DB", d) == d]
+
+
+@pytest.fixture(params=_DBS)
 def db_url(request, tmp_path) -> str:
-    """SQLite in the test's folder, or a fresh PostgreSQL database when NABD_TEST_DB=postgresql
-    (the second run of the suite)."""
-    if os.environ.get("NABD_TEST_DB", "sqlite").startswith("postgres"):
+    """Every records test runs on both databases: SQLite in the test's folder and a fresh PostgreSQL
+    database (NABD_TEST_DB=sqlite or =postgresql narrows it to one)."""
+    if request.param == "postgresql":
         return request.getfixturevalue("pg_url")
     return f"sqlite:///{tmp_path}/gateway.db"

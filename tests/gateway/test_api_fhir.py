@@ -17,7 +17,7 @@ from gateway.api import start_api, token_ok
 from tests.gateway import _records
 from tests.gateway._records import UTC, add_device, make_db, payload, store_reading
 
-db_url = _records.db_url  # fixture: SQLite, or PostgreSQL with NABD_TEST_DB=postgresql
+db_url = _records.db_url  # fixture: SQLite and PostgreSQL
 
 TOKEN = "s3cret-admin-token"
 DEV = "nabd-a1b2c3d4e5f6"

@@ -23,7 +23,7 @@ from tests.conftest import free_port, wait_port
 from tests.gateway import _records
 from tests.gateway._records import UTC, add_device, make_db, payload, store_reading
 
-db_url = _records.db_url  # fixture: SQLite, or PostgreSQL with NABD_TEST_DB=postgresql
+db_url = _records.db_url  # fixture: SQLite and PostgreSQL
 
 SERVER_DIR = Path(__file__).resolve().parent / "fhirserver"
 T0 = dt.datetime(2026, 11, 23, 9, 0, tzinfo=UTC)

@@ -15,7 +15,7 @@ from gateway.api import start_api
 from tests.gateway import _records
 from tests.gateway._records import UTC, add_device, make_db, payload, store_reading
 
-db_url = _records.db_url  # fixture: SQLite, or PostgreSQL with NABD_TEST_DB=postgresql
+db_url = _records.db_url  # fixture: SQLite and PostgreSQL
 
 D1 = dt.datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
