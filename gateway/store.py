@@ -89,6 +89,7 @@ class Store:
                                  "VALUES (?, ?, ?, ?, ?, ?)")
         self._ins_event = q("INSERT INTO security_events (at, device_id, kind, detail) VALUES (?, ?, ?, ?)")
         self._upd_device = q("UPDATE devices SET last_seen_at = ?, fw = ?, cal_id = ?, cal_date = ? WHERE id = ?")
+        self._sel_digest = q("SELECT sha256 FROM readings WHERE device_id = ? AND seq = ?")
         self._pg = pg
 
     # -- look-ups (one query each per batch) ---------------------------------------------------
@@ -116,18 +117,29 @@ class Store:
         return out
 
     def load_seen(self, conn: Any, pairs: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        """Stored digests of the (device, seq) pairs, each found through the unique index.
+        SQLite: one indexed point query per pair (in-process, no round trip; its planner scans the
+        whole table for a row-value ``IN (VALUES ...)``, which grows with the table). PostgreSQL:
+        one query joining a VALUES list (a nested loop on the unique index)."""
         if not pairs:
             return {}
-        values = ",".join(["(?, ?)"] * len(pairs))
+        if not self._pg:
+            out = {}
+            ex = conn.execute
+            for p in pairs:
+                row = ex(self._sel_digest, p).fetchone()
+                if row is not None:
+                    out[p] = row[0]
+            return out
+        values = ",".join(["(%s, %s::bigint)"] * len(pairs))
         params = [x for p in pairs for x in p]
-        rows = conn.execute(self.db.sql(
-            f"SELECT device_id, seq, sha256 FROM readings WHERE (device_id, seq) IN (VALUES {values})"),
-            params).fetchall()
+        rows = conn.execute(
+            f"SELECT r.device_id, r.seq, r.sha256 FROM (VALUES {values}) AS v(d, s) "
+            "JOIN readings r ON r.device_id = v.d AND r.seq = v.s", params).fetchall()
         return {(d, int(s)): h for d, s, h in rows}
 
     def stored_digest(self, conn: Any, dev: str, seq: int) -> str | None:
-        row = conn.execute(self.db.sql("SELECT sha256 FROM readings WHERE device_id = ? AND seq = ?"),
-                           (dev, seq)).fetchone()
+        row = conn.execute(self._sel_digest, (dev, seq)).fetchone()
         return row[0] if row else None
 
     # -- the transaction --------------------------------------------------------------------------

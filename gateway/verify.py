@@ -85,11 +85,13 @@ def _no_constants(name: str):
 
 
 def _unique_pairs(pairs):
-    d = {}
-    for k, v in pairs:
-        if k in d:
-            raise _Malformed(f"duplicate JSON member {k!r}")
-        d[k] = v
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _Malformed(f"duplicate JSON member {k!r}")
+            seen.add(k)
     return d
 
 
@@ -120,35 +122,51 @@ def topic_device(topic: str) -> str | None:
     return m.group(1) if m else None
 
 
+# A device sends the same header bytes in every message: the outcome of checking them (the kid)
+# is a pure function of those bytes, kept for headers that passed (bounded: cleared when full).
+_HEADER_CACHE: dict[bytes, tuple[str, int]] = {}
+_HEADER_CACHE_MAX = 8192
+
+
+def _header_kid(part: bytes) -> tuple[str, int]:
+    kid = _HEADER_CACHE.get(part)
+    if kid is not None:
+        return kid
+    header = _json_object(b64url_decode(part), "header")
+    if set(header) != {"alg", "kid", "typ"}:
+        raise _Malformed(f"header members {sorted(header)}, expected exactly alg, kid, typ")
+    if header["alg"] != "HS256":
+        raise _Malformed(f"alg {header['alg']!r} is not HS256")
+    if header["typ"] != TYP_READING:
+        raise _Malformed(f"typ {header['typ']!r} is not {TYP_READING}")
+    k = header["kid"]
+    m = _KID_RE.match(k) if isinstance(k, str) else None
+    if not m:
+        raise _Malformed(f"kid {k!r} is not device/key_version")
+    if len(_HEADER_CACHE) >= _HEADER_CACHE_MAX:
+        _HEADER_CACHE.clear()
+    kid = _HEADER_CACHE[part] = (m.group(1), int(m.group(2)))
+    return kid
+
+
 def parse(raw: bytes, topic: str = "") -> Parsed | Verdict:
     """Step 1: size and shape. Returns Parsed, or a reject Verdict (oversized / malformed)."""
-    hint = topic_device(topic)
     if len(raw) > MAX_BYTES:
-        return reject("oversized", f"{len(raw)} bytes > {MAX_BYTES}", hint)
+        return reject("oversized", f"{len(raw)} bytes > {MAX_BYTES}", topic_device(topic))
     parts = bytes(raw).split(b".")
     if len(parts) != 3:
-        return reject("malformed", f"{len(parts)} dot-separated parts, expected 3", hint)
+        return reject("malformed", f"{len(parts)} dot-separated parts, expected 3", topic_device(topic))
     try:
-        header = _json_object(b64url_decode(parts[0]), "header")
-        if set(header) != {"alg", "kid", "typ"}:
-            raise _Malformed(f"header members {sorted(header)}, expected exactly alg, kid, typ")
-        if header["alg"] != "HS256":
-            raise _Malformed(f"alg {header['alg']!r} is not HS256")
-        if header["typ"] != TYP_READING:
-            raise _Malformed(f"typ {header['typ']!r} is not {TYP_READING}")
-        kid = header["kid"]
-        m = _KID_RE.match(kid) if isinstance(kid, str) else None
-        if not m:
-            raise _Malformed(f"kid {kid!r} is not device/key_version")
+        kid_device, kid_version = _header_kid(parts[0])
         payload = _json_object(b64url_decode(parts[1]), "payload")
         signature = b64url_decode(parts[2])
         if len(signature) != 32:
             raise _Malformed(f"signature is {len(signature)} bytes, HS256 gives 32")
     except _Malformed as e:
-        return reject("malformed", str(e), hint)
+        return reject("malformed", str(e), topic_device(topic))
     except ValueError as e:  # base64url errors
-        return reject("malformed", f"bad base64url part: {e}", hint)
-    return Parsed(parts[0] + b"." + parts[1], signature, payload, m.group(1), int(m.group(2)))
+        return reject("malformed", f"bad base64url part: {e}", topic_device(topic))
+    return Parsed(parts[0] + b"." + parts[1], signature, payload, kid_device, kid_version)
 
 
 def _is_int(x: Any) -> bool:
@@ -239,7 +257,7 @@ def verify(raw: bytes, topic: str, keys: Callable[[str, int], KeyRecord | None],
     if rec.revoked:
         return reject("revoked", rec.why or f"key {dev}/{ver} revoked", dev)
     # 3 signature, constant time, over the exact bytes received
-    expected = hmac.new(rec.key.secret, p.signing_input, hashlib.sha256).digest()
+    expected = hmac.digest(rec.key.secret, p.signing_input, "sha256")
     if not hmac.compare_digest(expected, p.signature):
         return reject("bad_signature", f"HMAC does not verify under {dev}/{ver}", dev)
     # 4 agreement
