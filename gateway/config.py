@@ -61,10 +61,10 @@ class DatabaseConfig:
 
 @dataclass
 class IngestConfig:
-    batch_max: int = 256           # messages per transaction at most
+    batch_max: int = 1024          # messages per transaction at most (a backlog drains in big ones)
     batch_ms: int = 5              # a batch waits at most this long after its first message
-    queue_max: int = 2048          # bounded hand-off between the network thread and the writer
-    receive_maximum: int = 1024    # MQTT 5: unacked messages the broker may have in flight to us
+    queue_max: int = 4096          # bounded hand-off between the network thread and the writer
+    receive_maximum: int = 4096    # MQTT 5: unacked messages the broker may have in flight to us
     future_skew_s: int = 300
 
 

@@ -8,11 +8,13 @@ Threads and their only jobs:
   back on the broker, which keeps the messages (nothing is dropped here). Before that, MQTT 5's
   Receive Maximum (``[ingest] receive_maximum``) already caps the unacknowledged messages the
   broker sends us.
-- the writer thread: takes up to ``batch_max`` messages (waiting at most ``batch_ms`` after the
-  first), runs ``Store.process`` (verify + store in ONE transaction, see gateway/store.py), and
-  only after the commit acknowledges each message to the broker (``client.ack(mid, qos)``, paho
-  ``manual_ack``) and publishes the signed ``ack`` to each device. Rejected messages are committed
-  to quarantine first and then acknowledged, so the broker does not redeliver them forever.
+- the batcher thread: takes up to ``batch_max`` messages (waiting at most ``batch_ms`` after the
+  first) and hands the batch to the store process (gateway/writer.py), which runs
+  ``Store.process`` (verify + store in ONE transaction, see gateway/store.py) on its own core;
+- the results thread: only after the commit acknowledges each message to the broker
+  (``client.ack(mid, qos)``, paho ``manual_ack``) and publishes the signed ``ack`` to each device.
+  Rejected messages are committed to quarantine first and then acknowledged, so the broker does
+  not redeliver them forever.
 
 A message is acknowledged only on the connection it came from (a ``mid`` is meaningless on the
 next one): after a reconnect, the broker redelivers what we had not acknowledged, the store sees
@@ -21,7 +23,8 @@ nothing: every message not yet committed was not acknowledged either.
 
 A database error (locked, connection lost) leaves the batch unacknowledged and is retried with
 backoff on a fresh connection; a message that makes the store raise anything else is isolated
-and quarantined (``malformed``, "gateway error") rather than blocking the queue.
+and quarantined (``malformed``, "gateway error") rather than blocking the queue; a store process
+that dies is restarted and given the unacknowledged batches again (gateway/writer.py).
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ from gateway.config import Config
 from gateway.db import Database
 from gateway.status import STATUS_SUBSCRIPTION, StatusWorker, is_status_topic
 from gateway.store import BatchResult, Message, Store
+from gateway.writer import ProcessWriter
 
 log = logging.getLogger("nabd.gateway.ingest")
 
@@ -56,21 +60,6 @@ def default_client_id() -> str:
     return f"nabd-gateway-{socket.gethostname()}"[:64]
 
 
-def _db_errors() -> tuple[type[BaseException], ...]:
-    import sqlite3
-
-    from gateway.db import DatabaseError
-
-    errs: list[type[BaseException]] = [sqlite3.OperationalError, DatabaseError]
-    try:
-        import psycopg
-
-        errs += [psycopg.OperationalError, psycopg.InterfaceError]
-    except ImportError:
-        pass
-    return tuple(errs)
-
-
 class Ingest:
     def __init__(self, config: Config, db: Database | None = None, *, client_id: str | None = None,
                  on_batch: Callable[[list[Message], BatchResult], None] | None = None):
@@ -79,8 +68,8 @@ class Ingest:
         ic = config.ingest
         self.batch_max, self.batch_ms = ic.batch_max, ic.batch_ms
         self.queue: queue.Queue[Message] = queue.Queue(maxsize=ic.queue_max)
-        self.store = Store(self.db, config.security.kek(), forward=config.fhir_forward.enabled,
-                           skew=ic.future_skew_s)
+        self.writer = ProcessWriter(self.db.url, config.security.kek(), forward=config.fhir_forward.enabled,
+                                    skew=ic.future_skew_s, on_result=self._on_committed)
         self.status = StatusWorker(self.db, config.security.kek(), self._ack_status, skew=ic.future_skew_s)
         self.client_id = client_id or config.broker.client_id or default_client_id()
         self.on_batch = on_batch
@@ -89,7 +78,6 @@ class Ingest:
         self._closing = threading.Event()
         self._stopped = threading.Event()
         self._writer: threading.Thread | None = None
-        self._conn = None
         self.client = self._make_client()
         self.committed = 0
 
@@ -138,7 +126,7 @@ class Ingest:
 
     def start(self) -> "Ingest":
         self.db.migrate()
-        self._conn = self.db.open()
+        self.writer.start()
         self._writer = threading.Thread(target=self._write_loop, name="nabd-writer", daemon=True)
         self._writer.start()
         self.status.start()
@@ -159,15 +147,12 @@ class Ingest:
         self._stopped.set()
         if self._writer:
             self._writer.join(timeout=max(1.0, end - time.monotonic()))
+        self.writer.drain(timeout=max(1.0, end - time.monotonic()))
+        self.writer.stop()
         self.status.stop(timeout=max(1.0, end - time.monotonic()))
         time.sleep(0.05)  # let paho flush the last PUBACKs and acks
         self.client.disconnect()
         self.client.loop_stop()
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
 
     def _ack_status(self, m: Message) -> None:
         if m.qos > 0 and m.epoch == self.epoch:
@@ -201,21 +186,11 @@ class Ingest:
             batch = self._take_batch()
             metrics.QUEUE_DEPTH.set(self.queue.qsize())
             if batch:
-                self._commit(batch)
+                self.writer.submit(batch)  # blocks while the store process has enough in hand
 
-    def _commit(self, batch: list[Message]) -> None:
-        delay = 0.05
-        while True:
-            try:
-                if self._conn is None:
-                    self._conn = self.db.open()
-                result = self._process(batch)
-                break
-            except _db_errors() as e:
-                log.error("database error, batch of %d kept unacknowledged, retrying: %s", len(batch), e)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                self._reopen()
+    def _on_committed(self, batch: list[Message], result: BatchResult) -> None:
+        """After the commit (results thread): count, acknowledge to the broker, ack the devices."""
+        Store.count(result.verdicts)
         self.committed += sum(1 for v in result.verdicts if v.kind == "accept")
         metrics.BATCHES.inc()
         epoch = self.epoch
@@ -227,39 +202,3 @@ class Ingest:
             metrics.ACKS_SENT.inc()
         if self.on_batch:
             self.on_batch(batch, result)
-
-    def _process(self, batch: list[Message]) -> BatchResult:
-        try:
-            return self.store.process(self._conn, batch)
-        except _db_errors():
-            raise
-        except Exception:
-            if len(batch) == 1:
-                log.exception("store failed on one message; quarantining it")
-                return self._quarantine_error(batch[0])
-            out = BatchResult()
-            for m in batch:  # isolate the message that breaks the store
-                r = self._process([m])
-                out.verdicts += r.verdicts
-                out.acks += r.acks
-            return out
-
-    def _quarantine_error(self, m: Message) -> BatchResult:
-        from gateway.verify import reject
-
-        v = reject("malformed", "gateway error while storing this message (see the gateway log)")
-        conn = self._conn
-        self.db.begin(conn)
-        conn.execute(self.db.sql("INSERT INTO quarantine (received_at, reason, topic, device_hint, raw, detail) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)"),
-                     (m.received_at, v.reason, m.topic[:512], None, m.raw[:4096], v.detail))
-        conn.commit()
-        metrics.QUARANTINE.inc(reason=v.reason)
-        return BatchResult([v], [])
-
-    def _reopen(self) -> None:
-        try:
-            self._conn.close()
-        except Exception:
-            pass
-        self._conn = None  # reopened by the next attempt

@@ -151,7 +151,6 @@ class Store:
         except BaseException:
             conn.rollback()
             raise
-        self._count(result.verdicts)
         return result
 
     def _process(self, conn: Any, messages: list[Message], now: float) -> BatchResult:
@@ -269,7 +268,8 @@ class Store:
         return _Prepared(reading, rows, patient)
 
     @staticmethod
-    def _count(verdicts: list[Verdict]) -> None:
+    def count(verdicts: list[Verdict]) -> None:
+        """Count verdicts in the metrics (the caller, after the commit: the ingest's process)."""
         for v in verdicts:
             if v.kind == "accept":
                 metrics.READINGS_ACCEPTED.inc()

@@ -42,10 +42,10 @@ session_expiry_s = 86400
 url = "{db}"
 
 [ingest]
-batch_max = 256        # readings per transaction at most
+batch_max = 1024       # readings per transaction at most
 batch_ms = 5           # wait at most this long after the first message for more
-queue_max = 2048       # bounded hand-off network thread -> writer (full: the consumer slows down)
-receive_maximum = 1024 # MQTT 5: unacknowledged messages the broker may send us at once
+queue_max = 4096       # bounded hand-off network thread -> writer (full: the consumer slows down)
+receive_maximum = 4096 # MQTT 5: unacknowledged messages the broker may send us at once
 future_skew_s = 300    # readings further in the future than this (synced clock) are rejected
 
 [api]

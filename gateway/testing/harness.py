@@ -29,7 +29,7 @@ def write_config(folder: Path, broker_url: str, db_url: str, *, forward_url: str
     data = {
         "broker": {"url": broker_url, "client_id": "nabd-gateway-test", "session_expiry_s": 3600},
         "database": {"url": db_url},
-        "ingest": {"batch_max": 256, "batch_ms": 5, "queue_max": 2048, "receive_maximum": 1024, **ingest},
+        "ingest": {"batch_max": 1024, "batch_ms": 5, "queue_max": 4096, "receive_maximum": 4096, **ingest},
         "api": {"listen": "127.0.0.1:0"},
         "security": {"kek_file": str(kek)},
     }
