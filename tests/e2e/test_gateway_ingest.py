@@ -317,3 +317,49 @@ def test_broker_redelivers_what_was_not_committed_after_sigkill(broker_factory, 
         gw.kill()
     assert at_kill < total, "the gateway finished before the kill: the test proved nothing"
     _assert_each_once(db_url, devs)
+
+
+def _store_child(pid: int) -> int | None:
+    """The pid of a gateway's store process (gateway/writer.py), from /proc."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if ppid == pid and b"spawn_main" in cmd:
+            return int(d)
+    return None
+
+
+def test_store_process_killed_midstream_is_restarted_and_loses_nothing(broker_factory, tmp_path, db_url):
+    """SIGKILL the child that verifies and stores: the gateway starts a new one, hands it the
+    batches not yet acknowledged, and every reading ends up stored once and acknowledged."""
+    import signal
+
+    b = broker_factory()
+    cfg = write_config(tmp_path, b.url, db_url, batch_max=64)
+    devs = [SimDevice(f"nabd-child{i}") for i in range(4)]
+    register(cfg, devs)
+    with GatewayProcess(cfg) as gw:
+        child = _store_child(gw.proc.pid)
+        assert child is not None, "no store process found"
+        fleet = Fleet(b.url, devs).start()
+        try:
+            for d in devs:
+                fleet.send_new(d.id, 400)
+            assert wait_for(lambda: _count(db_url) > 0, timeout=20, every=0.005)
+            os.kill(child, signal.SIGKILL)
+            at_kill = _count(db_url)
+            assert fleet.run_until_acked(timeout=60), f"{fleet.pending()} readings never acknowledged"
+            assert wait_for(lambda: _store_child(gw.proc.pid) not in (None, child), timeout=10)
+        finally:
+            fleet.stop()
+        assert "store process ended" in gw.log
+    assert at_kill < 1600, "everything was stored before the kill: the test proved nothing"
+    _assert_each_once(db_url, devs)
+    assert all(d.bad_acks == 0 for d in devs)
