@@ -95,9 +95,12 @@ def _unique_pairs(pairs):
     return d
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_pairs, parse_constant=_no_constants)  # stateless
+
+
 def _json_object(data: bytes, what: str) -> dict:
     try:
-        obj = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_pairs, parse_constant=_no_constants)
+        obj = _DECODER.decode(data.decode("utf-8"))
     except _Malformed as e:
         raise _Malformed(f"{what}: {e}") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
