@@ -6,7 +6,8 @@ the broker for it, (3) the consumer starts and we time from its first to its las
 to last commit for the gateway, polled in its database), (4) its session is deleted.
 
 - ``raw_drain_per_s``: a paho-mqtt MQTT 5 client with manual_ack that only acknowledges;
-- ``ingest_per_s``: one ``nabd-gateway serve`` process, SQLite (WAL, synchronous=FULL);
+- ``ingest_per_s``: one ``nabd-gateway serve`` instance, SQLite (WAL, synchronous=FULL); an instance
+  is its network process plus the store process it spawns (gateway/writer.py);
 - ``naive_per_s``: verify, insert, commit one message at a time in ``on_message`` (same code, batch of 1);
 - ``postgres_ingest_per_s``: one gateway process, PostgreSQL;
 - ``scale_2_workers``: two gateway processes sharing the subscription (PostgreSQL: two SQLite writers
@@ -265,7 +266,7 @@ def run(outdir) -> dict:
         register(cfg, devs)
         return cfg, url
 
-    out: dict = {"messages": len(msgs), "devices": DEVICES}
+    out: dict = {"messages": len(msgs), "devices": DEVICES, "cpus": os.cpu_count()}
     try:
         out["raw_drain_per_s"] = round(_drain_raw(broker.url, msgs))
         cfg, url = setup("gw-sqlite", "sqlite")
