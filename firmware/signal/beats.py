@@ -13,12 +13,14 @@ the pulse, and heart rate is therefore not quantised to whole sample lags. The l
 are kept in a ring (``buf``) for that search.
 
 ``amp_est`` tracks the beat amplitude, ``slope_est`` the upstroke's rise over 4 samples (both
-exponential averages over ~4 beats). ``reseed()`` restarts them from the next beat (after the
-finger settled: the landing transient inflates them).
+exponential averages over ~4 beats). ``reseed()`` restarts them from the beat just confirmed
+(after the finger settled: the landing transient inflates them); restarting from zero instead
+would drop the hysteresis to ``HYST_MIN`` and let the diastolic wave count as beats.
 
 ``step(y, n)`` returns ``PEAK`` when it confirmed a beat (then ``t_q8`` = its time in 1/256 sample,
 modulo 2**30, ``amp`` = valley-to-peak rise in the input's units, ``peak_n``/``valley_n`` the
-sample indices), ``VALLEY`` when it confirmed a valley, 0 otherwise.
+sample indices, ``pvalley_n`` the valley before ``valley_n``), ``VALLEY`` when it confirmed a
+valley, 0 otherwise.
 """
 from array import array
 
@@ -29,6 +31,7 @@ VALLEY = const(2)
 HYST_MIN = const(24)           # counts × 8 (3 counts)
 _RING = const(256)
 _RMASK = const(255)
+_RANGE_N = const(128)          # samples over which settled() measures the pulse's range
 _DECAY_AFTER = const(150)      # samples without a peak before the amplitude estimate decays
 _TMASK = const(0x3FFFFFFF)
 
@@ -44,6 +47,7 @@ class BeatDetector:
         self.ext_n = 0
         self.valley = 0
         self.valley_n = 0
+        self.pvalley_n = -1
         self.amp_est = 0
         self.slope_est = 0
         self.slope = 0
@@ -54,11 +58,39 @@ class BeatDetector:
         self.peak = 0
         self.peak_n = 0
 
+    def settled(self, n):
+        """The light has settled after a DC jump (``n``: the current sample index). The landing
+        transient's "beats" may have inflated the amplitude estimate, and the hysteresis would
+        then miss the real pulse for seconds: the estimate is capped at the signal's range over
+        the last 1.28 s (the transient has faded from it; the pulse has not), and the slope
+        estimate scaled with it. :meth:`reseed` sets both from the next beat."""
+        buf = self.buf
+        hi = buf[n & _RMASK]
+        lo = hi
+        for k in range(n - _RANGE_N, n):
+            v = buf[k & _RMASK]
+            if v > hi:
+                hi = v
+            elif v < lo:
+                lo = v
+        r = hi - lo
+        a = self.amp_est
+        if 0 < r < a:
+            self.slope_est = (self.slope_est * r) // a if self.slope_est < (1 << 20) else self.slope_est >> 1
+            self.amp_est = r
+            h = (r * 3) >> 3
+            self.hyst = h if h > HYST_MIN else HYST_MIN
+
     def reseed(self):
-        """Forget the amplitude and slope estimates: the next beat seeds them."""
-        self.amp_est = 0
-        self.slope_est = 0
-        self.hyst = HYST_MIN
+        """Restart the amplitude and slope estimates from the beat just confirmed (``amp``,
+        ``slope``; or the estimates :meth:`settled` left when larger: a diastolic wave taken for
+        a beat must not set the hysteresis)."""
+        a = self.amp if self.amp > self.amp_est else self.amp_est
+        sl = self.slope if self.slope > self.slope_est else self.slope_est
+        self.amp_est = a
+        self.slope_est = sl if sl > 0 else 0
+        h = (a * 3) >> 3
+        self.hyst = h if h > HYST_MIN else HYST_MIN
 
     def step(self, y, n):
         """One band-passed sample ``y`` at sample index ``n`` (increasing by one per call)."""
@@ -84,6 +116,7 @@ class BeatDetector:
                 self.ext_n = n
             elif y > self.ext + self.hyst:
                 self.rising = True
+                self.pvalley_n = self.valley_n
                 self.valley = self.ext
                 self.valley_n = self.ext_n
                 self.ext = y

@@ -6,6 +6,9 @@
 * DC: one-pole IIR ``dc += (x·256 − dc) >> 7`` in Q8 (time constant 128 samples = 1.28 s at 100 Hz,
   high-pass corner 0.12 Hz). A jump of more than a quarter of the DC (finger placed or lifted,
   pressure step) re-seeds the tracker at once instead of waiting ~4 s, and counts in ``jumps``;
+  for 1.28 s after a re-seed the tracker "shifts gears" (time constants 8, 16, 32, 64 samples,
+  then 128) so that the rest of the landing transient is followed instead of ringing through the
+  band-pass for seconds;
 * low-pass: an 8-sample boxcar (running sum over a ring; −3 dB at 5.5 Hz, first null at 12.5 Hz at
   100 Hz) of ``dc − x``; the sum keeps 3 extra bits of resolution.
 
@@ -24,7 +27,8 @@ from micropython import const
 _DC_SHIFT = const(7)
 _N = const(8)          # boxcar length (power of two)
 _MASK = const(7)
-_HP_SHIFT = const(6)   # second high-pass: time constant 64 samples, corner 0.25 Hz
+_HP_SHIFT = const(6)
+_GEAR_N = const(128)   # samples of faster DC tracking after a re-seed   # second high-pass: time constant 64 samples, corner 0.25 Hz
 
 
 class BandPass:
@@ -43,6 +47,7 @@ class BandPass:
         self.lp = 0
         self.i = 0
         self.jumps = 0
+        self.g = _GEAR_N
 
     def step(self, x):
         """One sample (counts) -> the band-passed pulse, inverted, counts × 8."""
@@ -57,8 +62,16 @@ class BandPass:
                 buf[i] = 0
             self.sum = 0
             self.lp = 0
+            self.g = 0
         else:
-            dc += d >> _DC_SHIFT
+            g = self.g
+            if g < _GEAR_N:
+                # just after a re-seed: faster tracking (time constants 8, 16, 32, 64 samples)
+                # so the rest of the landing transient does not ring through the filters
+                self.g = g + 1
+                dc += d >> (3 if g < 16 else 4 if g < 32 else 5 if g < 64 else 6)
+            else:
+                dc += d >> _DC_SHIFT
         self.dc = dc
         v = (dc >> 8) - x
         i = self.i

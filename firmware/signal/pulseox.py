@@ -64,6 +64,9 @@ _SETTLE_N = const(150)         # beats in the 1.5 s after a DC jump are not used
 _MOTION_HOLD_N = const(150)    # samples withheld after the last motion evidence
 _IV_MIN_Q8 = const(6982)       # 27.27 samples = 220 bpm, × 256
 _IV_MAX_Q8 = const(51200)      # 200 samples = 30 bpm, × 256
+_IV_MIN_N = const(27)          # 220 bpm, samples
+_RESEED_MAX_N = const(500)     # re-seed anyway after 5 s of motion following a DC jump
+_TREND_MAX = const(2097152)    # 2**21: × a peak delay < 256 stays a small int
 _HR_WIN_N = const(800)         # intervals ending in the last 8 s make the HR
 _SPO2_WIN_N = const(500)       # beats in the last 5 s make SpO2 and PI
 _NO_PULSE_N = const(400)       # no beat for 4 s with a finger: no pulsatile component
@@ -125,7 +128,8 @@ class PulseOx:
         self.settle_until = 0
         self.finger_n = -1      # sample index at which the finger was first seen (-1: absent)
         self.last_beat_n = -1
-        self.jumps = 0
+        self.ir_jumps = 0
+        self.red_jumps = 0
         self.red_mode = False
         self._forget()
         self._clear_window()
@@ -140,6 +144,7 @@ class PulseOx:
         self.last_hr_x10 = -1
         self.last_spo2_x10 = -1
         self.last_valid_n = -1
+        self.early = True       # finger placed, no valid reading yet: report the first at its beat
 
     def _forget(self):
         """Drop the beat history (finger placed/lifted, settling)."""
@@ -148,6 +153,22 @@ class PulseOx:
         self.b_cnt = 0
         self.b_head = 0
         self.last_t = -1
+
+    def _jump(self, n):
+        """A DC jump (finger placed or lifted, pressure step) at sample ``n``: start over once the
+        light has settled."""
+        self.ir_jumps = self.ir_f.jumps
+        self.red_jumps = self.red_f.jumps
+        self._forget()
+        self.settle_until = n + _SETTLE_N
+        self.reseed = True
+        if self.finger_n < 0:
+            # finger placed: what the motion tests learnt from the bare sensor's noise is void
+            self.mot_thr = 0
+            self.lvl_thr = 0
+            self.k_q8 = 0
+            self.mot_until = 0
+        # else (a pressure step, motion) they stay as the last clean beats set them
 
     def _clear_window(self):
         self.w_clip = 0
@@ -167,6 +188,10 @@ class PulseOx:
         if ir >= CLIP_HI or ir <= CLIP_LO:
             self.w_clip += 1
         yi = self.ir_f.step(ir)
+        if self.ir_f.jumps != self.ir_jumps:
+            self._jump(n)
+        elif n == self.settle_until:
+            self.det.settled(n)
         ev = self.det.step(yi, n)
         if red >= 0:
             self.w_red += 1
@@ -181,6 +206,8 @@ class PulseOx:
                 self.flat = 0
             self.last_red = red
             yr = self.red_f.step(red)
+            if self.red_f.jumps != self.red_jumps:
+                self._jump(n)
             rbuf = self.rbuf
             rbuf[n & _RMASK] = yr
             k = self.k_q8
@@ -200,6 +227,9 @@ class PulseOx:
                 self.mot_until = n + _MOTION_HOLD_N
         if ev == PEAK:
             self._beat(n)
+            if self.early and self.iv_cnt >= 2 and n >= self.settle_until and n >= self.mot_until \
+                    and self._early(n):
+                return True
         if n - self.rep_n >= _REPORT_N:
             self._report(n)
             return True
@@ -209,14 +239,22 @@ class PulseOx:
     def _beat(self, n):
         d = self.det
         amp = d.amp
-        if self.reseed and n >= self.settle_until:
-            # the landing transient is over: amplitude and slope estimates start afresh
+        fresh = False
+        if self.reseed and n >= self.settle_until and (n >= self.mot_until or n - self.settle_until > _RESEED_MAX_N):
+            # the landing transient is over and the finger still: estimates start afresh from
+            # this beat (after 5 s of motion evidence, from whatever beat comes: the thresholds
+            # may be what is wrong)
             self.reseed = False
+            fresh = True
             d.reseed()
             self.k_q8 = 0
             self.mot_thr = 0
             self.lvl_thr = 0
-        if d.slope_est:
+        # a beat is used once settled and 1.5 s clear of motion; the motion tests follow the beats
+        # except those of a burst (amplitude beyond 2× the tracked one) and while settling
+        used = n >= self.settle_until and n >= self.mot_until
+        tune = not self.reseed and (used or amp <= 2 * d.amp_est)
+        if d.slope_est and tune:
             # motion: a 40 ms slope 3× the upstroke's, or an excursion 4× the beat amplitude
             self.mot_thr = 3 * d.slope_est + 48
             self.lvl_thr = 4 * d.amp_est + 96
@@ -229,10 +267,22 @@ class PulseOx:
             pn = d.peak_n
             vn = d.valley_n
             if n - vn < _RING - 2 and pn > vn:
-                ai = (buf[(pn - 1) & _RMASK] + buf[pn & _RMASK] + buf[(pn + 1) & _RMASK]
-                      - buf[(vn - 1) & _RMASK] - buf[vn & _RMASK] - buf[(vn + 1) & _RMASK])
-                ar = (rbuf[(pn - 1) & _RMASK] + rbuf[pn & _RMASK] + rbuf[(pn + 1) & _RMASK]
-                      - rbuf[(vn - 1) & _RMASK] - rbuf[vn & _RMASK] - rbuf[(vn + 1) & _RMASK])
+                sv = buf[(vn - 1) & _RMASK] + buf[vn & _RMASK] + buf[(vn + 1) & _RMASK]
+                svr = rbuf[(vn - 1) & _RMASK] + rbuf[vn & _RMASK] + rbuf[(vn + 1) & _RMASK]
+                ai = buf[(pn - 1) & _RMASK] + buf[pn & _RMASK] + buf[(pn + 1) & _RMASK] - sv
+                ar = rbuf[(pn - 1) & _RMASK] + rbuf[pn & _RMASK] + rbuf[(pn + 1) & _RMASK] - svr
+                pv = d.pvalley_n
+                dv = vn - pv
+                if 0 < pv and _IV_MIN_N <= dv and n - pv < _RING - 2:
+                    # the baseline's drift (landing transient, wander, respiration: common to red
+                    # and IR in proportion to their DC, so it would pull R towards 1) from the
+                    # previous valley, extrapolated to the peak and taken off both amplitudes
+                    ti = sv - buf[(pv - 1) & _RMASK] - buf[pv & _RMASK] - buf[(pv + 1) & _RMASK]
+                    tr = svr - rbuf[(pv - 1) & _RMASK] - rbuf[pv & _RMASK] - rbuf[(pv + 1) & _RMASK]
+                    if -_TREND_MAX < ti < _TREND_MAX and -_TREND_MAX < tr < _TREND_MAX:
+                        k = pn - vn
+                        ai -= (ti * k) // dv
+                        ar -= (tr * k) // dv
                 dcr = self.red_f.dc >> 8
                 if ai > 0 and ar > 0 and dcr > 0 and ai < (1 << 22) and ar < (1 << 22):
                     qi = _q17(ai, dci)
@@ -240,10 +290,10 @@ class PulseOx:
                     if 0 < qr < (1 << 19) and qi > 0:
                         r = (qr << 10) // qi
                     kk = (ar << 8) // ai
-                    if kk < (1 << 12):
+                    if kk < (1 << 12) and tune and not fresh:
                         # red/IR amplitude ratio for the motion test: tracked on every beat
                         self.k_q8 = kk if self.k_q8 == 0 else self.k_q8 + ((kk - self.k_q8) >> 2)
-        if n < self.settle_until or n < self.mot_until:
+        if not used:
             self.last_t = -1            # beats while settling or moving are not used
             return
         t = d.t_q8
@@ -273,9 +323,35 @@ class PulseOx:
         if self.b_cnt < _NB:
             self.b_cnt += 1
 
+    def _early(self, n):
+        """At a beat before the first valid reading since the finger was placed: evaluate now. A
+        valid reading is reported at once (True) and the 1-s report cadence restarts from this
+        beat, so reports stay one per second; otherwise the last report's fields are restored and
+        nothing is reported (False)."""
+        t_ms = self.t_ms
+        w = self.withheld
+        q = self.q
+        age = self.age_ms
+        st = self.stale
+        self._report(n, True)
+        if self.withheld == NONE:
+            self.rep_n = n
+            self._clear_window()
+            return True
+        self.t_ms = t_ms
+        self.withheld = w
+        self.q = q
+        self.age_ms = age
+        self.stale = st
+        self.hr_x10 = -1
+        self.spo2_x10 = -1
+        self.pi_x100 = -1
+        return False
+
     # -- per report --------------------------------------------------------------------------
-    def _report(self, n):
-        self.rep_n = n
+    def _report(self, n, early=False):
+        if not early:
+            self.rep_n = n
         self.t_ms = n * 10
         self.red_mode = self.w_red > 0
         dci = self.ir_f.dc >> 8
@@ -285,16 +361,13 @@ class PulseOx:
         hr = -1
         spo2 = -1
         pi = -1
-        j = self.ir_f.jumps + self.red_f.jumps
-        if j != self.jumps:
-            # finger placed or lifted, pressure step: start over once the light has settled
-            self.jumps = j
-            self._forget()
-            self.settle_until = n + _SETTLE_N
-            self.reseed = True
         if dci < FINGER_MIN:
             self.finger_n = -1
             self._forget()
+            self.early = True
+            self.mot_thr = 0    # motion tests off until armed by the first beat after settling
+            self.lvl_thr = 0
+            self.k_q8 = 0
             w = NO_FINGER
         elif self.finger_n < 0:
             self.finger_n = n
@@ -356,6 +429,7 @@ class PulseOx:
         self.pi_x100 = pi
         self.q = q
         if hr >= 0:
+            self.early = False
             self.last_valid_n = n
             self.last_hr_x10 = hr
             self.last_spo2_x10 = spo2
@@ -363,7 +437,8 @@ class PulseOx:
             a = (n - self.last_valid_n) * 10
             self.age_ms = a
             self.stale = 1 if a > STALE_MS else 0
-        self._clear_window()
+        if not early:
+            self._clear_window()
 
     def _intervals(self, n):
         """Copy the intervals that ended in the last 8 s into ``s1``; their count."""
