@@ -29,3 +29,22 @@ same attributes on virtual parts. The contract, attribute by attribute:
 ``free_heap()``     bytes free on the heap (``gc.mem_free()``).
 ``reset()``         hard reset.
 """
+
+_current = None
+
+
+def set_current(board):
+    """Make ``board`` the one ``current()`` returns (the virtual device sets its SimBoard at boot)."""
+    global _current
+    _current = board
+
+
+def current():
+    """The board this interpreter runs on: the one given to ``set_current`` (the virtual device's
+    simulated board), else the ESP32 board, made on the first call and kept (one I2C bus)."""
+    global _current
+    if _current is None:
+        from firmware.boards.esp32 import Esp32Board
+
+        _current = Esp32Board()
+    return _current

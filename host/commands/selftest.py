@@ -60,8 +60,8 @@ def run_virtual(faults: list[str]) -> list[dict]:
 
 DEVICE_CODE = (
     "import json\n"
-    "from firmware.boards.esp32 import Esp32Board\n"
-    "_b = Esp32Board()\n"
+    "from firmware.boards import current\n"
+    "_b = current()\n"
     "from firmware import selftest\n"
     "print('" + "\\x1e" + "' + json.dumps([list(r) for r in selftest.run(_b)]))\n"
 )
