@@ -576,6 +576,8 @@ def _met(key: str, v) -> str:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, float) and not math.isfinite(v):
+        return "—"
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
     return "—" if v is None else str(v)
@@ -670,7 +672,10 @@ def write_report(figs: dict, detail: dict, outdir: Path, elapsed: float, notes: 
     L += ["", "![HR, synthetic](../build/bench/ba_hr_synthetic.png) ![SpO2, synthetic](../build/bench/ba_spo2_synthetic.png)",
           "", "(The PNGs are build outputs of the command above, not committed.) The real-recording HR limits are "
           "wide because of TROIKA, wrist PPG during running, where the motion tests withhold most windows "
-          "and some motion-corrupted beats still pass.", ""]
+          "and some motion-corrupted beats still pass. The synthetic HR limits are widened by one known "
+          "failure: in one `motion` recording the finger's light dips below the no-finger level mid-burst, the "
+          "chain treats the return as a new placement, arms its motion tests from motion beats and then "
+          "reports 197 bpm for 4 s against a true 64 bpm (section 7).", ""]
 
     # coverage
     L += ["## 4. Coverage and why values are withheld", "",
@@ -715,7 +720,7 @@ def write_report(figs: dict, detail: dict, outdir: Path, elapsed: float, notes: 
         L.append(f"**{s_}**: {d['recordings']} recordings, {d['duration_s']} s, {d['reported']}/{d['outputs']} "
                  f"one-second outputs reported; withheld: {_reasons_text(d['withheld_reasons'])}.")
         L.append("")
-        L.append(", ".join(f"`{k[len('real_' + s_) + 2:]}` {_fmt(v)}" for k, v in keys.items()))
+        L.append(", ".join(f"`{k[len('real_' + s_) + 1:]}` {_fmt(v)}" for k, v in keys.items()))
         L.append("")
         if s_ == "alsementsov" and d.get("labels"):
             L += ["| label (file name) | files | share reported | IR dominant rate (bpm) | pulse power share | "
@@ -726,13 +731,16 @@ def write_report(figs: dict, detail: dict, outdir: Path, elapsed: float, notes: 
                          f"{_fmt(r['pulse_power_share'])} | {_fmt(r['harmonic_ratio'])} | {_fmt(r['host_r'])} | "
                          f"{_fmt(r['nabd_hr_median'])} | {_fmt(r['nabd_spo2_median'])} |")
             L.append("")
-    L += ["Per set: **TROIKA** — wrist green PPG while running; nabd withholds most windows as motion and its "
-          "error on the windows it reports is compared like for like above. **ICU (wfdb)** — a clinical PLETH "
+    L += ["Per set: **TROIKA** — wrist green PPG while running (motion and ectopic-looking intervals): "
+          "nabd withholds most windows, mostly as `irregular_rhythm` (beat intervals scattered by motion "
+          "beyond what one number can bear), and its error on the windows it reports is compared like for "
+          "like above. **ICU (wfdb)** — a clinical PLETH "
           "against ECG R peaks. **Alsementsov** — MAX30102 at 25 sps with one reference per file in the name "
           "(HR109, HR124, spo97): the median of the reported values is scored. **OxiWear** — MAXM86161 files of "
-          "2.6–6.7 s, shorter than the settling period plus three beats: nabd reports nothing on most of them "
-          "(an honest 'not enough signal'), RD117's 4-s buffer gives numbers; R correlations with the reference "
-          "oximeter are listed because the sensor's calibration differs. **EmotiBit** — MAX30101 against typed-in "
+          "2.6–6.7 s, about as long as settling plus three beats: nabd reports on the files where its first "
+          "reading fits (`hr_recordings_reported`) and nothing on the others (an honest 'not enough signal'); "
+          "correlations of R and SpO2 with the reference oximeter are listed because this sensor's "
+          "calibration differs from the MAX30102 curve. **EmotiBit** — MAX30101 against typed-in "
           "readings of a fingertip oximeter (93–98 %): Arms there also measures the difference of calibration "
           "curves, over a narrow range.", ""]
 
@@ -819,6 +827,11 @@ LIMITATIONS = """## 7. Limitations
   readings of another oximeter with another sensor and curve (EmotiBit), wrist green light during
   running (TROIKA). They test robustness and honest refusal more than accuracy.
 - **Alsementsov `dead` files**: {dead}.
+- **Known failure (synthetic `motion`, HR)**: after a burst that lifts the light below the no-finger
+  level, the motion tests can be re-armed from motion beats and a wrong HR (197 vs 64 bpm) passed
+  for 4 s; it is in every figure above. The target p90 time to first reading is met on the default
+  suite but with little margin (about 8.3 s on a 600-recording suite: slow hearts, 30–45 bpm, and PI
+  0.3–0.5 % make the tail).
 - **Time to first reading** is measured on clean placements of the simulator, whose landing transient
   (a pressure overshoot decaying over 0.4–0.9 s) is a model; real fingers may settle more slowly.
 - **Temperature**: the blackbody figure is the measurement chain only; forehead-to-core is a screening

@@ -127,6 +127,7 @@ class PulseOx:
         self.mot_until = 0
         self.settle_until = 0
         self.finger_n = -1      # sample index at which the finger was first seen (-1: absent)
+        self.nf_reps = 2        # reports in a row without a finger (2 = a new placement is due)
         self.last_beat_n = -1
         self.ir_jumps = 0
         self.red_jumps = 0
@@ -162,7 +163,7 @@ class PulseOx:
         self._forget()
         self.settle_until = n + _SETTLE_N
         self.reseed = True
-        if self.finger_n < 0:
+        if self.finger_n < 0 and self.nf_reps != 1:
             # finger placed: what the motion tests learnt from the bare sensor's noise is void
             self.mot_thr = 0
             self.lvl_thr = 0
@@ -253,7 +254,7 @@ class PulseOx:
         # a beat is used once settled and 1.5 s clear of motion; the motion tests follow the beats
         # except those of a burst (amplitude beyond 2× the tracked one) and while settling
         used = n >= self.settle_until and n >= self.mot_until
-        tune = not self.reseed and (used or amp <= 2 * d.amp_est)
+        tune = not self.reseed and (used or amp * 2 <= self.lvl_thr)
         if d.slope_est and tune:
             # motion: a 40 ms slope 3× the upstroke's, or an excursion 4× the beat amplitude
             self.mot_thr = 3 * d.slope_est + 48
@@ -364,13 +365,20 @@ class PulseOx:
         if dci < FINGER_MIN:
             self.finger_n = -1
             self._forget()
-            self.early = True
-            self.mot_thr = 0    # motion tests off until armed by the first beat after settling
-            self.lvl_thr = 0
-            self.k_q8 = 0
+            self.nf_reps += 1
+            if self.nf_reps >= 2:
+                # no finger for a second or more (not a moving finger's dip): the next placement
+                # is a new measurement; motion tests off until armed by its first settled beat
+                self.early = True
+                self.mot_thr = 0
+                self.lvl_thr = 0
+                self.k_q8 = 0
             w = NO_FINGER
         elif self.finger_n < 0:
             self.finger_n = n
+            self.nf_reps = 0
+        else:
+            self.nf_reps = 0
         if w == NONE and (self.w_alc or (self.red_mode and dci >= AMBIENT_DC and dcr >= AMBIENT_DC
                                          and -AMBIENT_DIFF < dci - dcr < AMBIENT_DIFF)):
             w = AMBIENT_LIGHT
