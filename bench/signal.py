@@ -669,8 +669,10 @@ def write_report(figs: dict, detail: dict, outdir: Path, elapsed: float, notes: 
         if ba:
             L.append(f"| {titles.get(name, name)} | {ba['n']} | {ba['bias']:+.2f} | {ba['loa_low']:+.2f} to "
                      f"{ba['loa_high']:+.2f} | `build/bench/{name}.png` |")
-    L += ["", "![HR, synthetic](../build/bench/ba_hr_synthetic.png) ![SpO2, synthetic](../build/bench/ba_spo2_synthetic.png)",
-          "", "(The PNGs are build outputs of the command above, not committed.) The real-recording HR limits are "
+    L += ["", "![HR, synthetic](img/ba_hr_synthetic.png) ![SpO2, synthetic](img/ba_spo2_synthetic.png)",
+          "", "![HR, real](img/ba_hr_real.png) ![SpO2, real](img/ba_spo2_real.png)",
+          "", "(The PNGs are written to `build/bench/` by the command above; the bench copies them, each under "
+          "100 KB, to `docs/img/` next to this report.) The real-recording HR limits are "
           "wide because of TROIKA, wrist PPG during running, where the motion tests withhold most windows "
           "and some motion-corrupted beats still pass. The synthetic HR limits are widened by one known "
           "failure: in one `motion` recording the finger's light dips below the no-finger level mid-burst, the "
@@ -959,6 +961,11 @@ def run(outdir) -> dict:
     docs = REPO / "docs"
     if docs.is_dir() and outdir.resolve() == (REPO / "build" / "bench").resolve():
         shutil.copyfile(outdir / "signal.md", docs / "validation.md")
+        img = docs / "img"
+        img.mkdir(exist_ok=True)
+        for png in sorted(outdir.glob("ba_*.png")):
+            if png.stat().st_size <= 100_000:      # small figures are kept with the report
+                shutil.copyfile(png, img / png.name)
     for n_ in notes:
         print("   note:", n_)
     return figs
