@@ -1,0 +1,154 @@
+"""The virtual device's boot step: what the ESP32's frozen firmware does before ``boot.py``, on the
+simulated board. Runs inside the MicroPython VM that ``host/vdev.mjs`` drives, at power-on and
+after every soft reboot:
+
+    from hardware.sim import vdevice
+    vdevice.boot(faults=["mlx90614:pec"], scenario_path="/scenario.bin", seed=7)
+
+mounts the flash at ``/flash`` (``FlashVfs``: the files ``vdev.mjs`` mirrors from the host folder
+into ``/.flashfs``, with errors numbered as on the ESP32), builds the ``SimBoard`` on it, makes it
+the board ``firmware.boards.current()`` returns, makes ``/flash`` the working directory (the root
+filesystem of a real board, where ``mpremote fs cp x :x`` writes), and lets ``board.clock``'s
+sleeps notice a Ctrl-C from the serial line (the ``vdev`` JS module's ``poll()``), so that a
+firmware loop can be interrupted like on the ESP32.
+"""
+import os
+
+# The WebAssembly build's C library numbers errors the WASI way (ENOENT is 44); MicroPython on the
+# ESP32, its ``errno`` module and host tools such as mpremote use the Linux numbers.
+_WASI_ERRNO = {63: 1, 44: 2, 29: 5, 8: 9, 6: 11, 48: 12, 2: 13, 10: 16, 20: 17, 75: 18, 43: 19, 54: 20,
+               31: 21, 28: 22, 22: 27, 51: 28, 69: 30, 37: 36, 55: 39, 58: 95}
+
+
+def _errno(e):
+    n = e.args[0] if e.args else 0
+    return OSError(_WASI_ERRNO.get(n, n)) if isinstance(n, int) else e
+
+
+class FlashVfs:
+    """A MicroPython VFS over a folder of the interpreter's own filesystem (``os.VfsPosix(root)``)
+    that raises ``OSError`` with the ESP32's error numbers. Mount with ``os.mount(vfs, "/flash")``."""
+
+    def __init__(self, root):
+        self.v = os.VfsPosix(root)
+
+    def mount(self, readonly, mkfs):
+        pass
+
+    def umount(self):
+        pass
+
+    def open(self, path, mode):
+        try:
+            return self.v.open(path, mode)
+        except OSError as e:
+            raise _errno(e)
+
+    def stat(self, path):
+        try:
+            return self.v.stat(path)
+        except OSError as e:
+            raise _errno(e)
+
+    def statvfs(self, path):
+        try:
+            return self.v.statvfs(path)
+        except OSError as e:
+            raise _errno(e)
+
+    def ilistdir(self, path):
+        """(name, type, inode, size) as on the ESP32's littlefs (VfsPosix omits the size)."""
+        try:
+            out = []
+            base = path.rstrip("/") + "/"
+            for ent in self.v.ilistdir(path):
+                size = 0 if ent[1] == 0x4000 else self.v.stat(base + ent[0])[6]
+                out.append((ent[0], ent[1], 0, size))
+            return iter(out)
+        except OSError as e:
+            raise _errno(e)
+
+    def mkdir(self, path):
+        try:
+            self.v.mkdir(path)
+        except OSError as e:
+            raise _errno(e)
+
+    def rmdir(self, path):
+        try:
+            self.v.rmdir(path)
+        except OSError as e:
+            raise _errno(e)
+
+    def remove(self, path):
+        try:
+            self.v.remove(path)
+        except OSError as e:
+            raise _errno(e)
+
+    def rename(self, old, new):
+        try:
+            self.v.rename(old, new)
+        except OSError as e:
+            raise _errno(e)
+
+    def chdir(self, path):
+        try:
+            self.v.chdir(path)
+        except OSError as e:
+            raise _errno(e)
+
+    def getcwd(self):
+        return self.v.getcwd()
+
+
+def mount_flash(store="/.flashfs", at="/flash"):
+    """Mount ``store`` (a folder of the interpreter's filesystem) at ``at`` as the flash."""
+    os.mount(FlashVfs(store), at)
+
+
+def boot(faults=(), scenario_path=None, seed=1, unix_time=None, storage_root="/flash", store=None):
+    """Build the simulated board and make it current; returns it. ``scenario_path``: a scenario
+    file for ``ArrayScenario.load`` (None: the default steady finger); ``unix_time``: host wall
+    clock in Unix seconds at boot (None: never synced)."""
+    from firmware import boards
+    from hardware.sim.board import SimBoard
+
+    if store:
+        mount_flash(store, storage_root)
+
+    scenario = None
+    if scenario_path:
+        from hardware.sim.scenario import ArrayScenario
+
+        scenario = ArrayScenario.load(scenario_path)
+    board = SimBoard(scenario=scenario, faults=list(faults), storage_root=storage_root, seed=seed,
+                     unix_time=unix_time)
+    hook_interrupts(board)
+    boards.set_current(board)
+    os.chdir(storage_root)
+    return board
+
+
+def hook_interrupts(board):
+    """Poll the serial line for Ctrl-C whenever the firmware sleeps (virtual time only advances
+    there or on the bus, so every firmware loop passes through it). No-op outside the device."""
+    try:
+        import vdev  # the JS module host/vdev.mjs registers
+    except ImportError:
+        return
+    poll = vdev.poll
+    clock = board.clock
+    sleep_ms = clock.sleep_ms
+    sleep_us = clock.sleep_us
+
+    def _sleep_ms(ms):
+        poll()
+        sleep_ms(ms)
+
+    def _sleep_us(us):
+        poll()
+        sleep_us(us)
+
+    clock.sleep_ms = _sleep_ms
+    clock.sleep_us = _sleep_us

@@ -1,0 +1,209 @@
+"""The virtual device: to every host tool, an ESP32 running nabd on a serial port.
+
+``VirtualDevice(state)`` opens a pseudo-terminal pair, starts ``host/vdev.mjs`` (the real
+MicroPython, WebAssembly build under Node.js, running the firmware on the simulated board) and
+bridges bytes between the pty's master side and the interpreter. Host tools open the slave side,
+``port`` (``/dev/pts/N``), exactly as they open ``/dev/ttyUSB0``::
+
+    dev = VirtualDevice(Path("state"), faults=["mlx90614:pec"])
+    port = dev.start()                       # "/dev/pts/5"
+    dev.serve()                              # bridge until dev.stop() (or the interpreter exits)
+
+    $ mpremote connect /dev/pts/5 exec "print(1+1)"
+    $ nabd selftest --port /dev/pts/5
+
+``state`` is the device's flash (the same folder ``nabd sim run --state`` uses): it appears as
+``/flash`` inside the device (the working directory, so ``mpremote fs cp x :x`` lands in it) and is
+written through after every command (see ``host/vdev.mjs``), so provisioning survives a soft
+reboot, a restart of this process and a SIGTERM. The serial protocol, soft reboot and Ctrl-C
+handling are documented in ``host/vdev.mjs``.
+
+Like a UART nobody listens to, output that no client reads is dropped once the pty and a 64 KB
+buffer are full (and pyserial flushes stale input when a client opens the port).
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import termios
+import tty
+import zlib
+from pathlib import Path
+
+from host.vm import REPO, check_available, node_modules_dir
+
+PENDING_MAX = 64 * 1024
+
+
+def board_seed(state: Path) -> int:
+    """The simulated MAC's last 3 bytes: stable for a state folder (same formula as
+    ``nabd sim run``, so both see the same unit)."""
+    return zlib.crc32(str(Path(state).resolve()).encode()) & 0xFFFFFF
+
+
+class VirtualDevice:
+    """One virtual device on a pty. ``faults``: names from ``hardware.sim.board.FAULTS``;
+    ``scenario_file``: a rendered scenario (``hardware.sim.physiology.write_scenario``) the
+    sensors play back (None: a steady finger at 36.8 degC)."""
+
+    def __init__(self, state: Path, faults: list[str] | tuple[str, ...] = (), scenario_file: Path | None = None,
+                 heapsize: int = 1024 * 1024):
+        self.state = Path(state)
+        self.faults = list(faults)
+        self.scenario_file = scenario_file
+        self.heapsize = heapsize
+        self.port: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self._master = self._slave = -1
+        self._stop = False
+        self.dropped = 0
+
+    def start(self) -> str:
+        """Open the pty, start the interpreter; return the port (the pty's slave path)."""
+        check_available()
+        self.state.mkdir(parents=True, exist_ok=True)
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave, termios.TCSANOW)   # bytes as they are: no echo, no CR/LF mapping
+        os.set_blocking(self._master, False)
+        self.port = os.ttyname(self._slave)
+        cfg = {"repo": str(REPO), "flash": str(self.state.resolve()), "faults": self.faults,
+               "seed": board_seed(self.state), "heapsize": self.heapsize,
+               "scenario": str(self.scenario_file) if self.scenario_file else None}
+        self.proc = subprocess.Popen(
+            ["node", str(REPO / "host" / "vdev.mjs"), json.dumps(cfg)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(REPO),
+            env={**os.environ, "NODE_PATH": str(node_modules_dir())})
+        return self.port
+
+    def stop(self) -> None:
+        """Ask ``serve`` to return (safe from a signal handler)."""
+        self._stop = True
+
+    def serve(self) -> int:
+        """Bridge bytes until ``stop()`` or the interpreter exits; then stop the interpreter
+        (SIGTERM: it writes the flash once more) and return its exit code."""
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        node_in, node_out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        pending = bytearray()
+        try:
+            while not self._stop:
+                wlist = [self._master] if pending else []
+                try:
+                    r, w, _ = select.select([self._master, node_out], wlist, [], 0.2)
+                except InterruptedError:
+                    continue
+                if node_out in r:
+                    data = os.read(node_out, 65536)
+                    if not data:
+                        break            # the interpreter exited
+                    pending += data
+                if self._master in r:
+                    try:
+                        data = os.read(self._master, 65536)
+                    except (BlockingIOError, InterruptedError):
+                        data = b""
+                    if data:
+                        os.write(node_in, data)
+                if pending:
+                    try:
+                        n = os.write(self._master, pending)
+                        del pending[:n]
+                    except BlockingIOError:
+                        if len(pending) > PENDING_MAX:
+                            # nobody reads the port: drop, like a UART with nobody listening
+                            self.dropped += len(pending)
+                            pending.clear()
+                            termios.tcflush(self._slave, termios.TCIFLUSH)
+        except BrokenPipeError:
+            pass
+        return self.close()
+
+    def close(self) -> int:
+        """Stop the interpreter (SIGTERM, then SIGKILL after 5 s) and close the pty."""
+        code = 0
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            code = self.proc.returncode
+            for f in (self.proc.stdin, self.proc.stdout):
+                try:
+                    if f is not None:
+                        f.close()
+                except BrokenPipeError:
+                    pass
+        for fd in (self._master, self._slave):
+            if fd >= 0:
+                os.close(fd)
+        self._master = self._slave = -1
+        return code
+
+
+# -- ``nabd sim device`` ---------------------------------------------------------------------------
+def cmd_device(args) -> int:
+    """Start the virtual device, print its port, serve until SIGTERM/SIGINT (exit 0)."""
+    import sys
+    import tempfile
+
+    from hardware.sim.board import FAULTS
+    from host.cli import EXIT_DEVICE, EXIT_OK, EXIT_USAGE, CommandError, emit_json
+    from host.vm import VMUnavailable
+
+    faults = list(args.fault or [])
+    bad = [f for f in faults if f not in FAULTS]
+    if bad:
+        raise CommandError(f"unknown fault {', '.join(bad)}; valid faults: {', '.join(FAULTS)}", EXIT_USAGE)
+    state = Path(args.state)
+    if state.exists() and not state.is_dir():
+        raise CommandError(f"--state {state} is not a folder", EXIT_USAGE)
+    with tempfile.TemporaryDirectory(prefix="nabd-vdev-") as tmp:
+        scenario_file = None
+        if args.scenario:
+            from host.commands.sim import write_scenario
+
+            scenario_file = write_scenario(args.scenario, args.seed, args.duration, Path(tmp) / "scenario.bin")
+        dev = VirtualDevice(state, faults=faults, scenario_file=scenario_file)
+        try:
+            port = dev.start()
+        except VMUnavailable as e:
+            raise CommandError(str(e), EXIT_DEVICE) from None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: dev.stop())
+        if args.json:
+            emit_json({"port": port, "pid": os.getpid(), "state": str(state.resolve()), "faults": faults,
+                       "scenario": args.scenario})
+        else:
+            print(f"virtual device on {port} (flash {state.resolve()}"
+                  + (f", faults {', '.join(faults)}" if faults else "") + "); SIGTERM or Ctrl-C stops it",
+                  flush=True)
+        code = dev.serve()
+        stopped = dev._stop
+    if not stopped:
+        raise CommandError(f"the virtual device's interpreter exited ({code})", EXIT_DEVICE)
+    if dev.dropped and not args.json:
+        print(f"{dev.dropped} output bytes nobody read were dropped", file=sys.stderr)
+    return EXIT_OK
+
+
+def add_device_parser(sub) -> None:
+    """Register ``nabd sim device`` on the ``sim`` subcommand's subparsers."""
+    from host.cli import add_common
+
+    d = sub.add_parser("device", help="the virtual device on a pseudo-terminal (mpremote, nabd --port work on it)",
+                       description="An ESP32 running nabd, as far as host tools can tell: the real MicroPython "
+                       "running the firmware on the simulated board, behind a pty speaking the REPL and raw REPL; "
+                       "its flash kept in --state.")
+    add_common(d, port=False)
+    d.add_argument("--state", required=True, help="folder holding the device's flash (kept across runs)")
+    d.add_argument("--fault", action="append", metavar="NAME", help="inject a simulated sensor fault (repeatable)")
+    d.add_argument("--scenario", default=None, help="physiology scenario the sensors see (default: a steady finger)")
+    d.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")
+    d.add_argument("--duration", type=float, default=120.0, help="scenario length in seconds (default 120)")
+    d.set_defaults(func=cmd_device)
