@@ -340,6 +340,10 @@ def register(subparsers) -> None:
     s.add_argument("--scale", type=int, default=4, help="pixels per OLED pixel (default 4)")
     s.set_defaults(func=cmd_screenshot)
 
+    from host.vdev import add_device_parser
+
+    add_device_parser(sub)
+
     def no_sub(args) -> int:
         p.print_help()
         return EXIT_USAGE
