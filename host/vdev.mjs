@@ -193,14 +193,28 @@ async function runDevice(cfg, sab) {
   const terminate = () => {
     try { syncFlash(); } finally { flush(); process.exit(0); }
   };
+  // reference instruments: a JSON file the host rewrites (nabd sim instrument); checked at most
+  // every 100 ms of real time, handed to Python by poll() when it changed
+  let instMtime = -1, instChecked = 0;
+  const readInstruments = () => {
+    if (!cfg.instruments) return null;
+    let st;
+    try { st = fs.statSync(cfg.instruments); } catch (e) { return null; }
+    if (st.mtimeMs === instMtime) return null;
+    instMtime = st.mtimeMs;
+    try { return JSON.stringify(JSON.parse(fs.readFileSync(cfg.instruments, "utf8"))); } catch (e) { return null; }
+  };
   const poll = () => {
     const now = performance.now();
+    let inst = null;
+    if (now - instChecked > 100) { instChecked = now; inst = readInstruments(); }
     if (now - lastFlush > 50) { flush(); lastFlush = now; }
     if (Atomics.load(ctl, TERM)) terminate();
     if (Atomics.load(ctl, INTR) > 0) {
       for (let b = readByte(); b !== -1 && b !== 3; b = readByte()) { /* dropped, like a UART buffer reset */ }
       mp._module.ccall("mp_sched_keyboard_interrupt", "null", [], []);
     }
+    return inst;
   };
   const run = (code) => {   // -> traceback text ("" when fine)
     dirty = true;
@@ -231,6 +245,7 @@ async function runDevice(cfg, sab) {
       "seed=" + (cfg.seed | 0),
       "unix_time=" + Math.floor(Date.now() / 1000),
       "store='" + STORE + "'",
+      "instruments=" + (() => { instMtime = -1; const j = readInstruments(); return j ? "__import__('json').loads(" + JSON.stringify(j) + ")" : "None"; })(),
     ].join(", ");
     emit(run("import hardware.sim.vdevice as _vd\n_vd.boot(" + args + ")\ndel _vd\n"));
     for (const f of mode === "friendly" ? ["boot.py", "main.py"] : ["boot.py"]) {

@@ -38,6 +38,13 @@ from host.vm import REPO, check_available, node_modules_dir
 PENDING_MAX = 64 * 1024
 
 
+def instruments_path(state: Path) -> Path:
+    """The reference instruments' settings of the device whose flash is ``state``: a JSON file
+    beside the folder (not in it: it is not part of the device), ``<state>.instruments.json``."""
+    state = Path(state).resolve()
+    return state.with_name(state.name + ".instruments.json")
+
+
 def board_seed(state: Path) -> int:
     """The simulated MAC's last 3 bytes: stable for a state folder (same formula as
     ``nabd sim run``, so both see the same unit)."""
@@ -71,6 +78,7 @@ class VirtualDevice:
         self.port = os.ttyname(self._slave)
         cfg = {"repo": str(REPO), "flash": str(self.state.resolve()), "faults": self.faults,
                "seed": board_seed(self.state), "heapsize": self.heapsize,
+               "instruments": str(instruments_path(self.state)),
                "scenario": str(self.scenario_file) if self.scenario_file else None}
         self.proc = subprocess.Popen(
             ["node", str(REPO / "host" / "vdev.mjs"), json.dumps(cfg)],
@@ -178,7 +186,7 @@ def cmd_device(args) -> int:
             signal.signal(sig, lambda *_: dev.stop())
         if args.json:
             emit_json({"port": port, "pid": os.getpid(), "state": str(state.resolve()), "faults": faults,
-                       "scenario": args.scenario})
+                       "scenario": args.scenario, "instruments": str(instruments_path(state))})
         else:
             print(f"virtual device on {port} (flash {state.resolve()}"
                   + (f", faults {', '.join(faults)}" if faults else "") + "); SIGTERM or Ctrl-C stops it",
@@ -207,3 +215,65 @@ def add_device_parser(sub) -> None:
     d.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")
     d.add_argument("--duration", type=float, default=120.0, help="scenario length in seconds (default 120)")
     d.set_defaults(func=cmd_device)
+
+    i = sub.add_parser("instrument", help="set the virtual device's reference instruments (blackbody, SpO2 simulator)",
+                       description="Set the reference instruments in front of a virtual device's sensors "
+                       "(applied while it runs, at its next board-clock sleep; kept for its next start).")
+    add_common(i, port=False)
+    i.add_argument("--state", required=True, help="the virtual device's flash folder")
+    i.add_argument("--blackbody", metavar="DEGC|off", help="blackbody calibrator temperature in degC, or off")
+    i.add_argument("--spo2", metavar="PCT|off", help="SpO2 simulator setpoint in %%, or off")
+    i.add_argument("--bpm", type=int, help="SpO2 simulator pulse rate (default 72)")
+    i.add_argument("--pi", type=int, metavar="PERMILLE", help="SpO2 simulator IR perfusion, per mille (default 20)")
+    i.set_defaults(func=cmd_instrument)
+
+
+def _setting(value: str, lo: float, hi: float, name: str) -> float | None:
+    from host.cli import EXIT_USAGE, CommandError
+
+    if value.lower() == "off":
+        return None
+    try:
+        v = float(value)
+    except ValueError:
+        raise CommandError(f"--{name}: a number or off, not {value!r}", EXIT_USAGE) from None
+    if not lo <= v <= hi:
+        raise CommandError(f"--{name}: {v} is outside {lo:g}..{hi:g}", EXIT_USAGE)
+    return v
+
+
+def cmd_instrument(args) -> int:
+    """Update ``<state>.instruments.json`` (atomically) and print the settings."""
+    from host.cli import EXIT_DATA, EXIT_OK, EXIT_USAGE, CommandError, emit_json
+
+    path = instruments_path(Path(args.state))
+    settings: dict = {}
+    if path.exists():
+        try:
+            settings = json.loads(path.read_text())
+        except ValueError as e:
+            raise CommandError(f"{path}: not JSON ({e}); delete it to start over", EXIT_DATA) from None
+    if args.blackbody is not None:
+        settings["blackbody_c"] = _setting(args.blackbody, -20, 120, "blackbody")
+    if args.spo2 is not None:
+        settings["spo2"] = _setting(args.spo2, 50, 100, "spo2")
+    if args.bpm is not None:
+        if not 20 <= args.bpm <= 250:
+            raise CommandError("--bpm: 20..250", EXIT_USAGE)
+        settings["bpm"] = args.bpm
+    if args.pi is not None:
+        if not 1 <= args.pi <= 200:
+            raise CommandError("--pi: 1..200 per mille", EXIT_USAGE)
+        settings["pi_pm"] = args.pi
+    settings = {k: v for k, v in settings.items() if v is not None}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(settings, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    if args.json:
+        emit_json({"ok": True, "file": str(path), "settings": settings})
+    else:
+        bb = settings.get("blackbody_c")
+        sp = settings.get("spo2")
+        print(f"blackbody: {'off' if bb is None else f'{bb:g} °C'}; SpO2 simulator: "
+              + ("off" if sp is None else f"{sp:g} % at {settings.get('bpm', 72)}/min, PI {settings.get('pi_pm', 20)} ‰"))
+    return EXIT_OK

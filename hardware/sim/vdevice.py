@@ -107,7 +107,53 @@ def mount_flash(store="/.flashfs", at="/flash"):
     os.mount(FlashVfs(store), at)
 
 
-def boot(faults=(), scenario_path=None, seed=1, unix_time=None, storage_root="/flash", store=None):
+class Instruments:
+    """The technician's reference instruments in front of the sensors, wrapping the scenario:
+
+    - a blackbody calibrator: while set (``blackbody_c``), the MLX90614 sees its temperature;
+    - an SpO2 simulator: while set (``spo2`` %, ``bpm``, ``pi_pm`` the IR perfusion in per mille,
+      default 20), the MAX30102 sees a finger whose ratio of ratios is the simulator's reference
+      curve R = (110 − SpO2) / 25 (the classic linear curve; the device's own default curve
+      differs by design, which is what calibration against the simulator corrects).
+
+    ``apply(settings)`` takes the dict ``nabd sim instrument`` writes; absent keys turn an
+    instrument off."""
+
+    def __init__(self, base):
+        self.base = base
+        self.blackbody_mc = None
+        self.sim = None
+
+    def apply(self, settings):
+        from hardware.sim.scenario import PulseScenario
+
+        bb = settings.get("blackbody_c")
+        self.blackbody_mc = None if bb is None else int(round(bb * 1000))
+        spo2 = settings.get("spo2")
+        if spo2 is None:
+            self.sim = None
+            return
+        r_pm = (110000 - int(round(spo2 * 1000))) // 25          # R × 1000
+        ir_ac_pm = int(settings.get("pi_pm", 20))
+        sim = PulseScenario(bpm=int(settings.get("bpm", 72)), ir_ac_pm=ir_ac_pm)
+        sim.red_ac = sim.red * ir_ac_pm * r_pm // 1000000
+        self.sim = sim
+
+    def optical(self, t_us, out):
+        (self.sim or self.base).optical(t_us, out)
+
+    def object_mc(self, t_us):
+        return self.blackbody_mc if self.blackbody_mc is not None else self.base.object_mc(t_us)
+
+    def ambient_mc(self, t_us):
+        return self.base.ambient_mc(t_us)
+
+    def finger(self, t_us):
+        return True if self.sim is not None else self.base.finger(t_us)
+
+
+def boot(faults=(), scenario_path=None, seed=1, unix_time=None, storage_root="/flash", store=None,
+         instruments=None):
     """Build the simulated board and make it current; returns it. ``scenario_path``: a scenario
     file for ``ArrayScenario.load`` (None: the default steady finger); ``unix_time``: host wall
     clock in Unix seconds at boot (None: never synced)."""
@@ -117,13 +163,20 @@ def boot(faults=(), scenario_path=None, seed=1, unix_time=None, storage_root="/f
     if store:
         mount_flash(store, storage_root)
 
-    scenario = None
     if scenario_path:
         from hardware.sim.scenario import ArrayScenario
 
         scenario = ArrayScenario.load(scenario_path)
-    board = SimBoard(scenario=scenario, faults=list(faults), storage_root=storage_root, seed=seed,
+    else:
+        from hardware.sim.scenario import PulseScenario
+
+        scenario = PulseScenario()
+    inst = Instruments(scenario)
+    if instruments:
+        inst.apply(instruments)
+    board = SimBoard(scenario=inst, faults=list(faults), storage_root=storage_root, seed=seed,
                      unix_time=unix_time)
+    board.instruments = inst
     hook_interrupts(board)
     boards.set_current(board)
     os.chdir(storage_root)
@@ -131,8 +184,9 @@ def boot(faults=(), scenario_path=None, seed=1, unix_time=None, storage_root="/f
 
 
 def hook_interrupts(board):
-    """Poll the serial line for Ctrl-C whenever the firmware sleeps (virtual time only advances
-    there or on the bus, so every firmware loop passes through it). No-op outside the device."""
+    """Poll the serial line for Ctrl-C, and the host for new instrument settings, whenever the
+    firmware sleeps (virtual time only advances there or on the bus, so every firmware loop passes
+    through it). No-op outside the device."""
     try:
         import vdev  # the JS module host/vdev.mjs registers
     except ImportError:
@@ -142,12 +196,19 @@ def hook_interrupts(board):
     sleep_ms = clock.sleep_ms
     sleep_us = clock.sleep_us
 
+    def _poll():
+        changed = poll()          # None, or the instrument settings (JSON) when they changed
+        if changed:
+            import json
+
+            board.instruments.apply(json.loads(changed))
+
     def _sleep_ms(ms):
-        poll()
+        _poll()
         sleep_ms(ms)
 
     def _sleep_us(us):
-        poll()
+        _poll()
         sleep_us(us)
 
     clock.sleep_ms = _sleep_ms

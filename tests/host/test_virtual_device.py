@@ -234,3 +234,48 @@ def test_raw_repl_protocol_raw_paste_and_ctrl_c(device):
         assert b"42\r\n>>> " in s.read_until(b"42\r\n>>> ")
     finally:
         s.close()
+
+
+READ_INSTRUMENTS = (
+    "from firmware.boards import current\nfrom firmware.drivers.mlx90614 import MLX90614\n"
+    "b = current()\nm = MLX90614(b.i2c, clock=b.clock)\nb.clock.sleep_ms(300)\n"
+    "s = b.scenario.sim\n"
+    "print(m.object_cc(), s and (s.red_ac * 10**6 // s.red) * 1000 // (s.ir_ac * 10**6 // s.ir))\n")
+
+
+def instrument(state: Path, *args: str) -> dict:
+    p = subprocess.run([NABD, "sim", "instrument", "--state", str(state), "--json", *args], capture_output=True,
+                       text=True, timeout=30, cwd=REPO)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return json.loads(p.stdout)
+
+
+def test_reference_instruments_set_from_the_host(device):
+    p = mpremote(device.port, "exec", READ_INSTRUMENTS)
+    assert p.stdout.split() == ["3681", "None"], p.stdout + p.stderr       # the default finger, 36.8 degC
+    out = instrument(device.state, "--blackbody", "39.5", "--spo2", "90")
+    assert out["settings"] == {"blackbody_c": 39.5, "spo2": 90.0}
+    assert Path(device.info["instruments"]).exists()
+    p = mpremote(device.port, "exec", READ_INSTRUMENTS)
+    obj, r_milli = p.stdout.split()
+    assert abs(int(obj) - 3950) <= 2                       # the blackbody, through the MLX90614 model
+    assert abs(int(r_milli) - 800) <= 5                    # R = (110 - 90) / 25 from the simulator
+    # changed while the device runs (no reboot): applied at the firmware's next sleep
+    s = Serial(device.port)
+    try:
+        s.write(b"\r\x03\r\x01")
+        s.read_until(b"raw REPL; CTRL-B to exit\r\n>")
+        s.write(READ_INSTRUMENTS.encode() + b"\x04")
+        assert abs(int(s.read_until(b"\x04>")[2:].split()[0]) - 3950) <= 2
+        instrument(device.state, "--blackbody", "off", "--spo2", "off")
+        time.sleep(0.3)
+        s.write(b"b.clock.sleep_ms(1)\nprint(m.object_cc(), b.scenario.sim)\x04")
+        assert s.read_until(b"\x04>").startswith(b"OK3681 None")
+    finally:
+        s.close()
+
+
+def test_instrument_rejects_bad_values(tmp_path):
+    p = subprocess.run([NABD, "sim", "instrument", "--state", str(tmp_path / "s"), "--spo2", "120"],
+                       capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert p.returncode == 2 and "--spo2" in p.stderr
