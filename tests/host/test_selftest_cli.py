@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from host.vm import MicroPythonError
+
 REPO = Path(__file__).resolve().parents[2]
 NABD = [str(Path(sys.executable).with_name("nabd"))]
 
@@ -88,4 +90,9 @@ def test_device_code_is_valid_micropython_and_finds_the_esp32_board(vm):
 
     vm.exec(f"compile({DEVICE_CODE!r}, 'selftest', 'exec')")
     src = (REPO / "firmware" / "boards" / "esp32.py").read_text()
-    assert "class Esp32Board" in src and "from firmware.boards.esp32 import Esp32Board" in DEVICE_CODE
+    assert "class Esp32Board" in src and "from firmware.boards import current" in DEVICE_CODE
+    # with no board set (a real ESP32; the virtual device sets its SimBoard), current() builds the
+    # ESP32 board, which needs the ESP32's modules (socket, machine): absent here
+    with pytest.raises(MicroPythonError) as e:
+        vm.exec("from firmware.boards import current\ncurrent()")
+    assert e.value.type == "ImportError" and "firmware/boards/esp32.py" in e.value.traceback
