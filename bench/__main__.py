@@ -15,6 +15,7 @@ OUT = Path(__file__).resolve().parent.parent / "build" / "bench"
 
 def main(argv: list[str]) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
+    # a benchmark module has run(outdir); helper modules (bench/signal_*.py) have no run
     names = argv or sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
     failed = []
     for name in names:

@@ -525,7 +525,7 @@ def pi_threshold_sweep(n: int) -> list[dict]:
 def temperature_figures() -> dict:
     from bench import signal_temp  # noqa: PLC0415
 
-    return signal_temp.run()
+    return signal_temp.measure()
 
 
 def cost_figures() -> dict:

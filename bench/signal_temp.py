@@ -65,7 +65,7 @@ def _unit(seed: int):
     return reads, off, gain
 
 
-def run() -> dict:
+def measure() -> dict:
     try:
         from host import signalrun  # noqa: PLC0415
         from host.vm import MicroPythonVM  # noqa: PLC0415
