@@ -29,14 +29,22 @@ Errors never end the loop: any exception in a step is shown on the screen, logge
 log file (through ``uplink.note_error``, which also counts it in ``status.errors``) and the
 sensor's state in ``uplink.sensors`` (reported in ``status``) says ``error: <fault>``.
 
+Commands from the gateway (``command``): ``assign_patient`` and ``settings`` take effect at once
+and are kept in ``config.json`` under ``settings`` (``patient``, ``report_pi``,
+``temp_site_offset_c``), written only when a value changes, so they survive a restart; at boot
+the stored values are checked as a command's would be and an invalid one is logged, counted and
+ignored. A failed write (flash full) is logged and counted (source ``flash``); the command stays in
+effect until the next restart.
+
 Time is ``board.clock`` only (virtual in the simulator). The per-sample path (FIFO samples into
 the chain) allocates nothing: the driver fills preallocated arrays and the chain works in
 fixed-point.
 """
 from micropython import const
 
-from firmware import reading
+from firmware import config, reading
 from firmware.signal.pulseox import NO_FINGER
+from firmware.uplink import valid_patient
 from firmware.version import VERSION
 
 IDLE = "idle"
@@ -115,6 +123,24 @@ def _source(e):
     return "app"
 
 
+def _setting(k, v):
+    """The checked value of setting ``k``; ValueError when ``k`` is unknown or ``v`` invalid."""
+    if k == "report_pi":
+        if not isinstance(v, bool):
+            raise ValueError("report_pi must be true or false")
+        return v
+    if k == "temp_site_offset_c":
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not -5 <= v <= 5:
+            raise ValueError("temp_site_offset_c must be a number within -5..5")
+        return v
+    raise ValueError("unknown setting " + repr(k))
+
+
+def _same(a, b):
+    """Equal and of the same type (``True == 1`` must not hide a change to store)."""
+    return type(a) is type(b) and a == b
+
+
 def _describe(e):
     f = getattr(e, "fault", None)
     msg = str(e) or type(e).__name__
@@ -141,10 +167,6 @@ class App:
         self.cfg = cfg
         self.fw = fw
         self.patient = None
-        settings = cfg.settings if cfg is not None else {}
-        p = settings.get("patient") if isinstance(settings, dict) else None
-        if isinstance(p, str):
-            self.patient = p
         self.state = None
         self.result = Result()     # the last measurement (empty before the first)
         self.readings = 0          # readings submitted since boot
@@ -172,6 +194,7 @@ class App:
         self.temp_site_offset_cc = None
         self._info_from = IDLE
         self._t_ntp = None
+        self._restore(cfg.settings if cfg is not None else None)
         try:
             self._enter(IDLE)
         except Exception as e:  # noqa: BLE001 - a sensor that fails at boot is shown, not fatal
@@ -180,29 +203,93 @@ class App:
     # --- uplink commands (Uplink on_command) ---
     def command(self, cmd, args):
         """``assign_patient`` {"patient": token|None}: shown on the screen and put in the next
-        readings; ``identify`` {"seconds": n}: beeps; ``settings``: applied when known."""
+        readings; ``identify`` {"seconds": n}: beeps; ``settings``: every key checked, then all
+        applied (ValueError, nothing changed, when one is unknown or invalid). Patient and
+        settings are kept in ``config.json`` (see the module docstring)."""
         if cmd == "assign_patient":
             self.patient = args.get("patient")
             self.log.info("app", "patient " + ("assigned" if self.patient else "cleared"))
             self._drawn = None
+            self._store({"patient": self.patient})
         elif cmd == "identify":
             self.identify_until = self.clock.ticks_add(self.clock.ticks_ms(), 1000 * args["seconds"])
         elif cmd == "settings":
+            checked = {}
             for k in args:
-                if k not in SETTINGS:
-                    raise ValueError("unknown setting " + repr(k))
-            if "report_pi" in args:
-                if not isinstance(args["report_pi"], bool):
-                    raise ValueError("report_pi must be true or false")
-                self.report_pi = args["report_pi"]
-            if "temp_site_offset_c" in args:
-                v = args["temp_site_offset_c"]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not -5 <= v <= 5:
-                    raise ValueError("temp_site_offset_c must be a number within -5..5")
-                self.temp_site_offset_cc = int(v * 100 + (0.5 if v >= 0 else -0.5))
+                checked[k] = _setting(k, args[k])
+            for k in checked:
+                self._set(k, checked[k])
             self.log.info("app", "settings applied: " + ",".join(sorted(args)))
+            self._store(checked)
         else:
             raise ValueError("unknown command " + str(cmd))
+
+    def _set(self, k, v):
+        """Put a checked setting in effect."""
+        if k == "report_pi":
+            self.report_pi = v
+        else:
+            self.temp_site_offset_cc = int(v * 100 + (0.5 if v >= 0 else -0.5))
+
+    def _restore(self, stored):
+        """Apply the patient and settings kept in ``config.json``; an invalid value is logged,
+        counted and ignored (the default stays), never fatal."""
+        if not isinstance(stored, dict):
+            return
+        p = stored.get("patient")
+        if p is not None:
+            if valid_patient(p):
+                self.patient = p
+            else:  # the token is not logged: it may be anything
+                self._note("config", "stored patient ignored: not a valid patient token")
+        for k in SETTINGS:
+            if k in stored:
+                try:
+                    self._set(k, _setting(k, stored[k]))
+                except ValueError as e:
+                    self._note("config", "stored setting %s=%s ignored: %s"
+                               % (k, repr(stored[k])[:40], e))
+
+    def _store(self, changes):
+        """Write ``changes`` (name -> value; None removes it) into ``config.json``'s ``settings``
+        when any differs from what is stored. A failed write is logged and counted, and the RAM
+        state stays: ``cfg`` keeps what is on flash, so the next such command writes again."""
+        cfg = self.cfg
+        if cfg is None:
+            return
+        old = cfg.settings if isinstance(cfg.settings, dict) else {}
+        new = dict(old)
+        changed = []
+        for k in changes:
+            v = changes[k]
+            if v is None:
+                if k in new:
+                    del new[k]
+                    changed.append(k)
+            elif k not in new or not _same(new[k], v):
+                new[k] = v
+                changed.append(k)
+        if not changed:
+            return
+        data = dict(cfg.data)
+        data["settings"] = new
+        try:
+            config.save(self.board, data)
+        except Exception as e:  # noqa: BLE001 - flash full, I/O error: the command still holds
+            self._note("flash", "%s not saved, in effect until restart: %s"
+                       % (",".join(sorted(changed)), _describe(e)))
+            return
+        cfg.data = data
+        cfg.settings = new
+
+    def _note(self, src, msg):
+        """Log and count an error that does not stop the workflow (no error screen)."""
+        self.errors += 1
+        self.last_error = src + ": " + msg
+        try:
+            self.uplink.note_error(src, msg)
+        except Exception:  # noqa: BLE001
+            pass
 
     # --- the loop ---
     def step(self):

@@ -11,10 +11,11 @@
      "facility": "MA-01-cs-azrou",
      "calibration": {"id": "cal-2026-11-02", "date": "2026-11-02", "due": "2027-11-02",
                      "temp_gain": 1.0, "temp_offset_c": 0.0, "spo2": [110.0, -25.0, 0.0]},
-     "settings": {}}
+     "settings": {}}                              # kept by the app: "patient", "report_pi",
+                                                  # "temp_site_offset_c" (firmware/app.py)
 
 ``load(board)`` returns a ``Config`` (attributes below) or raises ``ConfigError`` naming the
-field; ``save(board, data)`` validates then writes atomically (``config.tmp`` + rename);
+field; ``save(board, data)`` validates then writes atomically (``config.json.tmp`` + rename);
 ``create_identity(board, broker=...)`` gives the virtual device a fresh identity (device id
 ``nabd-`` + MAC hex, random 32-byte key and broker password from ``board.urandom``) when no
 ``config.json`` exists, and loads the existing one otherwise.
@@ -210,8 +211,15 @@ def save(board, data):
     validate(data)
     path = _path(board)
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(data))
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(data))
+    except Exception:
+        try:  # a part-written temp file (flash full): free its space, config.json is untouched
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
     sync = getattr(os, "sync", None)
     if sync is not None:
         sync()
