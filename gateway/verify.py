@@ -281,5 +281,5 @@ def verify(raw: bytes, topic: str, keys: Callable[[str, int], KeyRecord | None],
     # 6 values
     bad = check_values(p.payload, now, skew)
     if bad:
-        return reject(bad[0], bad[1], dev, seq=seq, key_version=ver)
+        return reject(bad[0], bad[1], dev, seq=seq, key_version=ver, sha256=digest)
     return Verdict("accept", device=dev, seq=seq, key_version=ver, sha256=digest, payload=p.payload)

@@ -272,3 +272,52 @@ def test_unique_constraint_is_the_final_guard_when_another_process_raced(db):
     with db.connect() as c:
         assert c.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 2
         assert c.execute("SELECT reason FROM quarantine").fetchall()[0][0] == "replay"
+
+
+def test_a_replayed_seq_is_a_replay_even_when_its_values_are_also_wrong(db):
+    """docs/protocol.md checks replay (step 5) before values (step 6): a signed message reusing a
+    stored seq is quarantined as a replay whatever else is wrong with it, in a later batch or in the
+    same one; a fresh seq with the same wrong values is 'invalid' / 'future_ts'."""
+    from gateway.testing.generator import reading, sign_reading
+
+    kek = os.urandom(32)
+    dev = SimDevice("nabd-order01")
+    admin.add_device(db, kek, dev.id, dev.key, "F", "MA-05")
+    store = Store(db, kek)
+    now = dt.datetime.now(UTC)
+    seq, raw = dev.next_reading()
+    bad_hr = sign_reading(dev.key, dev.kid, reading(dev.id, seq, values={"hr": 400}))
+    future = sign_reading(dev.key, dev.kid, reading(dev.id, seq, ts=int(now.timestamp()) + 86400))
+    fresh_bad = sign_reading(dev.key, dev.kid, reading(dev.id, seq + 100, values={"hr": 400}))
+    with db.connect() as conn:
+        res = store.process(conn, [Message(topic(dev.id), m, now) for m in (raw, bad_hr)])
+        assert [(v.kind, v.reason) for v in res.verdicts] == [("accept", ""), ("reject", "replay")]
+        res = store.process(conn, [Message(topic(dev.id), m, now) for m in (future, fresh_bad, raw)])
+        assert [(v.kind, v.reason) for v in res.verdicts] == [
+            ("reject", "replay"), ("reject", "invalid"), ("duplicate", "")]
+        assert sorted(r[0] for r in conn.execute("SELECT reason FROM quarantine").fetchall()) == [
+            "invalid", "replay", "replay"]
+        assert conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 1
+
+
+def test_reading_ids_are_never_reused(db):
+    """Reading ids name FHIR resources and outbox rows: a new reading never takes the id of one
+    that was deleted (AUTOINCREMENT on SQLite, an identity on PostgreSQL)."""
+    kek = os.urandom(32)
+    dev = SimDevice("nabd-ids0001")
+    admin.add_device(db, kek, dev.id, dev.key, "F", "MA-05")
+    store = Store(db, kek)
+    now = dt.datetime.now(UTC)
+    with db.connect() as conn:
+        store.process(conn, [Message(topic(dev.id), dev.next_reading()[1], now) for _ in range(3)])
+        ids = [r[0] for r in conn.execute("SELECT id FROM readings ORDER BY id").fetchall()]
+        assert len(set(ids)) == 3
+        conn.execute(db.sql("DELETE FROM observations WHERE reading_id = ?"), (ids[-1],))
+        conn.execute(db.sql("DELETE FROM readings WHERE id = ?"), (ids[-1],))
+        conn.commit()
+        store.process(conn, [Message(topic(dev.id), dev.next_reading()[1], now) for _ in range(2)])
+        new = [r[0] for r in conn.execute(db.sql("SELECT id FROM readings WHERE id > ? ORDER BY id"),
+                                          (ids[1],)).fetchall()]
+        assert len(new) == 2 and min(new) > ids[-1]
+        n_obs = conn.execute("SELECT COUNT(*) FROM observations o JOIN readings r ON r.id = o.reading_id").fetchone()[0]
+        assert n_obs == conn.execute("SELECT COUNT(*) FROM observations").fetchone()[0]
