@@ -90,7 +90,8 @@ class FhirForwardConfig:
 class ObservatoryConfig:
     endpoint: str = ""
     suppress_below: int = 5
-    push_enabled: bool = False
+    push_delay_hours: float = 6.0  # a finished UTC day is queued this long after midnight (late readings)
+    push_catch_up_days: int = 7    # days missed while the gateway was down, queued at most this far back
     facilities: dict[str, str] = field(default_factory=dict)   # facility -> region
 
 
@@ -224,6 +225,10 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"[observatory.facilities] {fac} = {reg!r}: region must be one of MA-01..MA-12")
     if cfg.observatory.suppress_below < 0:
         raise ConfigError("[observatory] suppress_below must be >= 0")
+    if not 0 <= cfg.observatory.push_delay_hours <= 72:
+        raise ConfigError("[observatory] push_delay_hours must be within 0..72")
+    if not 1 <= cfg.observatory.push_catch_up_days <= 366:
+        raise ConfigError("[observatory] push_catch_up_days must be within 1..366")
 
 
 def load(path: str | os.PathLike) -> Config:

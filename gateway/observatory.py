@@ -29,7 +29,9 @@ import csv
 import datetime as dt
 import io
 import json
+import logging
 import re
+import threading
 from collections import defaultdict
 
 from gateway import recordstore as rs
@@ -38,6 +40,7 @@ KINDS = ("temp", "spo2", "hr", "pi")
 REGIONS = tuple(f"MA-{i:02d}" for i in range(1, 13))
 DEFAULT_SUPPRESS_BELOW = 5
 MAX_DAYS = 366
+log = logging.getLogger("nabd.gateway.observatory")
 _REGION = re.compile(r"^MA-(0[1-9]|1[0-2])$")
 
 
@@ -227,11 +230,16 @@ def to_text(report: dict) -> str:
 
 def enqueue_daily_push(db, day: dt.date, suppress_below: int = DEFAULT_SUPPRESS_BELOW) -> bool:
     """Queue the report for ``day`` in the outbox (kind 'observatory', partition 'observatory'),
-    once per day: returns False when that day is already queued."""
+    once per day: returns False when that day is already queued. The check and the insert run
+    under the database's write lock (SQLite ``BEGIN IMMEDIATE``, a transaction-scoped advisory lock
+    on PostgreSQL), so two gateway processes scheduling the same day queue it once."""
     report = device_counts(db, day, day, suppress_below)
     key = f"observatory:{day.isoformat()}"
     body = json.dumps({"key": key, "report": report}, separators=(",", ":"))
     with db.connect() as conn:
+        db.begin(conn)
+        if db.dialect == "postgresql":
+            conn.execute("SELECT pg_advisory_xact_lock(7366001)")  # 'nabd' observatory queue
         existing = rs.rows(conn, rs.q(db, "SELECT id FROM outbox WHERE kind = 'observatory' AND body LIKE ?"),
                            (f'{{"key":"{key}"%',))
         if existing:
@@ -242,3 +250,61 @@ def enqueue_daily_push(db, day: dt.date, suppress_below: int = DEFAULT_SUPPRESS_
                    (body, now, now))
         conn.commit()
     return True
+
+
+class DailyPush:
+    """``nabd-gateway serve`` queues each finished UTC day's counts for the observatory endpoint.
+
+    Day D is queued once ``delay_hours`` after it ends (default 6 h: devices that were offline at
+    midnight deliver their stored readings in the meantime; a reading that arrives later still
+    counts in the report and the API, not in the pushed day). Days missed while the gateway was
+    down are caught up, at most ``catch_up_days`` back and never before the first device was
+    registered. Each day is queued once (``enqueue_daily_push``) and sent by the forwarder
+    (gateway/forward.py), which retries until the endpoint accepts it; the body's ``key`` lets the
+    endpoint ignore a repeat.
+    """
+
+    def __init__(self, db, suppress_below: int = DEFAULT_SUPPRESS_BELOW, delay_hours: float = 6.0,
+                 catch_up_days: int = 7):
+        self.db = db
+        self.suppress_below = suppress_below
+        self.delay = dt.timedelta(hours=delay_hours)
+        self.catch_up_days = catch_up_days
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def due_days(self, now: dt.datetime) -> list[dt.date]:
+        """The finished days that should be queued by ``now`` (UTC), oldest first."""
+        last = (now - self.delay).date() - dt.timedelta(days=1)
+        first = last - dt.timedelta(days=self.catch_up_days - 1)
+        with self.db.connect() as conn:
+            row = rs.rows(conn, "SELECT MIN(registered_at) AS t FROM devices")[0]
+        if row["t"] is None:
+            return []
+        registered = rs.parse_time(row["t"]).date()  # type: ignore[union-attr]
+        first = max(first, registered)
+        return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+    def run_once(self, now: dt.datetime | None = None) -> list[dt.date]:
+        """Queue every due day not queued yet; returns the days queued by this call."""
+        now = now or rs.now_utc()
+        return [d for d in self.due_days(now) if enqueue_daily_push(self.db, d, self.suppress_below)]
+
+    def start(self, interval: float = 600.0) -> "DailyPush":
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    for d in self.run_once():
+                        log.info("observatory counts for %s queued", d)
+                except Exception:  # the database is away: the next round catches up
+                    log.exception("queueing the observatory's daily counts failed; retrying")
+                self._stop.wait(interval)
+
+        self._thread = threading.Thread(target=loop, name="nabd-observatory-push", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

@@ -64,9 +64,14 @@ backoff_base_s = 2.0
 backoff_cap_s = 600.0
 
 [observatory]
-# Daily device counts pushed here when set; cells counting fewer patients are suppressed.
+# Daily device counts pushed here when set (by `serve`, through the outbox, retried until
+# accepted); cells counting fewer patients are suppressed.
 endpoint = ""
 suppress_below = 5
+# A finished UTC day is queued this many hours after midnight, so that devices offline at midnight
+# deliver their stored readings first; days missed while the gateway was down are caught up.
+push_delay_hours = 6.0
+push_catch_up_days = 7
 
 [security]
 # 64 hex digits, file mode 0600; NABD_KEK in the environment takes precedence.

@@ -2,7 +2,8 @@
 
 Runs the ingest (gateway/ingest.py), and, when G-records' modules are present, the HTTP API
 (gateway/api.py) and the forwarder (gateway/forward.py) when a FHIR server or an observatory
-endpoint is configured. SIGTERM / SIGINT: stop taking messages, drain the queue (commit + ack),
+endpoint is configured; with an observatory endpoint, the daily counts are queued each day
+(gateway/observatory.py DailyPush). SIGTERM / SIGINT: stop taking messages, drain the queue (commit + ack),
 stop the threads, exit 0. Logs go to stderr and never contain keys, tokens or payloads.
 """
 from __future__ import annotations
@@ -50,11 +51,19 @@ def run(args) -> int:
 
         forwarder = Forwarder(cfg, db).start()
         log.info("forwarder started")
+    daily = None
+    if cfg.observatory.endpoint:
+        from gateway.observatory import DailyPush
+
+        oc = cfg.observatory
+        daily = DailyPush(db, oc.suppress_below, oc.push_delay_hours, oc.push_catch_up_days).start()
     log.info("gateway serving (client id %s, database %s)", ingest.client_id, db.dialect)
     while not stop.wait(0.5):
         pass
     log.info("stopping: draining %d queued message(s)", ingest.queue.qsize())
     ingest.stop()
+    if daily is not None:
+        daily.stop()
     if forwarder is not None:
         forwarder.stop()
     if api is not None:

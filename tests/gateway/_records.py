@@ -1,7 +1,6 @@
 """Test helpers of the records side (API, forwarder, observatory): a migrated database and rows
 seeded through the gateway's own code (gateway.fhir for the Observations and Bundles), written with
-the column names of the schema contract (docs in /work/brief/GATEWAY_SHARED.md, G-core's
-gateway/migrations)."""
+the column names of the schema (gateway/migrations)."""
 from __future__ import annotations
 
 import datetime as dt
