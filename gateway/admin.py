@@ -74,12 +74,17 @@ def list_devices(db: Database) -> list[dict]:
         rows = conn.execute(
             "SELECT d.id, d.facility, d.region, d.status, d.fw, d.cal_id, d.cal_date, d.registered_at, "
             "d.last_seen_at, (SELECT MAX(k.key_version) FROM device_keys k WHERE k.device_id = d.id), "
-            "(SELECT COUNT(*) FROM readings r WHERE r.device_id = d.id) FROM devices d ORDER BY d.id").fetchall()
+            "(SELECT COUNT(*) FROM readings r WHERE r.device_id = d.id), d.cal_due, s.state, s.state_since, "
+            "s.outbox, s.drops FROM devices d LEFT JOIN device_status s ON s.device_id = d.id "
+            "ORDER BY d.id").fetchall()
     out = []
     for r in rows:
+        # state: the device's latest verified status (online / offline, its Last Will), "unknown"
+        # before its first; outbox: readings waiting on the device then; drops: readings it lost
         out.append({"id": r[0], "facility": r[1], "region": r[2], "status": r[3], "fw": r[4], "cal_id": r[5],
                     "cal_date": _txt(r[6]), "registered_at": _txt(r[7]), "last_seen_at": _txt(r[8]),
-                    "key_version": r[9], "readings": r[10]})
+                    "key_version": r[9], "readings": r[10], "cal_due": _txt(r[11]), "state": r[12] or "unknown",
+                    "state_since": _txt(r[13]), "outbox": r[14], "drops": r[15]})
     return out
 
 

@@ -2,7 +2,8 @@
 
 - ``add ID --key HEX --facility F --region MA-xx [--key-version N]``: register a device and its
   signing key (encrypted at rest with the KEK; the key is never printed or audited).
-- ``list [--json]``: devices, status, current key version, last seen, readings stored.
+- ``list [--json]``: devices, status, online state (latest status message), current key version,
+  calibration due, last seen, readings stored, readings waiting on the device and dropped by it.
 - ``revoke ID``: the device and all its key versions stop being accepted at once; its later
   readings are quarantined as ``revoked``. Its stored readings stay.
 - ``rotate-key ID --key HEX``: the new key becomes version N+1; the old version stays valid for
@@ -49,7 +50,8 @@ def cmd_list(args) -> int:
     if args.json:
         print(json.dumps(rows, separators=(",", ":")))
         return 0
-    cols = ("id", "facility", "region", "status", "key_version", "fw", "last_seen_at", "readings")
+    cols = ("id", "facility", "region", "status", "state", "key_version", "fw", "cal_due", "last_seen_at",
+            "readings", "outbox", "drops")
     table = [cols] + [tuple("" if r[c] is None else str(r[c]) for c in cols) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     for row in table:

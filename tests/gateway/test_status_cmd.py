@@ -94,8 +94,12 @@ def test_status_is_verified_and_the_latest_is_kept(db, kek):
     assert s["outbox"] == 3 and s["drops"] == 0 and s["errors"] == 0 and s["seq"] == 1042
     assert s["sensors"] == {"mlx90614": "ok", "max30102": "ok"} and s["cal_due"] == "2027-11-02"
     assert s["key_version"] == 1 and s["messages"] == 1 and s["received_at"].endswith("+00:00")
-    dev = {d["id"]: d for d in admin.list_devices(db)}[DEV]
+    devs = {d["id"]: d for d in admin.list_devices(db)}
+    dev = devs[DEV]
     assert dev["fw"] == "0.2.0" and dev["last_seen_at"] is not None
+    # devices list shows what the status says: online, 3 readings waiting, none dropped
+    assert (dev["state"], dev["outbox"], dev["drops"], dev["cal_due"]) == ("online", 3, 0, "2027-11-02")
+    assert (devs[OTHER]["state"], devs[OTHER]["outbox"]) == ("unknown", None)   # no status yet
     assert str(scalar(db.url, "SELECT cal_due FROM devices WHERE id = ?", (DEV,))) == "2027-11-02"
     since = s["state_since"]
 
