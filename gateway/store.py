@@ -3,12 +3,14 @@
 ``Store(db, kek, forward=...).process(conn, messages) -> BatchResult`` (``conn`` from ``db.open()``):
 
 1. BEGIN (SQLite: ``BEGIN IMMEDIATE``, the write lock is taken before anything is read);
-2. one query loads the keys of every device named in the batch, one the stored (device, seq)
-   digests; ``verify.verify`` judges each message against those and against readings accepted
-   earlier in the same batch (a duplicate within a batch is a duplicate, other bytes a replay);
+2. one query loads the keys of every device named in the batch, and on PostgreSQL one the stored
+   (device, seq) digests; ``verify.verify`` judges each message against those and against readings
+   accepted earlier in the same batch (a duplicate within a batch is a duplicate, other bytes a
+   replay);
 3. accepted readings are inserted with ``INSERT ... ON CONFLICT (device_id, seq) DO NOTHING``: when
-   another gateway process committed the same (device, seq) meanwhile, the insert returns no row
-   and the stored digest decides duplicate or replay: the unique constraint is the final guard;
+   the (device, seq) is stored (committed meanwhile by another gateway process, or, on SQLite, not
+   looked up beforehand), no row is inserted and the stored digest decides duplicate or replay:
+   the unique constraint is the final guard;
 4. their observation rows (code, value, unit, q, effective time: the values only), the patient
    token, one ``fhir`` outbox row naming the reading (when forwarding is enabled), quarantine
    rows, security events and the devices' ``last_seen_at`` go in the same transaction; COMMIT.
@@ -203,14 +205,8 @@ class Store:
         patients: dict[str, Any] = {}
         for i, row in self._insert_readings(conn, prepared):
             pr, v = prepared[i], verdicts[i]
-            if row is None:  # another gateway process committed this (device, seq) meanwhile
-                prior = self.stored_digest(conn, v.device, v.seq)
-                if prior == v.sha256:
-                    verdicts[i] = Verdict("duplicate", device=v.device, seq=v.seq, key_version=v.key_version,
-                                          sha256=v.sha256)
-                else:
-                    verdicts[i] = reject("replay", f"seq {v.seq} already stored with other bytes", v.device,
-                                         seq=v.seq, key_version=v.key_version)
+            if row is None:  # this (device, seq) is stored (on PostgreSQL: committed meanwhile)
+                verdicts[i] = self._against_stored(v, self.stored_digest(conn, v.device, v.seq))
                 continue
             rid = row[0]
             obs_rows.extend((rid,) + r for r in pr.obs)
@@ -261,15 +257,17 @@ class Store:
         for i, v in enumerate(verdicts):
             if v.kind == "reject" and v.seq is not None and v.reason in ("invalid", "future_ts"):
                 prior = self.stored_digest(conn, v.device, v.seq)
-                if prior is None:
-                    continue
-                digest = v.sha256 or ""
-                if digest and hmac.compare_digest(prior, digest):
-                    verdicts[i] = Verdict("duplicate", device=v.device, seq=v.seq, key_version=v.key_version,
-                                          sha256=digest)
-                else:
-                    verdicts[i] = reject("replay", f"seq {v.seq} already stored with other bytes", v.device,
-                                         seq=v.seq, key_version=v.key_version)
+                if prior is not None:
+                    verdicts[i] = self._against_stored(v, prior)
+
+    @staticmethod
+    def _against_stored(v: Verdict, prior: str | None) -> Verdict:
+        """The verdict on a signed message whose (device, seq) is stored with digest ``prior``:
+        the same bytes are a duplicate, other bytes a replay."""
+        if prior is not None and v.sha256 and hmac.compare_digest(prior, v.sha256):
+            return Verdict("duplicate", device=v.device, seq=v.seq, key_version=v.key_version, sha256=v.sha256)
+        return reject("replay", f"seq {v.seq} already stored with other bytes", v.device,
+                      seq=v.seq, key_version=v.key_version)
 
     def _insert_readings(self, conn: Any, prepared: dict[int, "_Prepared"]):
         """(index, (id,) or None when the (device, seq) exists) for each prepared reading.
