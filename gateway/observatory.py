@@ -94,23 +94,22 @@ def device_counts(db, date_from, date_to, suppress_below: int = DEFAULT_SUPPRESS
     lo = rs.to_iso(dt.datetime(d0.year, d0.month, d0.day, tzinfo=rs.UTC))
     hi_day = d1 + dt.timedelta(days=1)
     hi = rs.to_iso(dt.datetime(hi_day.year, hi_day.month, hi_day.day, tzinfo=rs.UTC))
-    day = _day_expr(db, "o.effective_at")
+    day = _day_expr(db, "r.effective_at")
     with db.connect() as conn:
         devices = rs.rows(conn, "SELECT id, facility, region, status, fw, cal_due, registered_at FROM devices")
         obs = rs.rows(conn, rs.q(db, f"""
-            SELECT {day} AS day, o.device_id AS device_id, o.code AS code, COUNT(*) AS n
-            FROM observations o WHERE o.effective_at >= ? AND o.effective_at < ?
-            GROUP BY {day}, o.device_id, o.code"""), (lo, hi))
-        pats = rs.rows(conn, rs.q(db, f"""
-            SELECT {day} AS day, d.facility AS facility, d.region AS region, o.patient_id AS patient_id
-            FROM observations o JOIN devices d ON d.id = o.device_id
-            WHERE o.effective_at >= ? AND o.effective_at < ? AND o.patient_id IS NOT NULL
-            GROUP BY {day}, d.facility, d.region, o.patient_id"""), (lo, hi))
-        fws = rs.rows(conn, rs.q(db, f"""
-            SELECT {day} AS day,
-                   r.device_id AS device_id, MAX(r.fw) AS fw
+            SELECT {day} AS day, r.device_id AS device_id, o.code AS code, COUNT(*) AS n
             FROM readings r JOIN observations o ON o.reading_id = r.id
-            WHERE o.effective_at >= ? AND o.effective_at < ?
+            WHERE r.effective_at >= ? AND r.effective_at < ?
+            GROUP BY {day}, r.device_id, o.code"""), (lo, hi))
+        pats = rs.rows(conn, rs.q(db, f"""
+            SELECT {day} AS day, d.facility AS facility, d.region AS region, r.patient_id AS patient_id
+            FROM readings r JOIN devices d ON d.id = r.device_id
+            WHERE r.effective_at >= ? AND r.effective_at < ? AND r.patient_id IS NOT NULL
+            GROUP BY {day}, d.facility, d.region, r.patient_id"""), (lo, hi))
+        fws = rs.rows(conn, rs.q(db, f"""
+            SELECT {day} AS day, r.device_id AS device_id, MAX(r.fw) AS fw
+            FROM readings r WHERE r.effective_at >= ? AND r.effective_at < ?
             GROUP BY {day}, r.device_id"""), (lo, hi))
     # per (day, device): reading counts by kind
     per_dev: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(KINDS, 0))

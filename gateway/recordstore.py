@@ -138,7 +138,7 @@ def _observation(r: dict, cache: dict) -> dict:
 def reading_observations(db, conn, reading_id: int) -> list[dict]:
     """The Observations of one reading (stored or rendered), in their stored order."""
     page = rows(conn, q(db, "SELECT o.reading_id, o.code, o.resource, r.raw, r.received_at FROM observations o "
-                            "JOIN readings r ON r.id = o.reading_id WHERE o.reading_id = ? ORDER BY o.id"),
+                            "JOIN readings r ON r.id = o.reading_id WHERE o.reading_id = ? ORDER BY o.pos"),
                 (reading_id,))
     cache: dict = {}
     return [_observation(r, cache) for r in page]
@@ -148,9 +148,11 @@ def observations_page(db, conn, column: str, value: str, count: int, offset: int
     """Observation resources for ``device_id`` or ``patient_id`` = value, oldest first."""
     if column not in ("device_id", "patient_id"):
         raise ValueError(column)
-    total = rows(conn, q(db, f"SELECT COUNT(*) AS n FROM observations WHERE {column} = ?"), (value,))[0]["n"]
-    page = rows(conn, q(db, f"SELECT o.reading_id, o.code, o.resource, r.raw, r.received_at FROM observations o "
-                            f"JOIN readings r ON r.id = o.reading_id WHERE o.{column} = ? "
-                            f"ORDER BY o.effective_at, o.id LIMIT ? OFFSET ?"), (value, count, offset))
+    # through the readings' (device_id | patient_id, effective_at) index (schema version 4)
+    total = rows(conn, q(db, f"SELECT COUNT(*) AS n FROM readings r JOIN observations o ON o.reading_id = r.id "
+                            f"WHERE r.{column} = ?"), (value,))[0]["n"]
+    page = rows(conn, q(db, f"SELECT o.reading_id, o.code, o.resource, r.raw, r.received_at FROM readings r "
+                            f"JOIN observations o ON o.reading_id = r.id WHERE r.{column} = ? "
+                            f"ORDER BY r.effective_at, r.id, o.pos LIMIT ? OFFSET ?"), (value, count, offset))
     cache: dict = {}
     return [_observation(r, cache) for r in page], int(total)

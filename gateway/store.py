@@ -11,7 +11,8 @@
    the (device, seq) is stored (committed meanwhile by another gateway process, or, on SQLite, not
    looked up beforehand), no row is inserted and the stored digest decides duplicate or replay:
    the unique constraint is the final guard;
-4. their observation rows (code, value, unit, q, effective time: the values only), the patient
+4. their observation rows (position, code, value, unit, q: the values only; device, patient and
+   effective time are the reading's, schema version 4), the patient
    token, one ``fhir`` outbox row naming the reading (when forwarding is enabled), quarantine
    rows, security events and the devices' ``last_seen_at`` go in the same transaction; COMMIT.
 
@@ -53,7 +54,7 @@ class Message:
 @dataclass(slots=True)
 class _Prepared:
     reading: tuple
-    obs: list[tuple]            # observation rows without reading_id
+    obs: list[tuple]            # observation rows (pos, code, value, unit, q), without reading_id
     patient: str | None
 
 
@@ -81,10 +82,9 @@ class Store:
         q = db.sql
         pg = db.dialect == "postgresql"
         self._ins_reading = q("INSERT INTO readings (device_id, seq, sha256, raw, ts, ts_ok, received_at, "
-                              "patient_id, fw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                              "patient_id, fw, effective_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                               "ON CONFLICT (device_id, seq) DO NOTHING RETURNING id")
-        self._ins_obs = q("INSERT INTO observations (reading_id, device_id, patient_id, code, value, unit, q, "
-                          "effective_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        self._ins_obs = q("INSERT INTO observations (reading_id, pos, code, value, unit, q) VALUES (?, ?, ?, ?, ?, ?)")
         self._ins_patient = q("INSERT INTO patients (id, created_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING")
         self._ins_outbox = q("INSERT INTO outbox (kind, partition_key, body, created_at, attempts, next_attempt_at) "
                              "VALUES ('fhir', ?, ?, ?, 0, ?)")
@@ -97,7 +97,7 @@ class Store:
         self._sel_max_id = ("SELECT MAX(x) FROM (SELECT MAX(id) AS x FROM readings UNION ALL "
                             "SELECT seq FROM sqlite_sequence WHERE name = 'readings')")
         self._ins_reading_id = ("INSERT INTO readings (id, device_id, seq, sha256, raw, ts, ts_ok, received_at, "
-                                "patient_id, fw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                                "patient_id, fw, effective_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                                 "ON CONFLICT (device_id, seq) DO NOTHING")
         self._pg = pg
 
@@ -306,10 +306,9 @@ class Store:
         p = v.payload
         patient = p.get("patient")
         received = self._ts(m.received_at)
-        reading = (v.device, v.seq, v.sha256, bytes(m.raw), p["ts"], p["ts_ok"], received, patient, p["fw"])
         eff = self._ts(dt.datetime.fromtimestamp(p["ts"], UTC)) if p["ts_ok"] else received
-        dev = v.device
-        rows = [(dev, patient, o["code"], o["value"], o["unit"], o["q"], eff) for o in p["obs"]]
+        reading = (v.device, v.seq, v.sha256, bytes(m.raw), p["ts"], p["ts_ok"], received, patient, p["fw"], eff)
+        rows = [(pos, o["code"], o["value"], o["unit"], o["q"]) for pos, o in enumerate(p["obs"])]
         return _Prepared(reading, rows, patient)
 
     @staticmethod

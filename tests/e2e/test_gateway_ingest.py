@@ -81,7 +81,7 @@ def test_readings_arrive_once_and_are_acknowledged(broker_factory, tmp_path, db_
     ts_ok, received = rows(db_url, "SELECT ts_ok, received_at FROM readings WHERE device_id = ? AND seq = ?",
                            (devs[0].id, 26))[0]
     assert not ts_ok and received is not None
-    eff = rows(db_url, "SELECT effective_at FROM observations o JOIN readings r ON r.id = o.reading_id "
+    eff = rows(db_url, "SELECT r.effective_at FROM observations o JOIN readings r ON r.id = o.reading_id "
                        "WHERE r.device_id = ? AND r.seq = ?", (devs[0].id, 26))
     assert eff and "1970" not in str(eff[0][0])
     assert _count(db_url, "patients") == 1

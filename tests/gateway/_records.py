@@ -56,16 +56,15 @@ def store_reading(db, p: dict, received_at: dt.datetime | None = None, outbox: b
             rs.execute(c, rs.q(db, "INSERT INTO patients (id, created_at) VALUES (?, ?)"),
                        (p["patient"], rs.to_iso(received_at)))
         rs.execute(c, rs.q(db, "INSERT INTO readings (device_id, seq, sha256, raw, ts, ts_ok, received_at, "
-                               "patient_id, fw) VALUES (?,?,?,?,?,?,?,?,?)"),
+                               "patient_id, fw, effective_at) VALUES (?,?,?,?,?,?,?,?,?,?)"),
                    (p["dev"], p["seq"], "00" * 32, raw.encode(), p["ts"], bool(p["ts_ok"]), rs.to_iso(received_at),
-                    p.get("patient"), p["fw"]))
+                    p.get("patient"), p["fw"], obs[0]["effectiveDateTime"]))
         rid = rs.rows(c, rs.q(db, "SELECT id FROM readings WHERE device_id = ? AND seq = ?"),
                       (p["dev"], p["seq"]))[0]["id"]
-        for o, item in zip(obs, p["obs"], strict=True):
-            rs.execute(c, rs.q(db, "INSERT INTO observations (reading_id, device_id, patient_id, code, value, unit, "
-                                   "q, effective_at, resource) VALUES (?,?,?,?,?,?,?,?,?)"),
-                       (rid, p["dev"], p.get("patient"), item["code"], item["value"], item["unit"], item["q"],
-                        o["effectiveDateTime"], json.dumps(o)))
+        for pos, (o, item) in enumerate(zip(obs, p["obs"], strict=True)):
+            rs.execute(c, rs.q(db, "INSERT INTO observations (reading_id, pos, code, value, unit, q, resource) "
+                                   "VALUES (?,?,?,?,?,?,?)"),
+                       (rid, pos, item["code"], item["value"], item["unit"], item["q"], json.dumps(o)))
         if outbox:
             rs.execute(c, rs.q(db, "INSERT INTO outbox (kind, partition_key, body, created_at, attempts, next_attempt_at) "
                                    "VALUES ('fhir', ?, ?, ?, 0, ?)"),

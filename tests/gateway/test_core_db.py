@@ -60,8 +60,10 @@ def test_migrations_create_the_schema_once(db_url):
 def test_unique_device_seq_is_enforced_by_the_database(db):
     kek = os.urandom(32)
     admin.add_device(db, kek, "nabd-uniq01", os.urandom(32), "F", "MA-01")
-    ins = db.sql("INSERT INTO readings (device_id, seq, sha256, raw, ts, ts_ok, received_at) VALUES (?,?,?,?,?,?,?)")
-    row = ("nabd-uniq01", 1, "a" * 64, b"x", 1, True, dt.datetime.now(UTC))
+    ins = db.sql("INSERT INTO readings (device_id, seq, sha256, raw, ts, ts_ok, received_at, effective_at) "
+                 "VALUES (?,?,?,?,?,?,?,?)")
+    now = dt.datetime.now(UTC)
+    row = ("nabd-uniq01", 1, "a" * 64, b"x", 1, True, now, now)
     with db.connect() as c:
         c.execute(ins, row)
     with pytest.raises(Exception) as e:
@@ -321,3 +323,47 @@ def test_reading_ids_are_never_reused(db):
         assert len(new) == 2 and min(new) > ids[-1]
         n_obs = conn.execute("SELECT COUNT(*) FROM observations o JOIN readings r ON r.id = o.reading_id").fetchone()[0]
         assert n_obs == conn.execute("SELECT COUNT(*) FROM observations").fetchone()[0]
+
+
+def test_upgrade_to_version_4_keeps_every_observation_in_order(db_url, monkeypatch):
+    """A database written at schema version 3 (observations carrying device, patient and time,
+    some with a stored resource) upgraded to 4: nothing lost, the time moves to the reading, the
+    payload order is kept, and the API serves the same resources."""
+    import gateway.db as gdb
+    from gateway import fhir
+    from gateway import recordstore as rs
+
+    all_migrations = gdb.migrations()
+    monkeypatch.setattr(gdb, "migrations", lambda: [m for m in all_migrations if m[0] <= 3])
+    db = Database(db_url)
+    assert db.migrate() == [1, 2, 3]
+    kek = os.urandom(32)
+    dev = SimDevice("nabd-upgr001")
+    admin.add_device(db, kek, dev.id, dev.key, "F", "MA-05")
+    received = dt.datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
+    expected = []
+    with db.connect() as c:
+        for seq, (ts_ok, stored) in enumerate([(True, True), (False, False)], start=1):
+            raw = dev.next_reading(ts_ok=ts_ok, ts=1_770_000_000 + seq, patient="p-upgrade1")[1]
+            payload = rs.reading_payload(raw)
+            obs = fhir.observations_for_reading(payload, received)
+            c.execute(db.sql("INSERT INTO readings (device_id, seq, sha256, raw, ts, ts_ok, received_at, patient_id, "
+                             "fw) VALUES (?,?,?,?,?,?,?,?,?)"),
+                      (dev.id, seq, "0" * 64, raw, payload["ts"], ts_ok, received, "p-upgrade1", "0.1.0"))
+            rid = c.execute(db.sql("SELECT id FROM readings WHERE seq = ?"), (seq,)).fetchone()[0]
+            for o, item in zip(obs, payload["obs"], strict=True):
+                c.execute(db.sql("INSERT INTO observations (reading_id, device_id, patient_id, code, value, unit, q, "
+                                 "effective_at, resource) VALUES (?,?,?,?,?,?,?,?,?)"),
+                          (rid, dev.id, "p-upgrade1", item["code"], item["value"], item["unit"], item["q"],
+                           o["effectiveDateTime"], json.dumps(o) if stored else None))
+            expected += obs
+    monkeypatch.setattr(gdb, "migrations", lambda: all_migrations)
+    assert db.migrate() == [v for v, _, _ in all_migrations if v > 3]
+    with db.connect() as c:
+        eff = [rs.parse_time(r[0]) for r in c.execute("SELECT effective_at FROM readings ORDER BY seq").fetchall()]
+        assert eff == [dt.datetime.fromtimestamp(1_770_000_001, UTC), received]   # unsynced clock: receipt time
+        pos = c.execute("SELECT pos, code FROM observations ORDER BY reading_id, pos").fetchall()
+        assert [tuple(p) for p in pos] == [(i, k) for _ in range(2) for i, k in enumerate(("temp", "spo2", "hr", "pi"))]
+        for column, value in (("device_id", dev.id), ("patient_id", "p-upgrade1")):
+            page, total = rs.observations_page(db, c, column, value, 50, 0)
+            assert total == 8 and page == expected
