@@ -25,6 +25,7 @@ acks are returned in ``BatchResult.acks`` as (topic, signed bytes).
 """
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import hmac
 import time
@@ -314,10 +315,11 @@ class Store:
     @staticmethod
     def count(verdicts: list[Verdict]) -> None:
         """Count verdicts in the metrics (the caller, after the commit: the ingest's process)."""
-        for v in verdicts:
-            if v.kind == "accept":
-                metrics.READINGS_ACCEPTED.inc()
-            elif v.kind == "duplicate":
-                metrics.READINGS_DUPLICATE.inc()
+        n = collections.Counter((v.kind, v.reason if v.kind == "reject" else "") for v in verdicts)
+        for (kind, reason), k in n.items():  # one update per kind: this runs on the network process
+            if kind == "accept":
+                metrics.READINGS_ACCEPTED.inc(k)
+            elif kind == "duplicate":
+                metrics.READINGS_DUPLICATE.inc(k)
             else:
-                metrics.QUARANTINE.inc(reason=v.reason)
+                metrics.QUARANTINE.inc(k, reason=reason)

@@ -43,6 +43,8 @@ FLAGS = ("fever", "hypothermia", "low_spo2", "tachycardia", "bradycardia", "stal
 _REQUIRED = ("v", "dev", "seq", "ts", "ts_ok", "up", "fw", "cal", "site", "obs", "flags")
 _ALLOWED = frozenset(_REQUIRED + ("patient",))
 _OBS_KEYS = frozenset(("code", "value", "unit", "q", "site"))
+_OBS_REQUIRED = frozenset(("code", "value", "unit", "q"))
+_REQUIRED_SET = frozenset(_REQUIRED)
 _MAX_INT = 2**53
 
 
@@ -182,12 +184,11 @@ def _is_num(x: Any) -> bool:
 
 def check_values(p: dict, now: float, skew: int = FUTURE_SKEW_S) -> tuple[str, str] | None:
     """Step 6: (reason, detail) when the payload's values are wrong, else None."""
-    missing = [k for k in _REQUIRED if k not in p]
-    if missing:
-        return "invalid", f"missing field(s) {missing}"
-    extra = set(p) - _ALLOWED
-    if extra:
-        return "invalid", f"unknown field(s) {sorted(extra)}"
+    keys = p.keys()
+    if not keys >= _REQUIRED_SET:
+        return "invalid", f"missing field(s) {[k for k in _REQUIRED if k not in p]}"
+    if not keys <= _ALLOWED:
+        return "invalid", f"unknown field(s) {sorted(set(p) - _ALLOWED)}"
     if p["v"] != 1 or not _is_int(p["v"]):
         return "invalid", f"protocol version {p['v']!r}, expected 1"
     if not _is_int(p["ts"]) or not 0 <= p["ts"] < _MAX_INT:
@@ -220,7 +221,7 @@ def check_values(p: dict, now: float, skew: int = FUTURE_SKEW_S) -> tuple[str, s
         return "invalid", "obs must be a list of 1 to 4 items"
     codes = set()
     for o in obs:
-        if not isinstance(o, dict) or not {"code", "value", "unit", "q"} <= set(o) or set(o) - _OBS_KEYS:
+        if not isinstance(o, dict) or not _OBS_REQUIRED <= o.keys() or not o.keys() <= _OBS_KEYS:
             return "invalid", "an obs item is not {code, value, unit, q[, site]}"
         code = o["code"]
         if code not in RANGES:

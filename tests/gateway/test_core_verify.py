@@ -170,3 +170,49 @@ def test_every_reason_is_reachable():
     seen.add(judge(msg(1, values={"spo2": 20})).reason)
     seen.add(judge(msg(1, ts=NOW + 9999)).reason)
     assert seen == set(REASONS)
+
+
+def _b64url_decode_by_reencoding(part: bytes) -> bytes:
+    """The definition: unpadded URL-safe base64 whose re-encoding is the same text."""
+    import base64
+    import re
+
+    if not re.fullmatch(rb"[A-Za-z0-9_-]*", part) or len(part) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    data = base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4))
+    if base64.urlsafe_b64encode(data).rstrip(b"=") != part:
+        raise ValueError("non-canonical base64url")
+    return data
+
+
+def test_b64url_decode_accepts_exactly_the_canonical_texts():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/=\n ."
+
+    def same(part: bytes) -> None:
+        try:
+            want = _b64url_decode_by_reencoding(part)
+        except ValueError:
+            want = None
+        try:
+            got = jws.b64url_decode(part)
+        except ValueError:
+            got = None
+        assert got == want, part
+
+    @settings(max_examples=3000, deadline=None)
+    @given(st.binary(max_size=12) | st.lists(st.sampled_from(alphabet), max_size=12).map(bytes))
+    def texts(part):
+        same(part)
+
+    @settings(max_examples=1000, deadline=None)
+    @given(st.binary(max_size=40))
+    def round_trip(data):
+        assert jws.b64url_decode(jws.b64url(data)) == data
+
+    texts()
+    round_trip()
+    for part in (b"QQ", b"QR", b"QUE", b"QUF", b"QUE\n", b"QQ==", b"", b"Q"):
+        same(part)
