@@ -67,10 +67,10 @@ _IV_MAX_Q8 = const(51200)      # 200 samples = 30 bpm, × 256
 _IV_MIN_N = const(27)          # 220 bpm, samples
 _RESEED_MAX_N = const(500)     # re-seed anyway after 5 s of motion following a DC jump
 _TREND_MAX = const(2097152)    # 2**21: × a peak delay < 256 stays a small int
-_HR_WIN_N = const(800)         # intervals ending in the last 8 s make the HR
+_HR_WIN_N = const(800)         # the intervals between the beats of the last 8 s make the HR
 _SPO2_WIN_N = const(500)       # beats in the last 5 s make SpO2 and PI
 _NO_PULSE_N = const(400)       # no beat for 4 s with a finger: no pulsatile component
-_NIV = const(16)
+_NIV = const(32)               # intervals kept: the last 8 s up to 240 bpm (a power of two)
 _NB = const(8)
 _RING = const(256)
 _RMASK = const(255)
@@ -99,7 +99,7 @@ class PulseOx:
         self.det = BeatDetector()
         self.rbuf = array("i", bytes(4 * _RING))
         self.iv = array("i", bytes(4 * _NIV))       # beat intervals, samples × 256
-        self.iv_n = array("i", bytes(4 * _NIV))     # sample index of the beat ending each interval
+        self.iv_n = array("i", bytes(4 * _NIV))     # sample index at which each interval began
         self.b_r = array("i", bytes(4 * _NB))       # per beat: R × 1024 (−1 = none)
         self.b_pi = array("i", bytes(4 * _NB))      # per beat: PI % × 100
         self.b_amp = array("i", bytes(4 * _NB))     # per beat: IR amplitude, counts × 8
@@ -306,7 +306,9 @@ class PulseOx:
             if iv <= _IV_MAX_Q8:
                 h = self.iv_head
                 self.iv[h] = iv
-                self.iv_n[h] = n
+                # when the interval began (its first beat's instant, not when the detector confirmed
+                # the beat, ~0.1–0.25 s later): the HR window holds the beats of the last 8 s
+                self.iv_n[h] = n - ((((((n & 0x3FFFFF) << 8) - t) & _TMASK) + iv) >> 8)
                 self.iv_head = (h + 1) & (_NIV - 1)
                 if self.iv_cnt < _NIV:
                     self.iv_cnt += 1
@@ -449,7 +451,8 @@ class PulseOx:
             self._clear_window()
 
     def _intervals(self, n):
-        """Copy the intervals that ended in the last 8 s into ``s1``; their count."""
+        """Copy the intervals between beats of the last 8 s (by the beats' own instants) into
+        ``s1``; their count."""
         m = 0
         s1 = self.s1
         iv = self.iv
@@ -482,7 +485,7 @@ class PulseOx:
             return -1                     # two intervals only: they must agree within 12 %
         if (m - k) * 3 > m or cv > 80 or k < 2:
             return -1
-        return (_HR_NUM * k) // tot
+        return (_HR_NUM * k + (tot >> 1)) // tot     # rounded (a floor reads 0.05 bpm low)
 
     def _median_beats(self, n, arr):
         """Median of ``arr`` over the beats of the last 5 s (−1 when none or all −1)."""

@@ -26,8 +26,6 @@ def ppg(seconds: float = 30.0, hr: float = 72.0, spo2: float = 97.0, pi: float =
         irregular: bool = False, noise: float = 2.0, finger_on: float = 0.0):
     """(red, ir) int arrays and the beat times."""
     rng = np.random.default_rng(seed)
-    n = int(seconds * rate)
-    t = np.arange(n) / rate
     rr = []
     tot = 0.0
     while tot < seconds + 3:
@@ -37,6 +35,17 @@ def ppg(seconds: float = 30.0, hr: float = 72.0, spo2: float = 97.0, pi: float =
         rr.append(v)
         tot += v
     beats = np.cumsum([0.0] + rr)
+    red, ir = render(beats, seconds, spo2, pi, rate, dc_ir, dc_red, rng, noise, finger_on)
+    return red, ir, beats
+
+
+def render(beats: np.ndarray, seconds: float, spo2: float = 97.0, pi: float = 2.0, rate: int = 100,
+           dc_ir: float = 100_000.0, dc_red: float = 70_000.0, rng=None, noise: float = 2.0,
+           finger_on: float = 0.0):
+    """(red, ir) int arrays for the beat onsets ``beats`` (s, covering ``seconds``)."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
     k = np.clip(np.searchsorted(beats, t, side="right") - 1, 0, len(beats) - 2)
     ph = (t - beats[k]) / (beats[k + 1] - beats[k])
     p = pulse(ph)
@@ -51,4 +60,4 @@ def ppg(seconds: float = 30.0, hr: float = 72.0, spo2: float = 97.0, pi: float =
         red[off] = 120.0
     ir = ir + rng.normal(0, noise, n)
     red = red + rng.normal(0, noise, n)
-    return np.round(red).astype(int), np.round(ir).astype(int), beats
+    return np.round(red).astype(int), np.round(ir).astype(int)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from host.signalrun import measure_cost, run_chain
-from tests.firmware._ppg import ppg, r_of_spo2
+from tests.firmware._ppg import ppg, r_of_spo2, render
 
 
 def _reported(outs, t0=0.0):
@@ -37,6 +37,42 @@ def test_heart_rate_not_quantised_to_sample_lags(vm):
     rep = _reported(run_chain(red, ir, 100, vm=vm), 10)
     assert rep
     assert abs(np.median([o["hr"] for o in rep]) - 73.6) < 0.25
+
+
+def test_heart_rate_is_rounded_not_floored(vm):
+    # 72.37 bpm: bpm × 10 = 723.7 reads 72.4 (a floor of the mean would read 72.3, 0.05 bpm low
+    # on average)
+    red, ir, _ = ppg(30, hr=72.37, hrv=0.0, seed=3)
+    rep = _reported(run_chain(red, ir, 100, vm=vm), 10)
+    assert len(rep) >= 10
+    assert all(abs(o["hr"] - 72.4) < 0.01 for o in rep), [o["hr"] for o in rep]
+
+
+def _hr_last_8_s(beats, t):
+    """60 / mean interval between the beats of the last 8 s (the benchmark's reference)."""
+    b = beats[(beats >= t - 8) & (beats <= t)]
+    return 60.0 * (len(b) - 1) / (b[-1] - b[0])
+
+
+def _rate_step(before_bpm, after_bpm, step_s=15.0, seconds=30.0):
+    b = list(np.arange(0.0, step_s, 60.0 / before_bpm))
+    while b[-1] < seconds + 3:
+        b.append(b[-1] + 60.0 / after_bpm)
+    return np.asarray(b)
+
+
+@pytest.mark.parametrize("before,after,tol", [(200.0, 170.0, 1.5), (60.0, 70.0, 0.5)])
+def test_heart_rate_averages_the_beats_of_the_last_8_s(vm, before, after, tol):
+    # a step in rate: while the 8-s window straddles it, HR is the mean over the beats of the
+    # last 8 s at every rate. At 200 bpm 8 s hold ~27 intervals (a 16-interval ring covered
+    # 4.8 s: up to 7 bpm off here); membership goes by the beats' own instants, not by when the
+    # detector confirmed them (~0.2 s later at 60 bpm: one interval too many, up to 2 bpm off)
+    beats = _rate_step(before, after)
+    red, ir = render(beats, 30.0, pi=2.0)
+    rep = _reported(run_chain(red, ir, 100, vm=vm), 14)
+    assert len(rep) >= 14
+    for o in rep:
+        assert abs(o["hr"] - _hr_last_8_s(beats, o["t"])) <= tol, (o, _hr_last_8_s(beats, o["t"]))
 
 
 def test_resampled_from_25_hz(vm):
