@@ -153,26 +153,21 @@ class Store:
         return row[0] if row else None
 
     # -- the transaction --------------------------------------------------------------------------
-    def process(self, conn: Any, messages: list[Message], now: float | None = None,
-                parsed: list[Parsed | Verdict] | None = None) -> BatchResult:
-        """Verify and store ``messages`` in one transaction, committed on return. ``parsed``: the
-        messages' ``verify.parse`` results when already computed (a pure function of the bytes,
-        so the writer process parses the next batch while this one commits)."""
+    def process(self, conn: Any, messages: list[Message], now: float | None = None) -> BatchResult:
+        """Verify and store ``messages`` in one transaction, committed on return."""
         try:
-            result = self._process(conn, messages, time.time() if now is None else now, parsed)
+            result = self._process(conn, messages, time.time() if now is None else now)
             conn.commit()
         except BaseException:
             conn.rollback()
             raise
         return result
 
-    def _process(self, conn: Any, messages: list[Message], now: float,
-                 parsed: list[Parsed | Verdict] | None = None) -> BatchResult:
+    def _process(self, conn: Any, messages: list[Message], now: float) -> BatchResult:
         now_dt = dt.datetime.fromtimestamp(now, UTC)
         # Phase A, before the write lock: parse, look up, verify. Another process may commit the
         # same (device, seq) meanwhile: phase B's ON CONFLICT catches it.
-        if parsed is None or len(parsed) != len(messages):
-            parsed = [parse(m.raw, m.topic) for m in messages]
+        parsed: list[Parsed | Verdict] = [parse(m.raw, m.topic) for m in messages]
         devices = {p.kid_device for p in parsed if isinstance(p, Parsed)}
         pairs = set()
         for p in parsed:

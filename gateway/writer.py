@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import logging
 import multiprocessing
-import queue
 import signal
 import threading
 import time
@@ -68,22 +67,22 @@ class BatchStore:
         self._conn: Any = None
         self._errors = db_errors()
 
-    def commit(self, batch: list[Message], parsed: list | None = None) -> BatchResult:
+    def commit(self, batch: list[Message]) -> BatchResult:
         delay = 0.05
         while True:
             try:
                 if self._conn is None:
                     self._conn = self.db.open()
-                return self._process(batch, parsed)
+                return self._process(batch)
             except self._errors as e:
                 log.error("database error, batch of %d kept unacknowledged, retrying: %s", len(batch), e)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 self.close()
 
-    def _process(self, batch: list[Message], parsed: list | None = None) -> BatchResult:
+    def _process(self, batch: list[Message]) -> BatchResult:
         try:
-            return self.store.process(self._conn, batch, parsed=parsed)
+            return self.store.process(self._conn, batch)
         except self._errors:
             raise
         except Exception:
@@ -116,44 +115,21 @@ class BatchStore:
         self._conn = None
 
 
-def _receive(conn, out: "queue.Queue") -> None:
-    """Child's receiving thread: unpickle each batch and parse it (``verify.parse``: pure, no
-    database) while the main thread commits the previous one; sqlite's work and the commit's
-    fsync release the GIL, so the two overlap. ``None`` on the queue: the parent is gone or done."""
-    from gateway.verify import parse
-
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            msg = None
-        if msg is None:
-            out.put(None)
-            return
-        n, items = msg
-        batch = [Message(t, raw, at) for t, raw, at in items]
-        try:
-            parsed: list | None = [parse(m.raw, m.topic) for m in batch]
-        except Exception:  # a parser bug: the store parses again and isolates the message
-            log.exception("parsing a batch ahead of the store failed")
-            parsed = None
-        out.put((n, batch, parsed))
-
-
 def _child(conn, db_url: str, kek: bytes, forward: bool, skew: int, log_level: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
     bs = BatchStore(db_url, kek, forward, skew)
-    ahead: queue.Queue = queue.Queue(maxsize=1)  # one batch parsed ahead; the pipe holds the rest
-    threading.Thread(target=_receive, args=(conn, ahead), name="nabd-store-recv", daemon=True).start()
     try:
         while True:
-            item = ahead.get()
-            if item is None:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return  # the parent is gone
+            if msg is None:
                 return
-            n, batch, parsed = item
-            res = bs.commit(batch, parsed)
+            n, items = msg
+            res = bs.commit([Message(t, raw, at) for t, raw, at in items])
             try:
                 conn.send((n, [(v.kind, v.reason) for v in res.verdicts], res.acks))
             except OSError:
@@ -166,7 +142,7 @@ class ProcessWriter:
     """Parent side. ``on_result(batch, BatchResult)`` runs on the reader thread after each commit."""
 
     def __init__(self, db_url: str, kek: bytes, *, forward: bool, skew: int,
-                 on_result: Callable[[list[Message], BatchResult], None], max_inflight: int = 3):
+                 on_result: Callable[[list[Message], BatchResult], None], max_inflight: int = 2):
         self._args = (db_url, kek, forward, skew)
         self.on_result = on_result
         self._ctx = multiprocessing.get_context("spawn")
