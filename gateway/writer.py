@@ -142,7 +142,7 @@ class ProcessWriter:
     """Parent side. ``on_result(batch, BatchResult)`` runs on the reader thread after each commit."""
 
     def __init__(self, db_url: str, kek: bytes, *, forward: bool, skew: int,
-                 on_result: Callable[[list[Message], BatchResult], None], max_inflight: int = 2):
+                 on_result: Callable[[list[Message], BatchResult], None], max_inflight: int = 3):
         self._args = (db_url, kek, forward, skew)
         self.on_result = on_result
         self._ctx = multiprocessing.get_context("spawn")
