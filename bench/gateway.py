@@ -6,7 +6,7 @@ the broker for it, (3) the consumer starts and we time from its first to its las
 to last commit for the gateway, polled in its database), (4) its session is deleted.
 
 - ``raw_drain_per_s``: a paho-mqtt MQTT 5 client with manual_ack that only acknowledges;
-  this and ``ingest_per_s`` are medians of ``NABD_BENCH_REPEAT`` (3) alternating drains;
+  this and ``ingest_per_s`` are medians of ``NABD_BENCH_REPEAT`` (5) alternating drains;
 - ``ingest_per_s``: one ``nabd-gateway serve`` instance, SQLite (WAL, synchronous=FULL); an instance
   is its network process plus the store process it spawns (gateway/writer.py);
 - ``naive_per_s``: verify, insert, commit one message at a time in ``on_message`` (same code, batch of 1);
@@ -40,7 +40,7 @@ from gateway.testing.harness import GatewayProcess, MosquittoBroker, register, w
 
 REPO = Path(__file__).resolve().parent.parent
 N = int(os.environ.get("NABD_BENCH_N", "10000"))
-REPEAT = int(os.environ.get("NABD_BENCH_REPEAT", "3"))
+REPEAT = int(os.environ.get("NABD_BENCH_REPEAT", "5"))
 DEVICES = 200
 UTC = dt.timezone.utc
 
