@@ -17,7 +17,7 @@ UPDATE readings SET effective_at = COALESCE(
 ;
 [postgresql] ALTER TABLE readings ALTER COLUMN effective_at SET NOT NULL
 ;
-[sqlite] CREATE TABLE observations_v4 (
+CREATE TABLE observations_v4 (
     reading_id BIGINT NOT NULL REFERENCES readings(id),
     pos SMALLINT NOT NULL,
     code TEXT NOT NULL,
@@ -26,18 +26,7 @@ UPDATE readings SET effective_at = COALESCE(
     q {float},
     resource TEXT,
     PRIMARY KEY (reading_id, pos)
-) WITHOUT ROWID
-;
-[postgresql] CREATE TABLE observations_v4 (
-    reading_id BIGINT NOT NULL REFERENCES readings(id),
-    pos SMALLINT NOT NULL,
-    code TEXT NOT NULL,
-    value {float} NOT NULL,
-    unit TEXT NOT NULL,
-    q {float},
-    resource TEXT,
-    PRIMARY KEY (reading_id, pos)
-)
+) {without_rowid}
 ;
 INSERT INTO observations_v4 (reading_id, pos, code, value, unit, q, resource)
     SELECT reading_id, ROW_NUMBER() OVER (PARTITION BY reading_id ORDER BY id) - 1, code, value, unit, q, resource
