@@ -2,11 +2,11 @@
 
 ``Store(db, kek, forward=...).process(conn, messages) -> BatchResult`` (``conn`` from ``db.open()``):
 
-1. BEGIN (SQLite: ``BEGIN IMMEDIATE``, the write lock is taken before anything is read);
-2. one query loads the keys of every device named in the batch, and on PostgreSQL one the stored
-   (device, seq) digests; ``verify.verify`` judges each message against those and against readings
-   accepted earlier in the same batch (a duplicate within a batch is a duplicate, other bytes a
-   replay);
+1. before the write transaction: every message is parsed; one query loads the keys of every
+   device named in the batch, and on PostgreSQL one the stored (device, seq) digests;
+   ``verify.verify`` judges each message against those and against readings accepted earlier in
+   the same batch (a duplicate within a batch is a duplicate, other bytes a replay);
+2. BEGIN (SQLite: ``BEGIN IMMEDIATE``, the write lock is taken before the first read below);
 3. accepted readings are inserted with ``INSERT ... ON CONFLICT (device_id, seq) DO NOTHING``: when
    the (device, seq) is stored (committed meanwhile by another gateway process, or, on SQLite, not
    looked up beforehand), no row is inserted and the stored digest decides duplicate or replay:
