@@ -20,9 +20,10 @@ Report fields (ints, set by the push that returned True):
 light cancellation overflow in this sample's FIFO read. IR-only: pass ``red = -1``.
 
 Per sample: two band-pass front ends (``filters.BandPass``), the IR beat detector
-(``beats.BeatDetector``), clipping and motion tests: small-int arithmetic, no allocation. Per beat:
-interval, amplitudes, R and PI into ring buffers. Per report (1 Hz): medians and the decisions.
-Algorithms, thresholds and their reasons: docs/signal.md.
+(``beats.BeatDetector``), the extremes of the wide-band IR pulse (PI: the band-pass's 5.5 Hz
+low-pass shaves the systolic peak), clipping and motion tests: small-int arithmetic, no
+allocation. Per beat: interval, amplitudes, R and PI into ring buffers. Per report (1 Hz):
+medians and the decisions. Algorithms, thresholds and their reasons: docs/signal.md.
 """
 from array import array
 
@@ -76,6 +77,7 @@ _RING = const(256)
 _RMASK = const(255)
 _TMASK = const(0x3FFFFFFF)
 _HR_NUM = const(15360000)      # 60 s × 100 Hz × 256 (Q8) × 10 (bpm × 10)
+_W_HP_SHIFT = const(6)         # the wide-band pulse's high-pass: as filters.BandPass's second one
 
 
 def _q17(ac, dc):
@@ -101,8 +103,8 @@ class PulseOx:
         self.iv = array("i", bytes(4 * _NIV))       # beat intervals, samples × 256
         self.iv_n = array("i", bytes(4 * _NIV))     # sample index at which each interval began
         self.b_r = array("i", bytes(4 * _NB))       # per beat: R × 1024 (−1 = none)
-        self.b_pi = array("i", bytes(4 * _NB))      # per beat: PI % × 100
-        self.b_amp = array("i", bytes(4 * _NB))     # per beat: IR amplitude, counts × 8
+        self.b_pi = array("i", bytes(4 * _NB))      # per beat: PI % × 100 (wide-band pulse)
+        self.b_pa = array("i", bytes(4 * _NB))      # per beat: band-passed pulse, % of DC × 100
         self.b_n = array("i", bytes(4 * _NB))       # per beat: sample index
         self.s1 = array("i", bytes(4 * _NIV))       # scratch for medians
         self.s2 = array("i", bytes(4 * _NIV))
@@ -132,6 +134,10 @@ class PulseOx:
         self.ir_jumps = 0
         self.red_jumps = 0
         self.red_mode = False
+        self.w_lp = 0           # wide-band IR pulse (PI): its high-pass state, counts × 128
+        self.w_max = 0          # its maximum and minimum since the last beat's confirmation
+        self.w_min = 0
+        self.w_amp = 0          # its foot-to-peak rise over the last beat, counts × 8
         self._forget()
         self._clear_window()
         self.t_ms = 0
@@ -188,12 +194,30 @@ class PulseOx:
             self.w_alc += 1
         if ir >= CLIP_HI or ir <= CLIP_LO:
             self.w_clip += 1
-        yi = self.ir_f.step(ir)
-        if self.ir_f.jumps != self.ir_jumps:
+        irf = self.ir_f
+        yi = irf.step(ir)
+        # the wide-band pulse for PI: the same DC tracker and second high-pass as the band-pass,
+        # without its 5.5 Hz low-pass (which shaves the systolic peak), counts × 8, pulse up
+        w = ((irf.dc >> 8) - ir) << 3
+        if irf.jumps != self.ir_jumps:
+            self.w_lp = 0
             self._jump(n)
         elif n == self.settle_until:
             self.det.settled(n)
+        lp = self.w_lp + (((w << 4) - self.w_lp) >> _W_HP_SHIFT)
+        self.w_lp = lp
+        w -= lp >> 4
         ev = self.det.step(yi, n)
+        if w > self.w_max:
+            self.w_max = w
+        elif w < self.w_min:
+            self.w_min = w
+        if ev == PEAK:
+            # one beat lies between two peak confirmations (each 0.1–0.25 s after its peak):
+            # its foot and systolic peak are the wide-band pulse's extremes there
+            self.w_amp = self.w_max - self.w_min
+            self.w_max = w
+            self.w_min = w
         if red >= 0:
             self.w_red += 1
             if red >= CLIP_HI or red <= CLIP_LO:
@@ -316,11 +340,13 @@ class PulseOx:
         self.last_beat_n = n
         if dci <= 0 or amp <= 0:
             return
-        pi = (amp * 1250) // dci if amp < 800000 else 100000
+        wa = self.w_amp
         h = self.b_head
         self.b_r[h] = r
-        self.b_pi[h] = pi
-        self.b_amp[h] = amp
+        # the pulse's amplitude in the detector's band, % of DC × 100 (the low-perfusion test)
+        self.b_pa[h] = (amp * 1250) // dci if amp < 800000 else 100000
+        # PI: the beat's foot-to-peak rise on the wide-band pulse, % of DC × 100
+        self.b_pi[h] = -1 if wa <= 0 else (wa * 1250) // dci if wa < 800000 else 100000
         self.b_n[h] = n
         self.b_head = (h + 1) & (_NB - 1)
         if self.b_cnt < _NB:
@@ -411,9 +437,11 @@ class PulseOx:
                 if hr < 0:
                     w = SETTLING if m == 2 else IRREGULAR_RHYTHM
         if w == NONE:
-            pi = self._median_beats(n, self.b_pi)
-            if pi >= 0 and pi < PI_MIN_X100:
+            pa = self._median_beats(n, self.b_pa)
+            if pa >= 0 and pa < PI_MIN_X100:
                 w = LOW_PERFUSION
+            else:
+                pi = self._median_beats(n, self.b_pi)
         if w == NONE and self.red_mode:
             rq = self._median_beats(n, self.b_r)
             if rq > 0:

@@ -55,6 +55,17 @@ def test_ratio_maps_back_through_calibration(spo2):
     assert np.nanmean(rec.spo2) == pytest.approx(spo2)
 
 
+@pytest.mark.parametrize("hr,pi", [(40.0, 0.5), (75.0, 2.0), (130.0, 8.0), (200.0, 2.0)])
+def test_perfusion_truth_is_peak_to_trough_over_the_mean(hr, pi):
+    """The truth the benchmark scores PI against is the standard definition (docs/signal.md):
+    peak-to-trough of the pulsatile IR light over its mean, at every heart rate."""
+    rec = ph.render(ph.Physiology(seed=7, hr_bpm=hr, pi_pct=pi, monk=1, wander_frac=0.0,
+                                  resp_baseline_frac=0.0, resp_am_frac=0.0, duration_s=20.0))
+    _, measured = _beat_ratios(rec, 3.0)
+    assert measured == pytest.approx(pi, rel=0.03)
+    assert rec.pi_at(15.0) == pytest.approx(pi)
+
+
 def test_inverse_calibration_is_the_inverse():
     for s in np.linspace(70, 100, 31):
         assert float(ph.spo2_from_r(ph.r_from_spo2(s))) == pytest.approx(s, abs=1e-3)
