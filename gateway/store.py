@@ -127,26 +127,27 @@ class Store:
         return out
 
     def load_seen(self, conn: Any, pairs: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
-        """Stored digests of the (device, seq) pairs, each found through the unique index.
-        SQLite: one indexed point query per pair (in-process, no round trip; its planner scans the
-        whole table for a row-value ``IN (VALUES ...)``, which grows with the table). PostgreSQL:
-        one query joining a VALUES list (a nested loop on the unique index)."""
+        """PostgreSQL: the stored digests of the (device, seq) pairs, in one query joining a VALUES
+        list (a nested loop on the unique index): one round trip for the batch. SQLite needs none:
+        it is in-process, and ``_process`` resolves stored pairs at the insert instead."""
         if not pairs:
             return {}
-        if not self._pg:
-            out = {}
-            ex = conn.execute
-            for p in pairs:
-                row = ex(self._sel_digest, p).fetchone()
-                if row is not None:
-                    out[p] = row[0]
-            return out
         values = ",".join(["(%s, %s::bigint)"] * len(pairs))
         params = [x for p in pairs for x in p]
         rows = conn.execute(
             f"SELECT r.device_id, r.seq, r.sha256 FROM (VALUES {values}) AS v(d, s) "
             "JOIN readings r ON r.device_id = v.d AND r.seq = v.s", params).fetchall()
         return {(d, int(s)): h for d, s, h in rows}
+
+    @staticmethod
+    def _pairs(parsed: list[Parsed | Verdict]) -> set[tuple[str, int]]:
+        pairs = set()
+        for p in parsed:
+            if isinstance(p, Parsed):
+                s = p.payload.get("seq")
+                if isinstance(s, int) and not isinstance(s, bool) and 1 <= s < 2**63:
+                    pairs.add((p.kid_device, s))
+        return pairs
 
     def stored_digest(self, conn: Any, dev: str, seq: int) -> str | None:
         row = conn.execute(self._sel_digest, (dev, seq)).fetchone()
@@ -169,18 +170,12 @@ class Store:
         # same (device, seq) meanwhile: phase B's ON CONFLICT catches it.
         parsed: list[Parsed | Verdict] = [parse(m.raw, m.topic) for m in messages]
         devices = {p.kid_device for p in parsed if isinstance(p, Parsed)}
-        pairs = set()
-        for p in parsed:
-            if isinstance(p, Parsed):
-                s = p.payload.get("seq")
-                if isinstance(s, int) and not isinstance(s, bool) and 1 <= s < 2**63:
-                    pairs.add((p.kid_device, s))
         keys = self.load_keys(conn, devices, now_dt)
         # PostgreSQL: the stored digests of the whole batch in one round trip. SQLite: none looked
         # up here (one point query per message was a fifth of the store's time): an accepted
         # reading whose (device, seq) is stored meets the insert's ON CONFLICT below, a rejected one
         # is looked up after the verdict (_settle_rejects), so the verdicts are the same.
-        seen = self.load_seen(conn, pairs) if self._pg else {}
+        seen = self.load_seen(conn, self._pairs(parsed)) if self._pg else {}
 
         verdicts: list[Verdict] = []
         prepared: dict[int, _Prepared] = {}
