@@ -4,6 +4,7 @@
     board.network.stream_factory = lb.open      # the uplink "connects" to it
     ...
     lb.published        # [(topic, payload bytes)] the device published (readings, status)
+    lb.wills            # [(topic, payload bytes)] the Last Will of each CONNECT (not published)
     lb.acked            # seqs acknowledged
     lb.send_cmd(dev, n, "assign_patient", {"patient": "p-1234"})   # a signed command to the device
 
@@ -87,6 +88,7 @@ class Loopback:
         self.published = []
         self.acked = []
         self.connects = 0
+        self.wills = []
         self.stream = None
         self.keep = 50          # published messages kept (oldest dropped)
 
@@ -121,6 +123,13 @@ class Loopback:
         t = b0 & 0xF0
         if t == 0x10:
             self.connects += 1
+            if body[7] & 0x04:  # will flag: client id, then will topic and message (3.1.1)
+                i = 12 + ((body[10] << 8) | body[11])
+                tl = (body[i] << 8) | body[i + 1]
+                topic = body[i + 2:i + 2 + tl].decode()
+                i += 2 + tl
+                ml = (body[i] << 8) | body[i + 1]
+                self.wills.append((topic, body[i + 2:i + 2 + ml]))
             s.out.extend(b"\x20\x02\x00\x00")
         elif t == 0x80:
             pid = body[:2]
