@@ -32,7 +32,7 @@ LOW_SPO2 = const(90)
 TACHY = const(120)
 BRADY = const(50)
 
-_ORDER = ("v", "dev", "state", "seq", "n", "exp", "cmd", "ts", "ts_ok", "up", "fw", "cal", "patient",
+_ORDER = ("v", "dev", "state", "conn", "seq", "n", "exp", "cmd", "ts", "ts_ok", "up", "fw", "cal", "patient",
           "code", "value", "unit", "q",
           "site", "obs", "flags", "id", "date")
 

@@ -7,9 +7,10 @@ only tear that slot: the other still holds the last completed value, and reading
 largest slot whose checksum is good. No rename is needed (works on LittleFS and FAT alike).
 
 ``SeqCounter(board, floor=0)`` hands out reading ``seq`` numbers (>= 1), strictly increasing for
-ever. It reserves blocks of ``BLOCK`` numbers: before using any number of a block it persists the
-start of the NEXT block; at boot it starts from that persisted value, skipping what was left of
-the block in use when the power went. Flash wear: one write per ``BLOCK`` readings. ``floor``
+ever (with ``name="conn"``: the uplink's connection numbers, firmware/uplink.py). It reserves
+blocks of ``BLOCK`` numbers: before using any number of a block it persists the start of the NEXT
+block; at boot it starts from that persisted value, skipping what was left of the block in use
+when the power went. Flash wear: one write per ``BLOCK`` readings. ``floor``
 (e.g. the highest ``seq`` the outbox has ever held) is a second line of defence::
 
     seq = SeqCounter(board, floor=outbox.max_seq)

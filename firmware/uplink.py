@@ -8,6 +8,7 @@
         up.step()                                # call from the main loop; bounded time
         ...
     up.state            # "offline" | "connecting" | "online"
+    up.conn             # the number of the current (or last) connection, in its statuses
     up.queued           # readings waiting for the gateway's ack (outbox depth)
     up.sent, up.acked   # readings PUBACKed by the broker / acknowledged by the gateway (this boot)
     up.reading_state(seq)  # "queued" | "sent" | "stored"
@@ -18,10 +19,15 @@
 
 ``step()``: brings Wi-Fi up, connects (exponential backoff from 1 s to 60 s with up to 50 %
 random jitter from ``board.urandom``), then on every connect publishes the signed retained
-``status`` (the Last Will is a signed ``offline`` status made at connect time), subscribes to its
-own ``ack`` and ``cmd`` and resends every outbox record in seq order, at most ``window`` awaiting
-the broker's PUBACK at a time. Readings still unacknowledged ``resend_ms`` after the last progress
-are sent again (the gateway deduplicates on (device, seq)).
+``status`` (the Last Will is a signed ``offline`` status made at connect time). Each connection
+attempt takes a new number ``up.conn`` from a counter on flash (``conn.a``/``conn.b``, the
+block-reserving ``SeqCounter`` of firmware/seq.py: never reused across reboots and power cuts,
+one flash write per 64 connects) before the will is signed; the will and every status of that
+connection carry it as ``conn``, so the gateway can tell a replayed old status from a new one
+(docs/protocol.md "Status"); a counter that cannot be persisted fails the attempt. Then it
+subscribes to its own ``ack`` and ``cmd`` and resends every outbox record in seq order, at most
+``window`` awaiting the broker's PUBACK at a time. Readings still unacknowledged ``resend_ms``
+after the last progress are sent again (the gateway deduplicates on (device, seq)).
 
 Incoming ``ack`` (typ ``nabd-ack+jws``) and ``cmd`` (typ ``nabd-cmd+jws``) are verified with the
 device's key and ``kid``; ``dev`` must be this device. Acks remove exactly the named seqs from the
@@ -36,7 +42,7 @@ from micropython import const
 
 from firmware import jws, reading
 from firmware.mqtt import MQTTClient, MQTTError
-from firmware.seq import PersistedInt
+from firmware.seq import PersistedInt, SeqCounter, SeqError
 from firmware.version import VERSION
 
 OFFLINE = "offline"
@@ -98,6 +104,8 @@ class Uplink:
         self.commands = 0
         self.last_error = None
         self._cmdn = PersistedInt(board, "cmdn")
+        self._conns = SeqCounter(board, name="conn")  # never reused, like seq (firmware/seq.py)
+        self.conn = 0           # this connection's number, in every status of it (0: none yet)
         self._client = None
         now = self.clock.ticks_ms()
         self._next_try = now
@@ -159,7 +167,7 @@ class Uplink:
     def status_payload(self, state):
         ts, ok = self.timestamp()
         cal = self.cfg.calibration
-        return {"v": 1, "dev": self.cfg.device_id, "state": state, "ts": ts, "ts_ok": ok,
+        return {"v": 1, "dev": self.cfg.device_id, "state": state, "conn": self.conn, "ts": ts, "ts_ok": ok,
                 "up": self.uptime_s(), "fw": self.fw, "rssi": self.board.network.rssi(),
                 "heap": self.board.free_heap(), "outbox": self.outbox.depth, "drops": self.outbox.drops,
                 "seq": self.seq.last, "sensors": self.sensors,
@@ -215,6 +223,9 @@ class Uplink:
         c.on_message = self._on_message
         c.on_puback = self._on_puback
         try:
+            # a fresh connection number before the will is signed: the will and every status of
+            # this connection carry it, so the gateway can order them (docs/protocol.md "Status")
+            self.conn = self._conns.next()
             stream = self.board.network.open(cfg.host, cfg.port, tls=cfg.tls, timeout_ms=self.connect_timeout_ms)
             will = (self._t_status, self._status_token(OFFLINE), 1, True)
             c.connect(stream, will=will, clean=False, timeout_ms=self.connect_timeout_ms)
@@ -231,7 +242,7 @@ class Uplink:
             self.log.info("uplink", "connected to %s:%d, %d readings to resend" % (cfg.host, cfg.port, self.outbox.depth))
             c.publish(self._t_status, self._status_token(ONLINE), 1, True)
             self._pump()
-        except (OSError, MQTTError, ValueError) as e:
+        except (OSError, MQTTError, ValueError, SeqError) as e:
             c.close()
             if stream is not None:
                 try:

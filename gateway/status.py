@@ -13,23 +13,42 @@ alg/kid/typ with alg HS256 and typ ``nabd-status+jws``, payload a JSON object, 3
 2 device and key version known (``unknown_device``) and not revoked (``revoked``); 3 HMAC-SHA-256
 in constant time (``bad_signature``, also a security event); 4 topic device = kid device = payload
 ``dev`` (``topic_mismatch``); 5 values (``invalid``: every field of the protocol present with its
-type, nothing else; ``future_ts``: a synced ``ts`` more than the skew ahead).
+type, nothing else; ``future_ts``: a synced ``ts`` more than the skew ahead); 6 order
+(``stale_status``, below).
 
-Storage (table ``device_status``, migration 0002): one row per device, replaced by each verified
-status in the order received (the Last Will is signed at connect time, so a device's own ``ts`` does
-not order a will against the ``online`` status of the same connection; receipt order does). The
-same bytes again (the broker redelivering after a gateway restart) change nothing and count as
-duplicates. ``devices.fw`` and ``devices.cal_due`` follow the status (the observatory's firmware
-and calibration-overdue figures read them); ``devices.last_seen_at`` follows ``online`` statuses.
+Storage (table ``device_status``, migrations 0002 and 0005): one row per device. The same bytes
+again (the broker redelivering after a gateway restart) change nothing and count as duplicates.
+Otherwise a verified status replaces the stored one only when it comes after it in the order
+(``conn``, rank, ``up``), compared as a tuple: ``conn`` is the device's connection number (a
+counter on its flash, never reused, one per MQTT connection), rank is 0 for ``online`` and 1 for
+``offline``, ``up`` the device's uptime. So the Last Will of connection c, signed at connect time
+(its ``ts``, ``up``, ``outbox`` describe that moment) but published by the broker when the
+connection drops, supersedes every ``online`` status of connection c; any status of connection
+c+1 supersedes everything of c; within one connection and state the later ``up`` wins, and an
+equal one too (two statuses of one connection in the same second are both genuine: the later
+received is kept, the only thing a replay of that kind can do is show figures one second old). A
+status that comes before the stored one is not stored: it is quarantined as ``stale_status``
+(counted as ``rejected`` and in ``nabd_quarantine_total{reason="stale_status"}``; no security
+event, because a genuine message can be stale too: a will the broker publishes after the same
+device's next connection already reported, or an older status the broker redelivers after a
+newer one was stored). The comparison is the ``WHERE`` of the upsert, on the row the database
+holds, so gateway processes racing on one device cannot store the older status last. Rows from
+before migration 0005 have ``conn`` 0: the first status with a ``conn`` replaces them.
+``devices.fw`` and ``devices.cal_due`` follow the stored status (the observatory's firmware and
+calibration-overdue figures read them); ``devices.last_seen_at`` follows stored ``online`` statuses.
 
 Retained statuses: Mosquitto sends the retained status of every device when the gateway
 (re)subscribes, also through the shared subscription (MQTT 5 says a shared subscription gets no
 retained messages; Mosquitto 2 sends them anyway), so a gateway started after the devices still
 learns their state; unchanged ones are duplicates and cost one look-up each.
 
-Status messages carry no sequence number, so a captured status can be replayed by someone able to
-publish on the device's topic (the broker ACL allows only the device itself): the worst it can do is
-show an old state until the device's next status.
+Replays: someone able to publish on a device's status topic (its broker password; a broker that
+kept or restored old retained messages) can no longer put back an old, validly signed status: an
+old ``online`` or an older connection's will comes before what is stored and is quarantined. What
+remains: before the gateway stored anything of a device (a new database, or a lost row) the first
+verified status is taken as it comes; and a device whose flash is erased starts ``conn`` again
+from 1, so its statuses are ``stale_status`` until its ``device_status`` row is deleted (its
+readings' ``seq`` has the same property and shows as ``replay``).
 
 Metrics: ``nabd_status_messages_total{result="accepted"|"duplicate"|"rejected"}``, the gauge
 ``nabd_devices_online`` (active devices whose latest status is ``online``, from the database, so it
@@ -68,10 +87,13 @@ STATES = ("online", "offline")
 _TOPIC_RE = re.compile(r"^nabd/v1/dev/([^/]+)/status$")
 _KID_RE = re.compile(r"^([a-z0-9][a-z0-9-]{2,39})/([1-9][0-9]{0,8})$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_FIELDS = frozenset(("v", "dev", "state", "ts", "ts_ok", "up", "fw", "rssi", "heap", "outbox", "drops",
+_FIELDS = frozenset(("v", "dev", "state", "conn", "ts", "ts_ok", "up", "fw", "rssi", "heap", "outbox", "drops",
                      "seq", "sensors", "cal_due", "errors"))
 _COUNTS = ("up", "heap", "outbox", "drops", "seq", "errors")
 _MAX_INT = 2**53
+# a status' rank within its connection (SQL): 0 online, 1 offline. The Last Will (offline, signed
+# at connect) comes after every online status of the same connection, though signed before them
+_RANK = "(CASE {t}.state WHEN 'offline' THEN 1 ELSE 0 END)"
 
 STATUS_MESSAGES = metrics.REGISTRY.counter(
     "nabd_status_messages_total", "Device status messages by outcome (accepted, duplicate, rejected)", ("result",))
@@ -149,6 +171,8 @@ def check_values(p: dict, now: float, skew: int = FUTURE_SKEW_S) -> tuple[str, s
         return "invalid", f"protocol version {p['v']!r}, expected 1"
     if p["state"] not in STATES:
         return "invalid", f"state {p['state']!r} not in {STATES}"
+    if not _is_int(p["conn"]) or not 1 <= p["conn"] < _MAX_INT:
+        return "invalid", "conn is not a positive integer"
     if not _is_int(p["ts"]) or not 0 <= p["ts"] < _MAX_INT:
         return "invalid", "ts is not a non-negative integer"
     if not isinstance(p["ts_ok"], bool):
@@ -232,6 +256,10 @@ def verify_status(raw: bytes, topic: str, keys: Callable[[str, int], KeyInfo | N
 
 # --- storage -------------------------------------------------------------------------------------
 
+def _order_text(conn: Any, state: Any, up: Any) -> str:
+    return f"status (conn {conn}, {state}, up {up} s)"
+
+
 class StatusStore:
     """Verify and store status messages, one transaction per call (``process``)."""
 
@@ -244,17 +272,23 @@ class StatusStore:
         self._sel_keys = q("SELECT d.status, k.key_version, k.key_enc, k.revoked_at FROM devices d "
                            "JOIN device_keys k ON k.device_id = d.id WHERE d.id = ?")
         self._sel_status = q("SELECT sha256 FROM device_status WHERE device_id = ?")
+        self._sel_order = q("SELECT conn, state, up FROM device_status WHERE device_id = ?")
+        # the stored row is replaced only by a status that comes after it in (conn, rank, up):
+        # decided by the database on the row it holds (PostgreSQL: the latest committed version,
+        # so two gateway processes racing on one device cannot store the older status last)
         self._upsert = q(
-            "INSERT INTO device_status (device_id, state, ts, ts_ok, up, fw, rssi, heap, outbox, drops, seq, "
+            "INSERT INTO device_status (device_id, state, conn, ts, ts_ok, up, fw, rssi, heap, outbox, drops, seq, "
             "errors, sensors, cal_due, key_version, sha256, received_at, state_since, messages) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) "
-            "ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, ts = excluded.ts, "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) "
+            "ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, conn = excluded.conn, ts = excluded.ts, "
             "ts_ok = excluded.ts_ok, up = excluded.up, fw = excluded.fw, rssi = excluded.rssi, "
             "heap = excluded.heap, outbox = excluded.outbox, drops = excluded.drops, seq = excluded.seq, "
             "errors = excluded.errors, sensors = excluded.sensors, cal_due = excluded.cal_due, "
             "key_version = excluded.key_version, sha256 = excluded.sha256, received_at = excluded.received_at, "
             "state_since = CASE WHEN device_status.state = excluded.state THEN device_status.state_since "
-            "ELSE excluded.state_since END, messages = device_status.messages + 1")
+            "ELSE excluded.state_since END, messages = device_status.messages + 1 "
+            f"WHERE (excluded.conn, {_RANK.format(t='excluded')}, excluded.up) >= "
+            f"(device_status.conn, {_RANK.format(t='device_status')}, device_status.up)")
         self._upd_device = q("UPDATE devices SET fw = ?, cal_due = ? WHERE id = ?")
         self._upd_seen = q("UPDATE devices SET last_seen_at = ? WHERE id = ? AND "
                            "(last_seen_at IS NULL OR last_seen_at < ?)")
@@ -324,10 +358,16 @@ class StatusStore:
         p = v.payload
         assert p is not None  # accepted verdicts carry their payload
         rx = self._ts(m.received_at)
-        conn.execute(self._upsert, (v.device, p["state"], p["ts"], p["ts_ok"], p["up"], p["fw"], p["rssi"],
-                                    p["heap"], p["outbox"], p["drops"], p["seq"], p["errors"],
-                                    json.dumps(p["sensors"], separators=(",", ":"), sort_keys=True),
-                                    p["cal_due"], v.key_version, v.sha256, rx, rx))
+        cur = conn.execute(self._upsert, (v.device, p["state"], p["conn"], p["ts"], p["ts_ok"], p["up"], p["fw"],
+                                          p["rssi"], p["heap"], p["outbox"], p["drops"], p["seq"], p["errors"],
+                                          json.dumps(p["sensors"], separators=(",", ":"), sort_keys=True),
+                                          p["cal_due"], v.key_version, v.sha256, rx, rx))
+        if cur.rowcount == 0:  # the stored status comes after this one: a replay or a late will
+            st = conn.execute(self._sel_order, (v.device,)).fetchone()
+            v = reject("stale_status", f"{_order_text(p['conn'], p['state'], p['up'])} does not come after "
+                       f"the stored {_order_text(*st) if st else 'status'}", v.device, key_version=v.key_version)
+            self.quarantine(conn, m, v, now_dt)
+            return v
         conn.execute(self._upd_device, (p["fw"], p["cal_due"], v.device))
         if p["state"] == "online":
             conn.execute(self._upd_seen, (rx, v.device, rx))
@@ -347,7 +387,7 @@ class StatusStore:
 
 def latest(db: Database, device_id: str | None = None) -> list[dict]:
     """The stored latest status of one device or of all, as dicts (for the CLI, API and tests)."""
-    sql = ("SELECT device_id, state, ts, ts_ok, up, fw, rssi, heap, outbox, drops, seq, errors, sensors, "
+    sql = ("SELECT device_id, state, conn, ts, ts_ok, up, fw, rssi, heap, outbox, drops, seq, errors, sensors, "
            "cal_due, key_version, received_at, state_since, messages FROM device_status")
     params: tuple = ()
     if device_id is not None:
@@ -355,7 +395,7 @@ def latest(db: Database, device_id: str | None = None) -> list[dict]:
         params = (device_id,)
     with db.connect() as conn:
         rows = conn.execute(db.sql(sql + " ORDER BY device_id"), params).fetchall()
-    cols = ("device_id", "state", "ts", "ts_ok", "up", "fw", "rssi", "heap", "outbox", "drops", "seq", "errors",
+    cols = ("device_id", "state", "conn", "ts", "ts_ok", "up", "fw", "rssi", "heap", "outbox", "drops", "seq", "errors",
             "sensors", "cal_due", "key_version", "received_at", "state_since", "messages")
     out = []
     for r in rows:

@@ -26,8 +26,11 @@ from gateway.secrets import DeviceKey
 
 MAX_BYTES = 2048
 FUTURE_SKEW_S = 300
+# every quarantine reason (the quarantine table's CHECK constraint, migrations 0001 and 0005);
+# STATUS_ONLY are given to device status messages only (gateway/status.py), never to a reading
 REASONS = ("oversized", "malformed", "unknown_device", "revoked", "bad_signature", "topic_mismatch",
-           "replay", "invalid", "future_ts")
+           "replay", "invalid", "future_ts", "stale_status")
+STATUS_ONLY = ("stale_status",)
 
 DEVICE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,39}$")
 PATIENT_RE = re.compile(r"^[A-Za-z0-9_-]{4,64}$")

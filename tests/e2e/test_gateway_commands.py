@@ -6,7 +6,9 @@ real CLI), on SQLite and PostgreSQL.
 - the device's signed retained `online` status is verified and stored, devices.fw / cal_due follow;
 - a forged status (the device's broker credentials, another key) is quarantined, nothing stored;
 - the device process is SIGKILLed: the broker publishes its Last Will (signed `offline` status made
-  at connect time) and the gateway records the device offline;
+  at connect time) and the gateway records the device offline; its earlier signed `online` status,
+  published again with the device's broker credentials, is quarantined as `stale_status` and the
+  device stays offline;
 - `devices command ID assign-patient TOKEN` reaches the device, which applies it: its next reading
   carries the patient and is filed under that patient; the same command bytes replayed are
   refused by the device; commands sent while it is away are delivered when it reconnects, except
@@ -206,6 +208,17 @@ def test_status_stored_forged_quarantined_last_will_recorded(broker_factory, tmp
             (reason, topic, raw), = rows(db_url, "SELECT reason, topic, raw FROM quarantine")
             assert reason == "bad_signature" and topic == f"nabd/v1/dev/{dev}/status" and bytes(raw) == forged
             assert status_row(db_url, dev)[0] == "online" and status_row(db_url, dev)[1] == "0.1.0"
+            # what anyone reading the status topic gets: the retained signed online status
+            watcher = mqtt_client(b, "gateway", GW_PASSWORD)
+            retained: list[bytes] = []
+            watcher.on_message = lambda cl, u, m: retained.append(bytes(m.payload))
+            watcher.subscribe(f"nabd/v1/dev/{dev}/status", qos=1)
+            assert wait_for(lambda: bool(retained), timeout=10)
+            watcher.loop_stop()
+            watcher.disconnect()
+            old_online = retained[0]
+            assert json.loads(fw_jws.verify(bytes.fromhex(ident["key"]), old_online, "nabd-status+jws",
+                                            kid=dev + "/1"))["state"] == "online"
 
             # the device dies: the broker publishes its Last Will, the gateway records it
             os.kill(p.pid, signal.SIGKILL)
@@ -215,6 +228,14 @@ def test_status_stored_forged_quarantined_last_will_recorded(broker_factory, tmp
             assert fw == "0.1.0" and str(cal_due) == "2027-11-02" and str(rx) > str(first_rx)
             assert int(scalar(db_url, "SELECT COUNT(*) FROM quarantine")) == 1
             assert int(scalar(db_url, "SELECT messages FROM device_status WHERE device_id = ?", (dev,))) == 2
+            # its old online status, validly signed, replayed on its topic: it does not bring it back
+            c = mqtt_client(b, dev, ident["mqtt_password"])
+            c.publish(f"nabd/v1/dev/{dev}/status", old_online, qos=1).wait_for_publish(5)
+            c.loop_stop()
+            c.disconnect()
+            assert wait_for(lambda: int(scalar(db_url, "SELECT COUNT(*) FROM quarantine")) == 2, timeout=10)
+            assert rows(db_url, "SELECT reason, raw FROM quarantine ORDER BY id")[1][0] == "stale_status"
+            assert status_row(db_url, dev)[0] == "offline"
             # a gateway that lost the row learns the state again from the broker's retained status
             assert gw.terminate() == 0
             with Database(db_url).connect() as conn:

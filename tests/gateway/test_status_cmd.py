@@ -57,7 +57,7 @@ def db(db_url, kek):
 
 def status(dev=DEV, **kw) -> dict:
     """A status payload exactly as firmware/uplink.py's status_payload builds it."""
-    p = {"v": 1, "dev": dev, "state": "online", "ts": int(time.time()), "ts_ok": True, "up": 12, "fw": "0.2.0",
+    p = {"v": 1, "dev": dev, "state": "online", "conn": 1, "ts": int(time.time()), "ts_ok": True, "up": 12, "fw": "0.2.0",
          "rssi": -61, "heap": 81234, "outbox": 3, "drops": 0, "seq": 1042,
          "sensors": {"mlx90614": "ok", "max30102": "ok"}, "cal_due": "2027-11-02", "errors": 0}
     p.update(kw)
@@ -111,7 +111,8 @@ def test_status_is_verified_and_the_latest_is_kept(db, kek):
     s = latest(db, DEV)[0]
     assert v.kind == "accept" and s["up"] == 99 and s["sensors"]["max30102"] == "absent"
     assert s["state_since"] == since and s["messages"] == 2
-    # the Last Will (offline, signed at connect time: an older ts) still wins by arrival
+    # the Last Will (offline, signed at connect time: an older ts, a smaller up) comes after the
+    # online statuses of its connection
     time.sleep(0.01)
     (v,) = process(db, kek, msg(sign(status(state="offline", ts=int(time.time()) - 3600, rssi=None,
                                             fw="0.2.1", cal_due=None))))
@@ -119,8 +120,8 @@ def test_status_is_verified_and_the_latest_is_kept(db, kek):
     assert v.kind == "accept" and s["state"] == "offline" and s["rssi"] is None and s["state_since"] > since
     assert scalar(db.url, "SELECT fw FROM devices WHERE id = ?", (DEV,)) == "0.2.1"
     assert scalar(db.url, "SELECT cal_due FROM devices WHERE id = ?", (DEV,)) is None
-    # an unsynced clock: ts is uptime, never "future"
-    (v,) = process(db, kek, msg(sign(status(ts=10**12, ts_ok=False))))
+    # an unsynced clock: ts is uptime, never "future" (the next connection)
+    (v,) = process(db, kek, msg(sign(status(conn=2, ts=10**12, ts_ok=False))))
     assert v.kind == "accept" and latest(db, DEV)[0]["ts_ok"] is False
     assert STATUS_MESSAGES.value(result="accepted") - before == 4
     assert int(scalar(db.url, "SELECT COUNT(*) FROM quarantine")) == 0
@@ -149,6 +150,9 @@ def test_forged_and_malformed_statuses_are_quarantined_with_their_reason(db, kek
         ("invalid", DEV, sign(status(extra=1))),
         ("invalid", DEV, sign(status(cal_due="2027-02-30"))),
         ("invalid", DEV, sign(status(outbox=-1))),
+        ("invalid", DEV, sign(status(conn=0))),
+        ("invalid", DEV, sign(status(conn="7"))),
+        ("invalid", DEV, sign({k: v for k, v in status().items() if k != "conn"})),   # firmware before conn
         ("invalid", DEV, sign(status(sensors=["ok"]))),
         ("topic_mismatch", DEV, sign(status(dev=OTHER))),             # payload names another device
     ]
@@ -187,6 +191,134 @@ def test_statuses_feed_the_observatory_and_the_online_gauge(db, kek):
     with db.connect() as conn:
         assert store.online_count(conn) == 0    # one offline, the other revoked
     assert DEVICES_ONLINE.name in metrics.REGISTRY.render()
+
+
+def connection(c: int, up0: int, *ups: int, fw: str = "0.2.0") -> tuple[bytes, list[bytes]]:
+    """One MQTT connection of the device, as firmware/uplink.py signs it: the Last Will at connect
+    time (offline, up0), then the online statuses (the first at up0, then at each of ``ups``)."""
+    will = sign(status(conn=c, state="offline", up=up0, rssi=None, fw=fw))
+    return will, [sign(status(conn=c, up=u, fw=fw, outbox=u % 7)) for u in (up0, *ups)]
+
+
+def test_replayed_old_statuses_are_stale_and_quarantined(db, kek):
+    """(conn, rank, up) orders a device's statuses: an old online cannot make a dead device look
+    alive, an older connection's will cannot make a live one look dead; the genuine will of the
+    current connection still comes after its online statuses."""
+    rejected0 = STATUS_MESSAGES.value(result="rejected")
+    dup0 = STATUS_MESSAGES.value(result="duplicate")
+    stale0 = metrics.QUARANTINE.value(reason="stale_status")
+    will1, (on1a, on1b) = connection(1, 4, 900, fw="0.1.0")
+    kinds = [v.kind for v in process(db, kek, msg(on1a), msg(on1b))]
+    assert kinds == ["accept", "accept"]
+    seen1 = scalar(db.url, "SELECT last_seen_at FROM devices WHERE id = ?", (DEV,))
+    # an older status of the same connection (a smaller up) after a newer one
+    (v,) = process(db, kek, msg(on1a))
+    assert (v.kind, v.reason) == ("reject", "stale_status")
+    assert "conn 1, online, up 4 s" in v.detail and "stored status (conn 1, online, up 900 s)" in v.detail
+    assert latest(db, DEV)[0]["up"] == 900
+    # the genuine will of connection 1, signed before its online statuses, published after them
+    (v,) = process(db, kek, msg(will1))
+    s = latest(db, DEV)[0]
+    assert v.kind == "accept" and (s["state"], s["conn"], s["up"]) == ("offline", 1, 4)
+    # the device is dead: its old online statuses replayed do not bring it back
+    time.sleep(0.01)
+    assert [v.reason for v in process(db, kek, msg(on1b), msg(on1a))] == ["stale_status"] * 2
+    assert latest(db, DEV)[0]["state"] == "offline"
+    assert scalar(db.url, "SELECT last_seen_at FROM devices WHERE id = ?", (DEV,)) == seen1
+
+    # connection 2 (after a reboot: conn jumped, up restarted): its online comes after the old will
+    will2, (on2a, on2b) = connection(65, 2, 40)
+    assert [v.kind for v in process(db, kek, msg(on2a))] == ["accept"]
+    s = latest(db, DEV)[0]
+    assert (s["state"], s["conn"], s["up"]) == ("online", 65, 2)
+    assert scalar(db.url, "SELECT fw FROM devices WHERE id = ?", (DEV,)) == "0.2.0"
+    # the device is alive: the will of the older connection replayed does not make it look dead,
+    # and the older connection's figures (fw 0.1.0) do not come back
+    verdicts = process(db, kek, msg(will1), msg(on1b), msg(on2b))
+    assert [(v.kind, v.reason) for v in verdicts] == [("reject", "stale_status"), ("reject", "stale_status"),
+                                                      ("accept", "")]
+    s = latest(db, DEV)[0]
+    assert (s["state"], s["conn"], s["up"], s["outbox"]) == ("online", 65, 40, 40 % 7)
+    assert scalar(db.url, "SELECT fw FROM devices WHERE id = ?", (DEV,)) == "0.2.0"
+    # an identical redelivery of the stored status: a harmless duplicate, not stale
+    (v,) = process(db, kek, msg(on2b))
+    assert v.kind == "duplicate" and latest(db, DEV)[0]["messages"] == 5
+    # two statuses of one connection in the same second are both genuine: the later received is kept
+    (v,) = process(db, kek, msg(sign(status(conn=65, up=40, heap=1234))))
+    assert v.kind == "accept" and latest(db, DEV)[0]["heap"] == 1234
+    # and the genuine will of connection 65 ends it
+    (v,) = process(db, kek, msg(will2))
+    assert v.kind == "accept" and latest(db, DEV)[0]["state"] == "offline"
+
+    got = rows(db.url, "SELECT reason, topic, device_hint, raw FROM quarantine ORDER BY id")
+    assert [(r, t, d, bytes(raw)) for r, t, d, raw in got] == [
+        ("stale_status", f"nabd/v1/dev/{DEV}/status", DEV, raw) for raw in (on1a, on1b, on1a, will1, on1b)]
+    assert metrics.QUARANTINE.value(reason="stale_status") - stale0 == 5
+    assert STATUS_MESSAGES.value(result="rejected") - rejected0 == 5
+    assert STATUS_MESSAGES.value(result="duplicate") - dup0 == 1
+    assert rows(db.url, "SELECT kind FROM security_events") == []
+    # the other device's order is its own
+    (v,) = process(db, kek, msg(sign(status(dev=OTHER, conn=1, up=1), key=KEY2, kid=OTHER + "/1"), OTHER))
+    assert v.kind == "accept"
+
+
+def test_the_older_status_loses_also_when_stored_concurrently(db, kek):
+    """Two gateway processes on one device at once: the comparison is made by the database on the
+    row it holds (PostgreSQL waits for the other transaction's row, SQLite for its write lock)."""
+    will, (online,) = connection(3, 10)
+    store = StatusStore(db, kek)
+    a, b = db.open(), db.open()
+    try:
+        now = time.time()
+        db.begin(a)
+        assert store._one(a, msg(will), now, dt.datetime.fromtimestamp(now, UTC)).kind == "accept"
+        got: list = []
+        t = threading.Thread(target=lambda: got.extend(store.process(b, [msg(online)])))
+        t.start()
+        time.sleep(0.3)
+        assert t.is_alive() and not got      # waiting for the first transaction
+        a.commit()
+        t.join(30)
+        assert [(v.kind, v.reason) for v in got] == [("reject", "stale_status")]
+    finally:
+        a.close()
+        b.close()
+    assert latest(db, DEV)[0]["state"] == "offline"
+
+
+def test_upgrade_to_version_5_keeps_statuses_and_quarantine(db_url, monkeypatch, kek):
+    """A database at schema version 4: its status rows get conn 0 (any status of a device that
+    sends conn supersedes them), its quarantine rows and ids are kept, and stale_status is a
+    reason the quarantine table now takes."""
+    import gateway.db as gdb
+
+    all_migrations = gdb.migrations()
+    monkeypatch.setattr(gdb, "migrations", lambda: [m for m in all_migrations if m[0] <= 4])
+    d = Database(db_url)
+    assert d.migrate() == [1, 2, 3, 4]
+    admin.add_device(d, kek, DEV, KEY, "chu-ibn-sina", "MA-04", actor="test")
+    rx = dt.datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+    with d.connect() as c:
+        c.execute(d.sql("INSERT INTO device_status (device_id, state, ts, ts_ok, up, fw, rssi, heap, outbox, drops, "
+                        "seq, errors, sensors, cal_due, key_version, sha256, received_at, state_since) "
+                        "VALUES (?, 'online', 1, ?, 99999, '0.1.0', NULL, 1, 0, 0, 0, 0, '{}', NULL, 1, ?, ?, ?)"),
+                  (DEV, True, "0" * 64, rx, rx))
+        for i in range(3):
+            c.execute(d.sql("INSERT INTO quarantine (received_at, reason, topic, device_hint, raw, detail) "
+                            "VALUES (?, 'invalid', 't', NULL, ?, ?)"), (rx, b"x%d" % i, f"d{i}"))
+    monkeypatch.setattr(gdb, "migrations", lambda: all_migrations)
+    assert d.migrate() == [v for v, _, _ in all_migrations if v > 4]
+    assert latest(d, DEV)[0]["conn"] == 0
+    assert [tuple(r) for r in rows(db_url, "SELECT id, reason, detail FROM quarantine ORDER BY id")] == [
+        (1, "invalid", "d0"), (2, "invalid", "d1"), (3, "invalid", "d2")]
+    will, (online,) = connection(1, 5)
+    assert [v.kind for v in process(d, kek, msg(online))] == ["accept"]    # up 5 < 99999: conn decides
+    assert [v.reason for v in process(d, kek, msg(sign(status(conn=1, up=1))))] == ["stale_status"]
+    assert rows(db_url, "SELECT id, reason FROM quarantine WHERE id > 3") == [(4, "stale_status")]
+    with pytest.raises(Exception, match="(?i)check"):
+        with d.connect() as c:
+            c.execute(d.sql("INSERT INTO quarantine (received_at, reason, topic, device_hint, raw, detail) "
+                            "VALUES (?, 'bogus', 't', NULL, ?, 'd')"), (rx, b"x"))
 
 
 # --- commands: the transaction -----------------------------------------------------------------------
