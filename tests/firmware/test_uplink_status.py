@@ -5,37 +5,24 @@ every connection, also after a reboot or a power cut, carries a larger one than 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-SETUP = """
+# the minimal board the communication tests share (tests/firmware/_commsboard.py), run in the VM
+COMMS_BOARD = (Path(__file__).with_name("_commsboard.py")).read_text()
+
+SETUP = COMMS_BOARD + """
 import os, json
 from firmware import config as C, jws
 from firmware.log import Log
 from firmware.outbox import Outbox
 from firmware.seq import SeqCounter
 from firmware.uplink import Uplink
-from hardware.sim.clock import VirtualClock
-from hardware.sim.board import SimNetwork
 from hardware.sim.loopback import Loopback
-class B:
-    storage_root = '/flash'
-    def __init__(self):
-        self.clock = VirtualClock(1795430400)
-        self.network = SimNetwork()
-    def urandom(self, n):
-        return bytes(range(7, 7 + n))
-    def unique_id(self):
-        return b'\\x24\\x0a\\xc4\\x00\\x00\\x2a'
-    def free_heap(self):
-        return 1
-try:
-    os.mkdir('/flash')
-except OSError:
-    pass
 cfg = None
 def boot():
     # a (re)boot: RAM gone, the flash folder kept
     global board, cfg, up, peer
-    board = B()
+    board = CommsBoard('/flash', 1795430400, seed=0x2a)
     cfg = C.create_identity(board, broker='mqtt://10.0.0.2:1883') if cfg is None else C.load(board)
     peer = Loopback(cfg.key, cfg.kid)
     board.network.stream_factory = peer.open
