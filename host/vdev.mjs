@@ -16,8 +16,9 @@
 //                   "\x04" when the Ctrl-D ending the code is read). The wasm port's own event-driven
 //                   raw REPL blocks forever on this sequence, hence the raw REPL here.
 //   Ctrl-C          while code runs: a KeyboardInterrupt at the next `vdev.poll()` call, which the
-//                   simulated board's clock makes on every sleep (hardware/sim/vdevice.py). Pure
-//                   Python loops that never sleep on the board clock cannot be interrupted.
+//                   simulated board's clock makes on every sleep, and time.sleep/sleep_ms/sleep_us
+//                   every 20 ms (hardware/sim/vdevice.py). Pure Python loops that never sleep
+//                   cannot be interrupted.
 // Output is "cooked" as on the ESP32 (a lone \n becomes \r\n).
 //
 // Soft reboot = a fresh interpreter (a new WebAssembly instance: empty heap, modules, globals),

@@ -25,12 +25,22 @@ def _errno(e):
     return OSError(_WASI_ERRNO.get(n, n)) if isinstance(n, int) else e
 
 
+# The flash partition a MicroPython build for a 4 MB ESP32 gives its filesystem (littlefs, 4 KB
+# blocks): what ``os.statvfs`` reports, so that ``mpremote df`` shows a board's figures.
+FLASH_BLOCK = 4096
+FLASH_BLOCKS = 512          # 2 MiB
+
+
 class FlashVfs:
     """A MicroPython VFS over a folder of the interpreter's own filesystem (``os.VfsPosix(root)``)
-    that raises ``OSError`` with the ESP32's error numbers. Mount with ``os.mount(vfs, "/flash")``."""
+    that raises ``OSError`` with the ESP32's error numbers and reports the ESP32's 2 MiB littlefs
+    partition in ``statvfs``. Mount with ``os.mount(vfs, "/flash")``."""
 
     def __init__(self, root):
         self.v = os.VfsPosix(root)
+
+    def __repr__(self):
+        return "<VfsLfs2>"      # what the ESP32's flash filesystem prints as
 
     def mount(self, readonly, mkfs):
         pass
@@ -51,10 +61,26 @@ class FlashVfs:
             raise _errno(e)
 
     def statvfs(self, path):
+        """(bsize, frsize, blocks, bfree, bavail, files, ffree, favail, flag, namemax) of the
+        2 MiB partition; used blocks counted as littlefs does (whole blocks per file and
+        folder, 2 for the superblock pair)."""
         try:
-            return self.v.statvfs(path)
+            self.v.stat(path)
         except OSError as e:
             raise _errno(e)
+        used = 2 + self._blocks("")
+        free = FLASH_BLOCKS - used if used < FLASH_BLOCKS else 0
+        return (FLASH_BLOCK, FLASH_BLOCK, FLASH_BLOCKS, free, free, 0, 0, 0, 0, 255)
+
+    def _blocks(self, path):
+        n = 0
+        for ent in self.v.ilistdir(path or "/"):
+            p = path + "/" + ent[0]
+            if ent[1] == 0x4000:
+                n += 1 + self._blocks(p)
+            else:
+                n += (self.v.stat(p)[6] + FLASH_BLOCK - 1) // FLASH_BLOCK
+        return n
 
     def ilistdir(self, path):
         """(name, type, inode, size) as on the ESP32's littlefs (VfsPosix omits the size)."""
@@ -103,8 +129,25 @@ class FlashVfs:
 
 
 def mount_flash(store="/.flashfs", at="/flash"):
-    """Mount ``store`` (a folder of the interpreter's filesystem) at ``at`` as the flash."""
+    """Mount ``store`` (a folder of the interpreter's filesystem) at ``at`` as the flash, and
+    make ``vfs.mount()`` list only it: the interpreter's own root (where the frozen image lives)
+    is not a filesystem of the board (``mpremote df`` shows what a board shows)."""
+    import sys
+    import vfs as _vfs
+
     os.mount(FlashVfs(store), at)
+
+    class _Vfs:
+        VfsPosix = _vfs.VfsPosix
+        umount = staticmethod(_vfs.umount)
+
+        @staticmethod
+        def mount(*args):
+            if args:
+                return _vfs.mount(*args)
+            return [m for m in _vfs.mount() if m[1] != "/"]
+
+    sys.modules["vfs"] = _Vfs   # `import vfs` looks in sys.modules first
 
 
 class Instruments:
@@ -213,3 +256,44 @@ def hook_interrupts(board):
 
     clock.sleep_ms = _sleep_ms
     clock.sleep_us = _sleep_us
+    hook_time_sleep(_poll)
+
+
+SLEEP_SLICE_MS = 20   # how late a Ctrl-C in time.sleep() is seen at worst
+
+
+def hook_time_sleep(poll):
+    """Make ``time.sleep``/``sleep_ms``/``sleep_us`` interruptible by Ctrl-C: the WebAssembly
+    port's own sleep blocks the interpreter's thread and never looks at the serial line, so sleep
+    in slices of ``SLEEP_SLICE_MS`` with a ``poll()`` between them (the ESP32's sleep is
+    interruptible the same way; its time module's functions are assignable here)."""
+    import time
+
+    real_ms = time.sleep_ms
+    real_us = time.sleep_us
+    ticks_ms = time.ticks_ms
+    ticks_diff = time.ticks_diff
+
+    def sleep_ms(ms):
+        t0 = ticks_ms()
+        while True:
+            poll()
+            left = ms - ticks_diff(ticks_ms(), t0)
+            if left <= 0:
+                return
+            real_ms(left if left < SLEEP_SLICE_MS else SLEEP_SLICE_MS)
+
+    def sleep(s):
+        """Seconds (int or float)."""
+        sleep_ms(int(s * 1000))
+
+    def sleep_us(us):
+        if us >= 1000 * SLEEP_SLICE_MS:
+            sleep_ms(us // 1000)
+            us %= 1000
+        poll()
+        real_us(us)
+
+    time.sleep_ms = sleep_ms
+    time.sleep = sleep
+    time.sleep_us = sleep_us

@@ -279,3 +279,64 @@ def test_instrument_rejects_bad_values(tmp_path):
     p = subprocess.run([NABD, "sim", "instrument", "--state", str(tmp_path / "s"), "--spo2", "120"],
                        capture_output=True, text=True, timeout=30, cwd=REPO)
     assert p.returncode == 2 and "--spo2" in p.stderr
+
+
+def test_ctrl_c_interrupts_time_sleep_in_the_raw_repl(device):
+    """A real board stops `time.sleep(10)` at Ctrl-C; so must the virtual one (bytes on the wire)."""
+    s = Serial(device.port)
+    try:
+        s.write(b"\r\x03\r\x01")
+        s.read_until(b"raw REPL; CTRL-B to exit\r\n>")
+        s.write(b"import time\ntime.sleep(10)\x04")
+        s.read_until(b"OK")
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        s.write(b"\x03")
+        out = s.read_until(b"\x04>", timeout=5)
+        assert time.monotonic() - t0 < 2, "Ctrl-C was seen only when the sleep ended"
+        assert out.startswith(b"\x04Traceback (most recent call last):") and b"KeyboardInterrupt" in out, out
+        s.write(b"time.sleep_ms(5)\ntime.sleep_us(5)\ntime.sleep(0.01)\nprint(6 * 7)\x04")   # sleeps still sleep
+        assert s.read_until(b"\x04>") == b"OK42\r\n\x04\x04>"
+    finally:
+        s.close()
+
+
+def test_ctrl_c_ends_a_sleeping_loop_in_the_friendly_repl_and_the_device_answers(device):
+    """`while True: time.sleep(1)` then Ctrl-C at the friendly REPL: KeyboardInterrupt, a prompt,
+    and the device keeps answering mpremote (it used to hang until killed)."""
+    s = Serial(device.port)
+    try:
+        s.write(b"\r\x03\x02")
+        s.read_until(b">>> ")
+        time.sleep(0.5)
+        s.rest = b""
+        while select.select([s.fd], [], [], 0.2)[0]:      # stale prompts
+            os.read(s.fd, 4096)
+        s.write(b"import time\r")
+        s.read_until(b"import time\r\n>>> ")
+        s.write(b"while True: time.sleep(1)\r")
+        s.read_until(b"... ")
+        s.write(b"\r")
+        time.sleep(1.5)
+        s.write(b"\x03")
+        out = s.read_until(b">>> ", timeout=5)
+        assert b"Traceback (most recent call last):" in out and b"KeyboardInterrupt: \r\n>>> " in out, out
+    finally:
+        s.close()
+    p = mpremote(device.port, "exec", "print(6 * 7)", timeout=20)
+    assert p.returncode == 0 and p.stdout.strip() == "42", p.stdout + p.stderr
+
+
+def test_mpremote_df_shows_the_flash_partition(device):
+    """`mpremote df` shows one filesystem, the ESP32's 2 MiB littlefs partition, in columns."""
+    mpremote(device.port, "exec", "f = open('x.bin', 'wb'); f.write(bytes(5000)); f.close()")
+    p = mpremote(device.port, "df")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].split() == ["filesystem", "size", "used", "avail", "use%", "mounted", "on"]
+    assert len(lines) == 2, p.stdout
+    fs, size, used, avail, pct, at = lines[1].split()
+    assert (fs, size, at) == ("<VfsLfs2>", "2097152", "/flash")
+    assert int(used) + int(avail) == 2097152
+    assert int(used) >= 4 * 4096                  # superblocks + a 5000-byte file (2 blocks)
+    assert int(pct) == 100 * int(used) // 2097152
