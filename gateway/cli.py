@@ -1,47 +1,39 @@
 """``nabd-gateway``: serve, and the administrators' commands.
 
-Each subcommand group lives in ``gateway/commands/<name>.py`` and exposes ``register(subparsers)``;
-the parser's ``func`` returns the exit code (0 ok, 1 failure, 2 usage, 3 connection, 4 data).
+The commands are listed in ``_COMMANDS`` below: name -> the module in ``gateway/commands/`` whose
+``register(subparsers)`` adds it and sets ``func`` (parsed arguments -> exit code); the work is done
+by the gateway's library modules (``gateway.admin``, ``gateway.observatory``, ...). Exit codes, the
+error type and ``--json`` are shared with ``nabd`` through ``nabd_cli`` (0 ok, 1 check failed,
+2 usage, 3 connection, 4 data).
 """
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 import sys
 
+from nabd_cli import CommandError  # noqa: F401  (re-exported: command modules import it from here)
+from nabd_cli import build_parser as _build
+from nabd_cli import main as _main
 
-class CommandError(Exception):
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.code = code
+# One line per command, in the order --help lists them.
+_COMMANDS = {
+    "init": "gateway.commands.init",
+    "serve": "gateway.commands.serve",
+    "devices": "gateway.commands.devices",
+    "quarantine": "gateway.commands.quarantine",
+    "observatory": "gateway.commands.observatory",
+}
+
+DESCRIPTION = ("nabd gateway: receives signed readings from the broker, keeps the records, serves them "
+               "as FHIR, and reports device counts to the observatory.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nabd-gateway", description="nabd gateway: ingest, records, FHIR, observatory")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from gateway import commands
-
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        mod = importlib.import_module(f"gateway.commands.{info.name}")
-        if hasattr(mod, "register"):
-            mod.register(sub)
-    return parser
+    return _build("nabd-gateway", DESCRIPTION, _COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except CommandError as e:
-        print(f"nabd-gateway: {e}", file=sys.stderr)
-        return e.code
-    except KeyboardInterrupt:
-        return 130
+    return _main(build_parser(), argv)
 
 
 if __name__ == "__main__":

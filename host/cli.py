@@ -1,73 +1,56 @@
 """``nabd``: the technicians' command line, in the manner of esptool and mpremote.
 
-One command, clear subcommands. Each subcommand lives in ``host/commands/<name>.py`` and exposes
-``register(subparsers)``; it sets ``func`` on its parser, which returns the exit code.
-
-Exit codes scripts can trust:
+The commands are listed in ``_COMMANDS`` below: name -> the module in ``host/commands/`` whose
+``register(subparsers)`` adds it and sets ``func`` (parsed arguments -> exit code). The work itself
+is done by plain functions of those modules (``analyze.read_channels``, ``sim.run_device``, ...)
+that raise ``CommandError``; this file only maps outcomes to exit codes. Exit codes, the error type
+and ``--json`` are shared with ``nabd-gateway`` through ``nabd_cli``:
   0 success; 1 a check or measurement failed; 2 usage error; 3 device or connection error;
   4 data error (bad input file, corrupt record); 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
-import pkgutil
 import sys
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DEVICE, EXIT_DATA = 0, 1, 2, 3, 4
+from nabd_cli import (  # noqa: F401  (re-exported: command modules import them from here)
+    EXIT_DATA,
+    EXIT_DEVICE,
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    add_json,
+    emit_json,
+)
+from nabd_cli import build_parser as _build
+from nabd_cli import main as _main
 
+# One line per command, in the order --help lists them.
+_COMMANDS = {
+    "selftest": "host.commands.selftest",
+    "analyze": "host.commands.analyze",
+    "sim": "host.commands.sim",
+    "demo": "host.commands.demo",
+}
 
-class CommandError(Exception):
-    """An expected failure with a message for the user and an exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_FAIL):
-        super().__init__(message)
-        self.code = code
+DESCRIPTION = "nabd device tools: test the sensors, analyse recordings, run the virtual device and the demo."
 
 
 def add_common(p: argparse.ArgumentParser, port: bool = True) -> None:
     """Options every subcommand accepts."""
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(p)
     if port:
         p.add_argument("--port", "-p", default=None,
                        help="serial port of the device (e.g. /dev/ttyUSB0, a virtual device's /dev/pts/N)")
 
 
-def emit_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nabd", description="nabd device tools: flash, deploy, provision, "
-                                     "calibrate, test, monitor, analyze, simulate.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from host import commands
-
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        mod = importlib.import_module(f"host.commands.{info.name}")
-        if hasattr(mod, "register"):
-            mod.register(sub)
-    return parser
+    return _build("nabd", DESCRIPTION, _COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
-    try:
-        return int(args.func(args) or 0)
-    except CommandError as e:
-        if getattr(args, "json", False):
-            emit_json({"ok": False, "error": str(e)})
-        else:
-            print(f"nabd: {e}", file=sys.stderr)
-        return e.code
-    except KeyboardInterrupt:
-        return 130
+    return _main(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@ from __future__ import annotations
 import getpass
 import os
 
-from gateway.cli import CommandError
 from gateway.config import Config, ConfigError, load
 from gateway.db import Database, DatabaseError
+from nabd_cli import EXIT_DATA, EXIT_DEVICE, EXIT_FAIL, EXIT_USAGE, CommandError  # noqa: F401
 
-EXIT_FAIL, EXIT_USAGE, EXIT_CONN, EXIT_DATA = 1, 2, 3, 4
+EXIT_CONN = EXIT_DEVICE  # old name, kept until the modules still using it are converted
 
 
 def add_config(p) -> None:
@@ -25,7 +25,7 @@ def open_config(args) -> tuple[Config, Database]:
     try:
         db.migrate()
     except DatabaseError as e:
-        raise CommandError(str(e), EXIT_CONN) from None
+        raise CommandError(str(e), EXIT_DEVICE) from None
     return cfg, db
 
 

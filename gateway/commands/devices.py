@@ -17,8 +17,7 @@ from __future__ import annotations
 import json
 
 from gateway import admin
-from gateway.cli import CommandError
-from gateway.commands._common import EXIT_DATA, EXIT_USAGE, actor, add_config, kek, open_config
+from gateway.commands._common import EXIT_DATA, EXIT_USAGE, CommandError, actor, add_config, kek, open_config
 from gateway.secrets import parse_key_hex
 
 

@@ -17,8 +17,8 @@ import secrets
 import sys
 from pathlib import Path
 
-from gateway.cli import CommandError
 from gateway.config import ConfigError, from_dict
+from nabd_cli import EXIT_USAGE, CommandError, add_json, emit_json
 
 TEMPLATE = '''# nabd-gateway configuration (TOML), written by `nabd-gateway init`.
 # Secrets are not in this file: the admin token is stored as its SHA-256 only, and the
@@ -106,13 +106,11 @@ def run(args) -> int:
     try:
         from_dict(tomllib.loads(text), cfg_path)
     except ConfigError as e:
-        raise CommandError(f"invalid option: {e}", 2) from None
+        raise CommandError(f"invalid option: {e}", EXIT_USAGE) from None
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
     _write_private(kek_path, secrets.token_hex(32) + "\n", args.force)
     _write_private(cfg_path, text, args.force)
     if args.json:
-        from host.cli import emit_json
-
         emit_json({"admin_token": token, "config": str(cfg_path), "kek_file": str(kek_path)})
     else:
         print(f"wrote {cfg_path} and {kek_path} (0600)")
@@ -128,5 +126,5 @@ def register(sub) -> None:
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL mqtt[s]://host:port")
     p.add_argument("--listen", default="127.0.0.1:8080", help="API listen address HOST:PORT")
     p.add_argument("--force", action="store_true", help="overwrite an existing configuration and KEK")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(p)
     p.set_defaults(func=run)

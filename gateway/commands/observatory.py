@@ -7,12 +7,9 @@ forwarder to deliver to ``[observatory] endpoint``; a day already queued is not 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import sys
 
-from gateway.cli import CommandError
-
-EXIT_DATA = 4
+from nabd_cli import EXIT_DEVICE, EXIT_USAGE, CommandError, emit_json
 
 
 def register(sub) -> None:
@@ -31,7 +28,7 @@ def register(sub) -> None:
     q.add_argument("--day", metavar="YYYY-MM-DD", help="default: yesterday (UTC)")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(func=_push)
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    p.set_defaults(func=lambda a: (p.print_help(), EXIT_USAGE)[1])
 
 
 def _open(path: str):
@@ -40,12 +37,12 @@ def _open(path: str):
     try:
         cfg = gconfig.load(path)
     except gconfig.ConfigError as e:
-        raise CommandError(str(e), 2) from None
+        raise CommandError(str(e), EXIT_USAGE) from None
     try:
         db = cfg.database_handle()
         db.migrate()
     except Exception as e:
-        raise CommandError(f"database {cfg.database.url.split('@')[-1]}: {e}", 3) from None
+        raise CommandError(f"database {cfg.database.url.split('@')[-1]}: {e}", EXIT_DEVICE) from None
     return cfg, db
 
 
@@ -56,9 +53,9 @@ def _report(args) -> int:
     try:
         report = observatory.device_counts(db, args.date_from, args.date_to, cfg.observatory.suppress_below)
     except observatory.ObservatoryError as e:
-        raise CommandError(str(e), 2) from None
+        raise CommandError(str(e), EXIT_USAGE) from None
     if args.json:
-        sys.stdout.write(json.dumps(report, separators=(",", ":")) + "\n")
+        emit_json(report)
     elif args.csv:
         sys.stdout.write(observatory.to_csv(report))
     else:
@@ -73,10 +70,10 @@ def _push(args) -> int:
     try:
         day = dt.date.fromisoformat(args.day) if args.day else dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
     except ValueError:
-        raise CommandError("--day must be YYYY-MM-DD", 2) from None
+        raise CommandError("--day must be YYYY-MM-DD", EXIT_USAGE) from None
     queued = observatory.enqueue_daily_push(db, day, cfg.observatory.suppress_below)
     if args.json:
-        sys.stdout.write(json.dumps({"day": day.isoformat(), "queued": queued}) + "\n")
+        emit_json({"day": day.isoformat(), "queued": queued})
     else:
         print(f"{day}: {'queued' if queued else 'already queued'}")
     return 0

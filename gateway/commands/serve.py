@@ -13,8 +13,8 @@ import logging
 import signal
 import threading
 
-from gateway.cli import CommandError
-from gateway.commands._common import EXIT_CONN, add_config, kek, open_config
+from gateway.commands._common import add_config, kek, open_config
+from nabd_cli import EXIT_DEVICE, CommandError
 
 log = logging.getLogger("nabd.gateway")
 
@@ -39,7 +39,7 @@ def run(args) -> int:
     try:
         ingest.start()
     except OSError as e:
-        raise CommandError(f"cannot start ingest: {e}", EXIT_CONN) from None
+        raise CommandError(f"cannot start ingest: {e}", EXIT_DEVICE) from None
     api = forwarder = None
     if not args.no_api and _has("gateway.api"):
         from gateway.api import start_api

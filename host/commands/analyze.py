@@ -22,14 +22,18 @@ import statistics
 import sys
 from pathlib import Path
 
-from host.cli import EXIT_DATA, EXIT_DEVICE, CommandError, add_common, emit_json
+from host.cli import add_common
+from nabd_cli import EXIT_DATA, EXIT_DEVICE, EXIT_USAGE, CommandError, emit_json
 
 _MAX_SCAN = 200         # lines searched for the header row
 
 
 def register(sub) -> None:
     p = sub.add_parser("analyze", help="run the firmware signal chain over a recorded PPG CSV",
-                       description=__doc__.split("\n\n")[0])
+                       description="Replay a recorded PPG file (CSV) through the firmware's own signal chain, "
+                       "run on the MicroPython VM, and print heart rate, SpO2 and perfusion index once a "
+                       "second. Columns are named (header row) or 0-based indices; other sample rates are "
+                       "resampled to 100 Hz.")
     p.add_argument("path", help="CSV file")
     p.add_argument("--rate", type=float, default=100.0, help="sample rate of the file, Hz (default 100)")
     p.add_argument("--red", default=None, help="red column: name or 0-based index; 'none' for IR only")
@@ -157,7 +161,7 @@ def run(args) -> int:
     if not path.is_file():
         raise CommandError(f"{path}: no such file", EXIT_DATA)
     if args.rate <= 0 or not math.isfinite(args.rate):
-        raise CommandError(f"--rate must be a positive number of Hz, got {args.rate}", EXIT_DATA)
+        raise CommandError(f"--rate must be a positive number of Hz, got {args.rate}", EXIT_USAGE)
     red, ir, info = read_channels(path, args.red, args.ir, args.no_header, args.skip_rows)
     try:
         outs = run_chain(red, ir, args.rate)

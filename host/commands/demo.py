@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from host import screenshot
-from host.cli import EXIT_DEVICE, EXIT_FAIL, EXIT_OK, CommandError, add_common, emit_json
+from host.cli import add_common
 from host.commands.selftest import print_table, run_in_vm, valid_faults
+from nabd_cli import EXIT_DEVICE, EXIT_FAIL, EXIT_OK, CommandError, emit_json
 
 REPO = Path(__file__).resolve().parent.parent.parent
 DEFAULT_OUT = REPO / "build" / "demo"

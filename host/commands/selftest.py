@@ -14,7 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from host.cli import EXIT_DEVICE, EXIT_FAIL, EXIT_OK, EXIT_USAGE, CommandError, add_common, emit_json
+from host.cli import add_common
+from nabd_cli import EXIT_DEVICE, EXIT_FAIL, EXIT_OK, EXIT_USAGE, CommandError, emit_json
 
 MARK = "\x1e"  # separates the result line from anything the firmware printed
 
@@ -128,7 +129,9 @@ def cmd_selftest(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("selftest", help="sensor self-test (part IDs, PEC, plausibility, LED order, FIFO rate, overflow)",
-                       description=__doc__.split("\n\n")[0])
+                       description="Run the firmware's sensor self-test on a real board (--port) or on "
+                       "the simulated board in the MicroPython VM (--virtual). Exit 0 when every check "
+                       "passes, 1 when one fails, 3 when the board cannot be reached.")
     add_common(p)
     p.add_argument("--virtual", action="store_true",
                    help="run the firmware in the MicroPython VM on the simulated board")

@@ -25,16 +25,8 @@ import time
 import zlib
 from pathlib import Path
 
-from host.cli import (
-    EXIT_DATA,
-    EXIT_DEVICE,
-    EXIT_FAIL,
-    EXIT_OK,
-    EXIT_USAGE,
-    CommandError,
-    add_common,
-    emit_json,
-)
+from host.cli import add_common
+from nabd_cli import EXIT_DATA, EXIT_DEVICE, EXIT_FAIL, EXIT_OK, EXIT_USAGE, CommandError, emit_json
 
 AT = ("idle", "measuring", "result", "info")
 PRESS_MS = 120        # a short press
@@ -312,7 +304,9 @@ def cmd_screenshot(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("sim", help="the virtual device: run it against a broker, screenshots",
-                              description=__doc__.split("\n\n")[0])
+                              description="The virtual device: the unchanged firmware on a simulated "
+                              "board, measuring against a real broker, behind a pseudo-terminal, or on the "
+                              "MicroPython VM for screenshots.")
     sub = p.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
 
     r = sub.add_parser("run", help="run the virtual device: N measurements, published and acknowledged")
