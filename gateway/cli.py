@@ -37,4 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m gateway.cli` (host/site.py): the commands raise gateway.cli.CommandError, a class of
+    # the imported module, not of this __main__ copy; run the imported module's main so it is caught
+    from gateway.cli import main as _main
+
+    sys.exit(_main())

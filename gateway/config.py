@@ -116,6 +116,16 @@ class SecurityConfig:
 
 
 @dataclass
+class ConsoleConfig:
+    """Console sessions and login rate limiting (gateway/web/auth.py), in seconds and counts."""
+    session_idle_s: int = 1800       # a session unused this long ends
+    session_max_s: int = 43200       # and every session ends this long after its login
+    login_window_s: int = 900        # failed logins are counted over this window
+    login_max_failures: int = 5      # per user name in the window, then refused until it slides
+    client_max_failures: int = 20    # per client address in the window
+
+
+@dataclass
 class Config:
     path: Path | None = None
     broker: BrokerConfig = field(default_factory=BrokerConfig)
@@ -125,6 +135,7 @@ class Config:
     fhir_forward: FhirForwardConfig = field(default_factory=FhirForwardConfig)
     observatory: ObservatoryConfig = field(default_factory=ObservatoryConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
     def database_handle(self):
         from gateway.db import Database
@@ -136,6 +147,7 @@ _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "pa
 _CLASSES = {
     "broker": BrokerConfig, "database": DatabaseConfig, "ingest": IngestConfig, "api": ApiConfig,
     "fhir_forward": FhirForwardConfig, "observatory": ObservatoryConfig, "security": SecurityConfig,
+    "console": ConsoleConfig,
 }
 
 
@@ -229,6 +241,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[observatory] push_delay_hours must be within 0..72")
     if not 1 <= cfg.observatory.push_catch_up_days <= 366:
         raise ConfigError("[observatory] push_catch_up_days must be within 1..366")
+    for k in ("session_idle_s", "session_max_s", "login_window_s", "login_max_failures", "client_max_failures"):
+        if getattr(cfg.console, k) < 1:
+            raise ConfigError(f"[console] {k} must be at least 1")
 
 
 def load(path: str | os.PathLike) -> Config:

@@ -11,6 +11,8 @@ command -v mosquitto_passwd >/dev/null || need_apt+=(mosquitto-clients)
 command -v openssl >/dev/null || need_apt+=(openssl)
 [ -d /usr/lib/postgresql ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 [ -f /usr/share/iso-codes/json/iso_3166-2.json ] || need_apt+=(iso-codes)
+# the console's browser tests drive Debian's chromium through Playwright (no browser download)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

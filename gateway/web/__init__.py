@@ -1,0 +1,1 @@
+"""The gateway's web side: HTTP API and console."""
