@@ -22,6 +22,7 @@ _COMMANDS = {
     "devices": "gateway.commands.devices",
     "quarantine": "gateway.commands.quarantine",
     "observatory": "gateway.commands.observatory",
+    "users": "gateway.commands.users",
 }
 
 DESCRIPTION = ("nabd gateway: receives signed readings from the broker, keeps the records, serves them "
@@ -37,8 +38,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m gateway.cli` (host/site.py): the commands raise gateway.cli.CommandError, a class of
-    # the imported module, not of this __main__ copy; run the imported module's main so it is caught
-    from gateway.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())
