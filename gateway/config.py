@@ -73,6 +73,16 @@ class ApiConfig:
     listen: str = "127.0.0.1:8080"
     token_sha256: str = ""
     metrics_open: bool = False     # serve /metrics without the bearer token
+    # Links in responses (Bundle.link, fullUrl) are built from this, never from the Host header.
+    # Default: the listen address (https:// with TLS); required when listening on every interface.
+    public_url: str = ""
+    tls_cert: str = ""             # PEM certificate (chain) and key: the API speaks HTTPS when both are set
+    tls_key: str = ""
+    allow_plaintext: bool = False  # plain HTTP on a non-loopback address (only behind a TLS proxy)
+    max_connections: int = 256     # open connections at most; past it new requests get 503
+    header_timeout_s: float = 10.0  # a request's line and headers must arrive within this
+    keepalive_s: float = 5.0       # an idle kept-alive connection is closed after this
+    backlog: int = 1024            # listen(2) backlog
 
 
 @dataclass
@@ -208,6 +218,8 @@ def from_dict(data: dict, path: Path | None = None) -> Config:
         cfg.security.kek_file = _resolve(base, cfg.security.kek_file)
         cfg.broker.password_file = _resolve(base, cfg.broker.password_file)
         cfg.broker.ca_file = _resolve(base, cfg.broker.ca_file)
+        cfg.api.tls_cert = _resolve(base, cfg.api.tls_cert)
+        cfg.api.tls_key = _resolve(base, cfg.api.tls_key)
         url = cfg.database.url
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
             cfg.database.url = "sqlite:///" + _resolve(base, url[len("sqlite:///"):])
@@ -220,6 +232,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"database.url {cfg.database.url!r}: expected sqlite:///PATH or postgresql://...")
     if not re.fullmatch(r"[^\s]+:\d{1,5}", cfg.api.listen):
         raise ConfigError(f"api.listen {cfg.api.listen!r}: expected HOST:PORT")
+    _validate_api(cfg.api)
     if cfg.api.token_sha256 and not re.fullmatch(r"[0-9a-f]{64}", cfg.api.token_sha256):
         raise ConfigError("api.token_sha256: expected the 64 lowercase hex digits of a SHA-256")
     ing = cfg.ingest
@@ -244,6 +257,34 @@ def _validate(cfg: Config) -> None:
     for k in ("session_idle_s", "session_max_s", "login_window_s", "login_max_failures", "client_max_failures"):
         if getattr(cfg.console, k) < 1:
             raise ConfigError(f"[console] {k} must be at least 1")
+
+
+_LOOPBACK = re.compile(r"(127(\.\d{1,3}){3}|::1|localhost)")
+
+
+def is_loopback(host: str) -> bool:
+    return bool(_LOOPBACK.fullmatch(host.strip("[]")))
+
+
+def _validate_api(api: ApiConfig) -> None:
+    host = api.listen.rpartition(":")[0].strip("[]")
+    if bool(api.tls_cert) != bool(api.tls_key):
+        raise ConfigError("[api] tls_cert and tls_key go together (both set for HTTPS, neither for HTTP)")
+    if not is_loopback(host) and not api.tls_cert and not api.allow_plaintext:
+        raise ConfigError(f"[api] listen {api.listen!r} is not a loopback address: set tls_cert and tls_key, "
+                          "or allow_plaintext = true behind a TLS-terminating proxy")
+    if api.public_url:
+        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/]*)?", api.public_url):
+            raise ConfigError(f"[api] public_url {api.public_url!r}: expected http(s)://host[:port][/path]")
+    elif host in ("0.0.0.0", "::", ""):
+        raise ConfigError("[api] public_url is required when listen is every interface (the links the API "
+                          "returns must name the address clients use)")
+    if not 1 <= api.max_connections <= 100000:
+        raise ConfigError("[api] max_connections must be within 1..100000")
+    if not 0.1 <= api.header_timeout_s <= 300 or not 0.1 <= api.keepalive_s <= 300:
+        raise ConfigError("[api] header_timeout_s and keepalive_s must be within 0.1..300 s")
+    if not 16 <= api.backlog <= 65535:
+        raise ConfigError("[api] backlog must be within 16..65535")
 
 
 def load(path: str | os.PathLike) -> Config:

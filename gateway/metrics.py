@@ -1,6 +1,6 @@
 """A tiny Prometheus registry: counters (with labels) and gauges, rendered as text format 0.0.4.
 
-``REGISTRY`` is the process-wide registry; ``/metrics`` (gateway/api.py) serves ``REGISTRY.render()``.
+``REGISTRY`` is the process-wide registry; ``/metrics`` (gateway/web/ops.py; the API process asks the ingest process for it) serves ``REGISTRY.render()``.
 Thread-safe: the writer thread, the network thread and the API thread all update it.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``nabd-gateway serve --config FILE [--client-id ID] [--no-api]``
 
-Runs the ingest (gateway/ingest.py), and, when G-records' modules are present, the HTTP API
-(gateway/api.py) and the forwarder (gateway/forward.py) when a FHIR server or an observatory
+Runs the ingest (gateway/ingest.py), the HTTP API (gateway/web/, in a child process of its own:
+nothing on the HTTP side can delay ingest and acks) and the forwarder (gateway/forward.py) when a FHIR server or an observatory
 endpoint is configured; with an observatory endpoint, the daily counts are queued each day
 (gateway/observatory.py DailyPush). SIGTERM / SIGINT: stop taking messages, drain the queue (commit + ack),
 stop the threads, exit 0. Logs go to stderr and never contain keys, tokens or payloads.
@@ -35,17 +35,25 @@ def run(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
+    api = forwarder = None
+    if not args.no_api:
+        from gateway.web.server import ApiProcess
+
+        try:  # bound here, before anything runs: a taken port is a clear error, not a half-started gateway
+            api = ApiProcess(args.config, cfg)
+        except OSError as e:
+            raise CommandError(f"cannot listen on [api] listen {cfg.api.listen}: {e.strerror or e}",
+                               EXIT_DEVICE) from None
     ingest = Ingest(cfg, db, client_id=args.client_id)
     try:
         ingest.start()
     except OSError as e:
+        if api is not None:
+            api.stop()
         raise CommandError(f"cannot start ingest: {e}", EXIT_DEVICE) from None
-    api = forwarder = None
-    if not args.no_api and _has("gateway.api"):
-        from gateway.api import start_api
-
-        api = start_api(cfg, db)
-        log.info("API listening on %s", cfg.api.listen)
+    if api is not None:
+        api.start()
+        log.info("API listening on %s (links to %s), process %d", cfg.api.listen, api.url, api.proc.pid)
     if _has("gateway.forward") and (cfg.fhir_forward.enabled or cfg.observatory.endpoint):
         from gateway.forward import Forwarder
 
@@ -67,7 +75,7 @@ def run(args) -> int:
     if forwarder is not None:
         forwarder.stop()
     if api is not None:
-        api.shutdown()
+        api.stop()
     log.info("stopped; %d reading(s) committed in this run", ingest.committed)
     return 0
 

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from gateway import observatory
-from gateway.api import start_api
+from gateway.web.server import start_api
 from tests.gateway import _records
 from tests.gateway._records import UTC, add_device, make_db, payload, store_reading
 
