@@ -184,6 +184,9 @@ def cmd_device(args) -> int:
             raise CommandError(str(e), EXIT_DEVICE) from None
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: dev.stop())
+        from host import virtual_ports
+
+        entry = virtual_ports.register(port, "virtual device", f"nabd sim device --state {state}")
         if args.json:
             emit_json({"port": port, "pid": os.getpid(), "state": str(state.resolve()), "faults": faults,
                        "scenario": args.scenario, "instruments": str(instruments_path(state))})
@@ -191,7 +194,10 @@ def cmd_device(args) -> int:
             print(f"virtual device on {port} (flash {state.resolve()}"
                   + (f", faults {', '.join(faults)}" if faults else "") + "); SIGTERM or Ctrl-C stops it",
                   flush=True)
-        code = dev.serve()
+        try:
+            code = dev.serve()
+        finally:
+            virtual_ports.unregister(entry)
         stopped = dev._stop
     if not stopped:
         raise CommandError(f"the virtual device's interpreter exited ({code})", EXIT_DEVICE)
