@@ -28,13 +28,16 @@ from nabd_cli import main as _main
 
 # One line per command, in the order --help lists them.
 _COMMANDS = {
+    "ports": "host.commands.ports",
+    "info": "host.commands.info",
     "selftest": "host.commands.selftest",
     "analyze": "host.commands.analyze",
     "sim": "host.commands.sim",
     "demo": "host.commands.demo",
 }
 
-DESCRIPTION = "nabd device tools: test the sensors, analyse recordings, run the virtual device and the demo."
+DESCRIPTION = ("nabd device tools: list ports, read a device's state, test the sensors, analyse recordings, "
+               "run the virtual device and the demo.")
 
 
 def add_common(p: argparse.ArgumentParser, port: bool = True) -> None:
