@@ -43,8 +43,9 @@ fixed-point.
 from micropython import const
 
 from firmware import config, reading
+from firmware.commands import SETTINGS, setting, valid_patient
+from firmware.limits import RATED_HI_CC, RATED_LO_CC
 from firmware.signal.pulseox import NO_FINGER
-from firmware.uplink import valid_patient
 from firmware.version import VERSION
 
 IDLE = "idle"
@@ -66,11 +67,7 @@ IDLE_STEP_MS = const(50)
 PPG_STEP_MS = const(40)
 _REDRAW_MS = const(1000)
 _NTP_RETRY_MS = const(60000)
-TEMP_LO_CC = const(3400)     # rated display range of body temperature (0.01 degC)
-TEMP_HI_CC = const(4250)
 _SETTLE_REPORTS = const(6)   # reports with a finger before values are usually out (progress)
-
-SETTINGS = ("report_pi", "temp_site_offset_c")
 
 SHORT = 1
 LONG = 2
@@ -110,30 +107,9 @@ class Result:
 
 
 def _source(e):
-    """Which part an exception is about, from its class name (no import of every driver)."""
-    n = type(e).__name__
-    if n.startswith("MLX90614"):
-        return "mlx90614"
-    if n.startswith("MAX30102"):
-        return "max30102"
-    if n.startswith("SSD1306"):
-        return "display"
-    if n in ("OutboxError", "SeqError"):
-        return "flash"
-    return "app"
-
-
-def _setting(k, v):
-    """The checked value of setting ``k``; ValueError when ``k`` is unknown or ``v`` invalid."""
-    if k == "report_pi":
-        if not isinstance(v, bool):
-            raise ValueError("report_pi must be true or false")
-        return v
-    if k == "temp_site_offset_c":
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not -5 <= v <= 5:
-            raise ValueError("temp_site_offset_c must be a number within -5..5")
-        return v
-    raise ValueError("unknown setting " + repr(k))
+    """Which part an exception is about: its ``source`` (drivers' errors, flash errors; see
+    firmware/errors.py), else the app."""
+    return getattr(e, "source", None) or "app"
 
 
 def _same(a, b):
@@ -202,9 +178,9 @@ class App:
 
     # --- uplink commands (Uplink on_command) ---
     def command(self, cmd, args):
-        """``assign_patient`` {"patient": token|None}: shown on the screen and put in the next
-        readings; ``identify`` {"seconds": n}: beeps; ``settings``: every key checked, then all
-        applied (ValueError, nothing changed, when one is unknown or invalid). Patient and
+        """Apply a command whose arguments ``firmware.commands.check`` passed (the uplink checks
+        them): ``assign_patient`` {"patient": token|None}: shown on the screen and put in the next
+        readings; ``identify`` {"seconds": n}: beeps; ``settings``: all applied. Patient and
         settings are kept in ``config.json`` (see the module docstring)."""
         if cmd == "assign_patient":
             self.patient = args.get("patient")
@@ -214,13 +190,10 @@ class App:
         elif cmd == "identify":
             self.identify_until = self.clock.ticks_add(self.clock.ticks_ms(), 1000 * args["seconds"])
         elif cmd == "settings":
-            checked = {}
             for k in args:
-                checked[k] = _setting(k, args[k])
-            for k in checked:
-                self._set(k, checked[k])
+                self._set(k, args[k])
             self.log.info("app", "settings applied: " + ",".join(sorted(args)))
-            self._store(checked)
+            self._store(args)
         else:
             raise ValueError("unknown command " + str(cmd))
 
@@ -245,7 +218,7 @@ class App:
         for k in SETTINGS:
             if k in stored:
                 try:
-                    self._set(k, _setting(k, stored[k]))
+                    self._set(k, setting(k, stored[k]))
                 except ValueError as e:
                     self._note("config", "stored setting %s=%s ignored: %s"
                                % (k, repr(stored[k])[:40], e))
@@ -481,9 +454,9 @@ class App:
             t = th.object_cc + self.temp_site_offset_cc
         if t is None:
             r.temp_flag = "no reading"
-        elif t < TEMP_LO_CC:
+        elif t < RATED_LO_CC:
             r.temp_flag = "LO"
-        elif t > TEMP_HI_CC:
+        elif t > RATED_HI_CC:
             r.temp_flag = "HI"
         else:
             r.temp_cc = t

@@ -27,6 +27,8 @@ raises ``MQTTError``: the caller closes and reconnects.
 """
 from micropython import const
 
+from firmware.errors import EAGAIN, EINPROGRESS_IDF, ETIMEDOUT, ETIMEDOUT_IDF, code
+
 _CONNECT = const(0x10)
 _CONNACK = const(0x20)
 _PUBLISH = const(0x30)
@@ -39,7 +41,8 @@ _PINGRESP = const(0xD0)
 PINGREQ = b"\xc0\x00"
 DISCONNECT = b"\xe0\x00"
 
-_NODATA = (11, 110, 116, 119)  # EAGAIN, ETIMEDOUT (Linux, lwIP), ...
+# a read that found nothing within its timeout, as each port and numbering says it
+_NODATA = (EAGAIN, ETIMEDOUT, ETIMEDOUT_IDF, EINPROGRESS_IDF)
 
 CONNACK_REASONS = {1: "unacceptable protocol version", 2: "identifier rejected", 3: "server unavailable",
                    4: "bad user name or password", 5: "not authorized"}
@@ -218,7 +221,7 @@ class MQTTClient:
             s.settimeout(timeout_s)
             n = s.readinto(b1)
         except OSError as e:
-            if e.args and e.args[0] in _NODATA:
+            if code(e) in _NODATA:
                 return None
             raise MQTTError("read failed: " + str(e))
         if n is None:

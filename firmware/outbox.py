@@ -30,6 +30,8 @@ import os
 
 from micropython import const
 
+from firmware.errors import FlashError
+
 _HDR = const(14)
 _MAX_DATA = const(4096)
 _COMPACT_MIN = const(16384)  # bytes of dead records before a compaction is worth it
@@ -41,7 +43,7 @@ _C = const(67)  # "C"
 HEADER_BYTES = _HDR
 
 
-class OutboxError(Exception):
+class OutboxError(FlashError):
     """The outbox could not be written (flash full, I/O error)."""
 
 

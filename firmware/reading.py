@@ -15,6 +15,8 @@ quality in thousandths (``q_*``: 910 = 0.91). Values outside the protocol's rang
 """
 from micropython import const
 
+from firmware.limits import BRADY, FEVER_CC, HYPOTHERMIA_CC, LOW_SPO2, TACHY
+
 # ranges the gateway accepts (docs/protocol.md), in the integer units above
 TEMP_MIN_MC = const(25000)
 TEMP_MAX_MC = const(45000)
@@ -24,13 +26,6 @@ HR_MIN = const(25)
 HR_MAX = const(250)
 PI_MIN_CP = const(2)
 PI_MAX_CP = const(2000)
-
-# alert thresholds
-FEVER_MC = const(38000)
-HYPOTHERMIA_MC = const(35000)
-LOW_SPO2 = const(90)
-TACHY = const(120)
-BRADY = const(50)
 
 _ORDER = ("v", "dev", "state", "conn", "seq", "n", "exp", "cmd", "ts", "ts_ok", "up", "fw", "cal", "patient",
           "code", "value", "unit", "q",
@@ -125,12 +120,13 @@ def dumps(obj):
 
 
 def alerts(temp_mc=None, spo2=None, hr=None):
-    """Protocol flag words for the measured values (None = not measured)."""
+    """Protocol flag words for the measured values (None = not measured), at the limits of
+    firmware/limits.py."""
     f = []
     if temp_mc is not None:
-        if temp_mc >= FEVER_MC:
+        if temp_mc >= FEVER_CC * 10:
             f.append("fever")
-        elif temp_mc < HYPOTHERMIA_MC:
+        elif temp_mc < HYPOTHERMIA_CC * 10:
             f.append("hypothermia")
     if spo2 is not None and spo2 < LOW_SPO2:
         f.append("low_spo2")

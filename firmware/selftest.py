@@ -20,6 +20,7 @@ from micropython import const
 
 from firmware.drivers.mlx90614 import MLX90614
 from firmware.drivers.max30102 import MAX30102
+from firmware.errors import bus_fault, code
 
 _READS = const(5)              # reads of each of Ta and Tobj for the PEC check
 _WINDOW_US = const(1000000)    # FIFO rate measured over 1 s
@@ -48,13 +49,7 @@ def _fault_of(part, e):
     """The named fault an exception stands for: ``part:fault``."""
     f = getattr(e, "fault", None)
     if not f and isinstance(e, OSError):
-        code = e.args[0] if e.args else 0
-        if code == 19:
-            f = "absent" if part == "max30102" else "nack"
-        elif code == 110 or code == 116:
-            f = "stuck"
-        else:
-            f = "bus"
+        f = bus_fault(code(e), "absent" if part == "max30102" else "nack")
     if not f:
         f = type(e).__name__
     return part + ":" + f

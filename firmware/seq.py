@@ -22,10 +22,12 @@ import os
 
 from micropython import const
 
+from firmware.errors import FlashError
+
 BLOCK = const(64)
 
 
-class SeqError(Exception):
+class SeqError(FlashError):
     """Persisting a counter failed: no number may be used."""
 
 

@@ -33,14 +33,16 @@ Incoming ``ack`` (typ ``nabd-ack+jws``) and ``cmd`` (typ ``nabd-cmd+jws``) are v
 device's key and ``kid``; ``dev`` must be this device. Acks remove exactly the named seqs from the
 outbox. A command's ``n`` must exceed the last accepted ``n`` (persisted before the command runs,
 so a replay is refused even after a crash), its ``exp`` must not have passed when the clock is
-synced, and ``cmd``/``args`` must be well formed. Anything else is ignored, logged in ``log.txt``
-and counted in ``errors`` (reported as ``status.errors``).
+synced, and ``cmd``/``args`` must pass ``firmware.commands.check`` (the one place commands are
+checked, before ``n`` is used up; ``on_command`` gets the checked arguments and only applies
+them). Anything else is ignored, logged in ``log.txt`` and counted in ``errors`` (reported as
+``status.errors``).
 """
 import json
 
 from micropython import const
 
-from firmware import jws, reading
+from firmware import commands, jws, reading
 from firmware.mqtt import MQTTClient, MQTTError
 from firmware.seq import PersistedInt, SeqCounter, SeqError
 from firmware.version import VERSION
@@ -54,24 +56,8 @@ TYP_STATUS = "nabd-status+jws"
 TYP_ACK = "nabd-ack+jws"
 TYP_CMD = "nabd-cmd+jws"
 
-COMMANDS = ("assign_patient", "identify", "settings")
-
 _BACKOFF_MIN = const(1000)
 _BACKOFF_MAX = const(60000)
-
-
-def _is_int(x):
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def valid_patient(p):
-    """A patient token: ^[A-Za-z0-9_-]{4,64}$."""
-    if not isinstance(p, str) or not 4 <= len(p) <= 64:
-        return False
-    for c in p:
-        if not (("a" <= c <= "z") or ("A" <= c <= "Z") or ("0" <= c <= "9") or c == "_" or c == "-"):
-            return False
-    return True
 
 
 class Uplink:
@@ -348,7 +334,7 @@ class Uplink:
         if p is None:
             return
         seqs = p.get("seqs")
-        if not isinstance(seqs, list) or not all(_is_int(s) for s in seqs):
+        if not isinstance(seqs, list) or not all(commands.is_int(s) for s in seqs):
             self._reject("ack", "seqs must be a list of integers")
             return
         n = self.outbox.ack(seqs)
@@ -363,7 +349,7 @@ class Uplink:
         n = p.get("n")
         cmd = p.get("cmd")
         args = p.get("args", {})
-        if not _is_int(n) or n < 1:
+        if not commands.is_int(n) or n < 1:
             self._reject("cmd", "n must be an integer >= 1")
             return
         last = self._cmdn.value or 0
@@ -371,22 +357,17 @@ class Uplink:
             self._reject("cmd", "replayed n=%d (last accepted %d)" % (n, last))
             return
         exp = p.get("exp")
-        if exp is not None and not _is_int(exp):
+        if exp is not None and not commands.is_int(exp):
             self._reject("cmd", "exp must be an integer")
             return
         now = self.clock.unix_time()
         if exp is not None and now is not None and now > exp:
             self._reject("cmd", "expired n=%d" % n)
             return
-        if cmd not in COMMANDS or not isinstance(args, dict):
-            self._reject("cmd", "unknown command " + repr(cmd))
-            return
-        if cmd == "assign_patient" and ("patient" not in args or not (
-                args["patient"] is None or valid_patient(args["patient"]))):
-            self._reject("cmd", "assign_patient needs a patient token or null")
-            return
-        if cmd == "identify" and not (_is_int(args.get("seconds")) and 1 <= args["seconds"] <= 300):
-            self._reject("cmd", "identify needs seconds 1..300")
+        try:
+            args = commands.check(cmd, args)
+        except ValueError as e:
+            self._reject("cmd", str(e))
             return
         self._cmdn.set(n)  # before acting: never run twice, even across a crash
         self.commands += 1

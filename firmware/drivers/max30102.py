@@ -55,7 +55,8 @@ HR          3200    1600    1600    1000
 """
 from micropython import const
 import array
-import time
+
+from firmware.errors import ENODEV, PartError, code
 
 ADDR = const(0x57)
 PART_ID = const(0x15)
@@ -101,7 +102,6 @@ _TEMP_POLLS = const(35)      # 2 ms apart after the first wait: 100 ms in all
 _PROBE_SAMPLES = const(8)
 _PROBE_MIN = const(2000)     # 18-bit counts a driven LED must at least return
 _PROBE_RATIO = const(4)
-_ENODEV = const(19)
 
 _MODES = {"hr": 0x02, "spo2": 0x03, "multi": 0x07}
 _RATES = (50, 100, 200, 400, 800, 1000, 1600, 3200)
@@ -112,52 +112,30 @@ _MAX_RATE_SPO2 = (1600, 1000, 800, 200)
 _MAX_RATE_HR = (3200, 1600, 1600, 1000)
 
 
-class MAX30102Error(Exception):
+class MAX30102Error(PartError):
     """The pulse oximeter failed. ``fault``: ``"absent"`` (no ACK at the address),
     ``"wrong-part"`` (PART_ID is not 0x15), ``"reset-timeout"`` (RESET never self-cleared),
     ``"bus"`` (another I2C error); ``errno`` the bus error number when there is one."""
 
-    def __init__(self, fault, message, errno=None):
-        super().__init__(message)
-        self.fault = fault
-        self.errno = errno
+    source = "max30102"
 
 
 def _bus_error(e):
-    code = e.args[0] if e.args else 0
-    if code == _ENODEV:
-        return MAX30102Error("absent", "max30102: no ACK at the sensor's address", code)
-    return MAX30102Error("bus", "max30102: I2C error " + str(code), code)
-
-
-class _MonoClock:
-    """``time`` with MicroPython's names, for CPython (host tools)."""
-
-    def sleep_ms(self, ms):
-        time.sleep(ms / 1000)
-
-    def ticks_ms(self):
-        return int(getattr(time, "monotonic")() * 1000) & 0x3FFFFFFF
-
-    def ticks_diff(self, a, b):
-        return ((a - b + 0x20000000) & 0x3FFFFFFF) - 0x20000000
-
-
-def _time_clock():
-    if hasattr(time, "ticks_ms"):
-        return time
-    return _MonoClock()
+    n = code(e)
+    if n == ENODEV:
+        return MAX30102Error("absent", "max30102: no ACK at the sensor's address", n)
+    return MAX30102Error("bus", "max30102: I2C error " + str(n), n)
 
 
 class MAX30102:
-    """``MAX30102(i2c, addr=0x57, clock=None)``: ``i2c`` has the ``machine.I2C`` methods,
-    ``clock`` has ``sleep_ms``/``ticks_ms``/``ticks_diff`` (``board.clock``; None: ``time``).
+    """``MAX30102(i2c, clock, addr=0x57)``: ``i2c`` has the ``machine.I2C`` methods, ``clock``
+    is the board's (``board.clock``: ``sleep_ms``/``ticks_ms``/``ticks_diff``).
     Nothing is sent to the part until a method is called."""
 
-    def __init__(self, i2c, addr=ADDR, clock=None):
+    def __init__(self, i2c, clock, addr=ADDR):
         self.i2c = i2c
         self.addr = addr
-        self.clock = clock if clock is not None else _time_clock()
+        self.clock = clock
         self.red = array.array("i", [0] * FIFO_DEPTH)
         self.ir = array.array("i", [0] * FIFO_DEPTH)
         self.swapped = False

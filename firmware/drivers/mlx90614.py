@@ -34,6 +34,8 @@ valid reading).
 """
 from micropython import const
 
+from firmware.errors import PartError, code, is_timeout
+
 # RAM (command 0x00 | address)
 _RAW_IR1 = const(0x04)
 _RAW_IR2 = const(0x05)
@@ -71,11 +73,6 @@ _TA_HI = const(19907)    # 125.0 degC
 _TO_LO = const(10158)    # -70.0 degC (measurement range)
 _TO_HI = const(32657)    # 380.0 degC
 _NO_CHECK = const(-1)
-
-_EIO = const(5)
-_ENODEV = const(19)
-_ETIMEDOUT = const(110)       # MicroPython's own errno
-_ETIMEDOUT_IDF = const(116)   # newlib's, what the ESP32 port raises
 
 _EE_WAIT_MS = const(10)       # datasheet minimum 5 ms; 10 ms is the careful choice
 _EE_BUSY_POLLS = const(10)
@@ -116,39 +113,27 @@ def crc8(data, crc=0):
     return crc
 
 
-class MLX90614Error(Exception):
+class MLX90614Error(PartError):
     """The thermometer could not give a trustworthy word. ``fault`` is one of ``"pec"``,
     ``"nack"``, ``"error-flag"``, ``"stuck"``, ``"range"`` (reads), ``"verify"``, ``"busy"``
     (EEPROM writes); the message names it first."""
 
-    def __init__(self, fault, message):
-        super().__init__("mlx90614:" + fault + " - " + message)
-        self.fault = fault
+    source = "mlx90614"
 
-
-class _TimeClock:
-    """Fallback when no board clock is given: MicroPython's ``time.sleep_ms`` (CPython: sleep)."""
-
-    def sleep_ms(self, ms):
-        import time
-
-        f = getattr(time, "sleep_ms", None)
-        if f is not None:
-            f(ms)
-        else:
-            time.sleep(ms / 1000)
+    def __init__(self, fault, message, errno=None):
+        super().__init__(fault, "mlx90614:" + fault + " - " + message, errno)
 
 
 class MLX90614:
-    """One MLX90614 on ``i2c`` at ``addr``. ``clock`` is the board clock (``board.clock``; EEPROM
-    waits use its ``sleep_ms``), ``retries`` how many times a failed read is repeated."""
+    """One MLX90614 on ``i2c`` at ``addr``. ``clock`` is the board clock (``board.clock``; retry
+    and EEPROM waits use its ``sleep_ms``), ``retries`` how many times a failed read is repeated."""
 
-    def __init__(self, i2c, addr=ADDR, clock=None, retries=3):
+    def __init__(self, i2c, clock, addr=ADDR, retries=3):
         if not 0 <= retries <= 10:
             raise ValueError("retries must be 0..10")
         self._i2c = i2c
         self._addr = addr
-        self._clock = clock if clock is not None else _TimeClock()
+        self._clock = clock
         self._retries = retries
         self._buf = bytearray(3)   # LSB, MSB, PEC
         self._wbuf = bytearray(3)
@@ -291,8 +276,8 @@ class MLX90614:
             try:
                 self._i2c.readfrom_mem_into(self._addr, cmd, buf)
             except OSError as e:
-                errno = e.args[0] if e.args else 0
-                fault = _F_STUCK if errno == _ETIMEDOUT or errno == _ETIMEDOUT_IDF else _F_NACK
+                errno = code(e)
+                fault = _F_STUCK if is_timeout(errno) else _F_NACK
                 continue
             if t[t[t[t[t[self._sa_w] ^ cmd] ^ self._sa_r] ^ buf[0]] ^ buf[1]] != buf[2]:
                 fault = _F_PEC
@@ -317,11 +302,12 @@ class MLX90614:
         self.last_fault = name
         msg = "%s at 0x%02X, cmd 0x%02X, after %d attempt(s)" % (_FAULT_TEXT[fault], self._addr, cmd,
                                                                  self._retries + 1)
-        if fault == _F_NACK or fault == _F_STUCK:
+        bus = fault == _F_NACK or fault == _F_STUCK
+        if bus:
             msg += " (errno %d)" % errno
         elif fault == _F_RANGE or fault == _F_FLAG:
             msg += " (raw 0x%04X)" % raw
-        raise MLX90614Error(name, msg)
+        raise MLX90614Error(name, msg, errno if bus else None)
 
     def _write(self, cmd, word):
         """SMBus Write Word with PEC, retried on bus errors."""
@@ -344,6 +330,6 @@ class MLX90614:
                     fn(self._addr, cmd, buf)
                 return
             except OSError as e:
-                errno = e.args[0] if e.args else 0
-        self._fail(_F_STUCK if errno == _ETIMEDOUT or errno == _ETIMEDOUT_IDF else _F_NACK,
+                errno = code(e)
+        self._fail(_F_STUCK if is_timeout(errno) else _F_NACK,
                    cmd if cmd >= 0 else _SLEEP, errno, 0)

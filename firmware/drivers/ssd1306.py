@@ -15,6 +15,8 @@ On CPython ``framebuf`` comes from ``compat/framebuf.py``, a pixel-exact stand-i
 from micropython import const
 import framebuf
 
+from firmware.errors import PartError, bus_fault, code
+
 _CTRL_CMD = const(0x00)
 _CTRL_DATA = const(0x40)
 
@@ -42,23 +44,20 @@ WIDTH = const(128)
 HEIGHT = const(64)
 
 
-class SSD1306Error(Exception):
+class SSD1306Error(PartError):
     """The display did not answer. ``fault``: ``"nack"`` (no ACK), ``"stuck"`` (bus held) or
     ``"bus"`` (other bus error); ``errno`` the bus error number."""
 
-    def __init__(self, fault, errno, message):
-        super().__init__(message)
-        self.fault = fault
-        self.errno = errno
+    source = "display"
+
+
+_TEXT = {"nack": "no ACK at the display's address", "stuck": "I2C bus held (timeout)"}
 
 
 def _fault(e):
-    code = e.args[0] if e.args else 0
-    if code == 19:      # ENODEV: no ACK
-        return SSD1306Error("nack", code, "ssd1306: no ACK at the display's address")
-    if code == 110 or code == 116:  # ETIMEDOUT (MicroPython/Linux, lwIP numbering)
-        return SSD1306Error("stuck", code, "ssd1306: I2C bus held (timeout)")
-    return SSD1306Error("bus", code, "ssd1306: I2C error " + str(code))
+    n = code(e)
+    f = bus_fault(n)
+    return SSD1306Error(f, "ssd1306: " + (_TEXT.get(f) or "I2C error " + str(n)), n)
 
 
 class SSD1306(framebuf.FrameBuffer):

@@ -3,7 +3,7 @@ median, median absolute deviation. Used once per report (1 Hz), never per sample
 
 
 def sort(a, m):
-    """Sort ``a[0:m]`` in place (insertion sort: m ≤ 16 here)."""
+    """Sort ``a[0:m]`` in place (insertion sort: m ≤ 32 here)."""
     for i in range(1, m):
         v = a[i]
         j = i - 1

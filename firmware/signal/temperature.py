@@ -17,11 +17,15 @@ Steps (docs/signal.md):
    T_core = T_s + k·(T_s − T_a) with k = 0.075 when the ambient (sensor die) temperature T_a is
    known, else + 0.90 °C (the same relation at a 24 °C room); ``site="none"`` adds nothing;
 4. flags: ``FEVER`` at ≥ 38.00 °C, ``LO`` below 34.00 °C, ``HI`` above 42.50 °C (the rated
-   display range: outside it the value is not shown as a body temperature).
+   display range: outside it the value is not shown as a body temperature); the limits are
+   firmware/limits.py's.
 """
 from array import array
 
 from micropython import const
+
+from firmware.limits import FEVER_CC, RATED_HI_CC, RATED_LO_CC
+from firmware.signal.stats import mad, median_sorted, sort
 
 FEVER = const(1)
 LO = const(2)
@@ -29,9 +33,6 @@ HI = const(4)
 NO_READING = const(8)
 FLAG_NAMES = ("fever", "LO", "HI", "no_reading")   # bit i of the flags -> FLAG_NAMES[i]
 
-FEVER_CC = const(3800)
-RATED_LO_CC = const(3400)
-RATED_HI_CC = const(4250)
 SITE_K_MILLI = const(75)         # forehead heat-balance coefficient k × 1000
 SITE_FIXED_CC = const(90)        # forehead -> core without an ambient reading, 0.01 °C
 N_MAX = const(32)
@@ -92,17 +93,13 @@ class TempProcessor:
         a = self.tmp
         for i in range(m):
             a[i] = self.reads[i]
-        _sort(a, m)
-        med = (a[m >> 1] + a[(m - 1) >> 1]) >> 1
+        sort(a, m)
+        med = median_sorted(a, m)
         d = self.reads
-        for i in range(m):
-            v = d[i] - med
-            a[i] = v if v >= 0 else -v
-        _sort(a, m)
-        mad = (a[m >> 1] + a[(m - 1) >> 1]) >> 1
-        if mad > _MAD_MAX_CC:
+        dev = mad(d, m, med, a)
+        if dev > _MAD_MAX_CC:
             return None, NO_READING         # reads scatter: the aim or the subject is moving
-        lim = (mad * 5930) // 1000          # 4 × 1.4826 × MAD
+        lim = (dev * 5930) // 1000          # 4 × 1.4826 × MAD
         if lim < _REJECT_MIN_CC:
             lim = _REJECT_MIN_CC
         tot = 0
@@ -134,12 +131,3 @@ class TempProcessor:
             flags |= HI
         return t, flags
 
-
-def _sort(a, m):
-    for i in range(1, m):
-        v = a[i]
-        j = i - 1
-        while j >= 0 and a[j] > v:
-            a[j + 1] = a[j]
-            j -= 1
-        a[j + 1] = v

@@ -261,7 +261,7 @@ def test_sleep_command_has_valid_pec(vm):
 
 def test_bad_arguments(vm):
     setup(vm)
-    for call in ("d.object_cc(3)", "MLX90614(bus, retries=-1)"):
+    for call in ("d.object_cc(3)", "MLX90614(bus, clock, retries=-1)"):
         with pytest.raises(MicroPythonError) as e:
             vm.exec(call)
         assert e.value.type == "ValueError"
