@@ -5,23 +5,18 @@ signed ack opened by the firmware's jws.verify."""
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import os
 import time
 
 import pytest
 
+from firmware import jws as fw_jws
+from firmware import reading as fw_reading
 from gateway import admin
 from gateway import recordstore as rs
 from gateway.db import Database
 from gateway.store import Message, Store
-
-if importlib.util.find_spec("firmware.jws") is None or importlib.util.find_spec("firmware.reading") is None:
-    pytest.skip("firmware/jws.py and firmware/reading.py are not in the tree yet", allow_module_level=True)
-
-from firmware import jws as fw_jws  # noqa: E402
-from firmware import reading as fw_reading  # noqa: E402
 
 DEV = "nabd-a1b2c3d4e5f6"
 KEY = bytes(range(1, 33))
