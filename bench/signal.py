@@ -27,6 +27,12 @@ WORKERS = 2
 HR_WINDOW_S = 8.0
 EVAL_STEP_S = 1.0
 
+IRREGULAR_SCENARIOS = ("af", "ectopic")
+# (low, high, key): true-PI bands of artefact-free windows; the first is the issue's low-perfusion key
+LOW_PI_BANDS = ((0.3, 0.5, "low_perfusion"), (0.2, 0.3, "pi_0_2_0_3"))
+GROSS_HR_BPM = 15.0
+GROSS_SPO2_PCT = 5.0
+
 TARGETS = {
     "hr_mae_bpm": ("<=", 1.5),
     "spo2_arms_pct": ("<=", 2.0),
@@ -36,6 +42,17 @@ TARGETS = {
     "temp_abs_err_c_p95": ("<=", 0.1),
     "alloc_bytes_per_sample": ("<=", 0),
     "cost_ref_units_per_sample": ("<=", 150.0),
+    # issue 12
+    "clean_reported_hr_pct": (">=", 92.0),
+    "clean_reported_spo2_pct": (">=", 92.0),
+    "coverage_pct_irregular": (">=", 85.0),
+    "coverage_pct_irregular_spo2": (">=", 85.0),
+    "irregular_hr_mae_bpm": ("<=", 3.0),
+    "irregular_spo2_arms_pct": ("<=", 2.0),
+    "coverage_pct_low_perfusion": (">=", 60.0),
+    "low_perfusion_hr_mae_bpm": ("<=", 3.0),
+    "low_perfusion_spo2_arms_pct": ("<=", 3.0),
+    "gross_errors": ("<=", 0),
 }
 
 
@@ -138,7 +155,7 @@ def _synthetic_job(p: ph.Physiology) -> dict:
             "hr": reported(o, "hr") if o else float("nan"),
             "spo2": reported(o, "spo2") if o else float("nan"),
             "pi": reported(o, "pi") if o else float("nan"),
-            "q": o.get("q") if o else None,
+            "q": o.get("q") if o else None, "irregular": bool(o.get("irregular")) if o else False,
             "ref_hr": rec.hr_at(t, HR_WINDOW_S), "ref_spo2": rec.spo2_at(t), "ref_pi": rec.pi_at(t),
             "finger_none": rec.finger_none(t - 1.0, t), "expect": expect,
             "hp_hr": hr_in_window(hp_b, t, HR_WINDOW_S, hp_ok), "nk_hr": hr_in_window(nk_b, t, HR_WINDOW_S, nk_ok),
@@ -166,7 +183,7 @@ def _first_valid(job: dict) -> float | None:
     """Seconds from finger-on to the first output reporting both HR and SpO2 (inf: never), for
     clean placements only (finger stays, no motion in the first 15 s, PI ≥ 0.3 %); None otherwise."""
     on = job["on"]
-    if on is None or job["pi"] < 0.3 or job["name"] in ("ambient", "irregular", "no-finger"):
+    if on is None or job["pi"] < 0.3 or job["name"] in ("ambient", "af", "no-finger"):
         return None
     if job["off"] is not None and job["off"] < on + 15:
         return None
@@ -227,6 +244,36 @@ def synthetic_figures(jobs: list[dict]) -> tuple[dict, dict]:
         sub = [r for r in cov_rows if r["job"]["name"] == name]
         if sub:
             f[f"coverage_pct_{name.replace('-', '_')}"] = pct(sum(1 for r in sub if fin(r["hr"])), len(sub))
+    # irregular rhythms (issue 12): atrial fibrillation and frequent ectopic beats, HR and SpO2
+    irr_rows = [r for r in cov_rows if r["job"]["name"] in IRREGULAR_SCENARIOS]
+    if irr_rows:
+        f["coverage_pct_irregular"] = pct(sum(1 for r in irr_rows if fin(r["hr"])), len(irr_rows))
+        f["coverage_pct_irregular_spo2"] = pct(sum(1 for r in irr_rows if fin(r["spo2"])), len(irr_rows))
+        ih = [(r["hr"], r["ref_hr"]) for r in irr_rows if fin(r["hr"])]
+        isp = [(r["spo2"], r["ref_spo2"]) for r in irr_rows if fin(r["spo2"]) and fin(r["ref_spo2"])]
+        f["irregular_hr_mae_bpm"] = mae(*zip(*ih, strict=False)) if ih else None
+        f["irregular_spo2_arms_pct"] = arms(*zip(*isp, strict=False)) if isp else None
+        f["irregular_flagged_pct"] = pct(sum(1 for r in irr_rows if fin(r["hr"]) and r["irregular"]), len(ih))
+    f["irregular_flag_false_pct"] = pct(
+        sum(1 for r in rows if fin(r["hr"]) and r["irregular"] and r["job"]["name"] not in IRREGULAR_SCENARIOS),
+        sum(1 for r in rows if fin(r["hr"]) and r["job"]["name"] not in IRREGULAR_SCENARIOS))
+    # low perfusion: artefact-free windows by their true PI
+    if "coverage_pct_low_perfusion" in f:
+        f["coverage_pct_low_perfusion_scenario"] = f.pop("coverage_pct_low_perfusion")
+    for lo, hi, key in LOW_PI_BANDS:
+        lp = [r for r in cov_rows if fin(r["ref_pi"]) and lo <= r["ref_pi"] < hi]
+        if not lp:
+            continue
+        lh = [(r["hr"], r["ref_hr"]) for r in lp if fin(r["hr"])]
+        ls = [(r["spo2"], r["ref_spo2"]) for r in lp if fin(r["spo2"]) and fin(r["ref_spo2"])]
+        f[f"coverage_pct_{key}"] = pct(len(lh), len(lp))
+        f[f"{key}_windows"] = len(lp)
+        f[f"{key}_hr_mae_bpm"] = mae(*zip(*lh, strict=False)) if lh else None
+        f[f"{key}_spo2_arms_pct"] = arms(*zip(*ls, strict=False)) if ls else None
+    # gross errors: readings off by more than 15 bpm or 5 SpO2 points, every window with a finger
+    f["gross_errors_synthetic"] = sum(
+        1 for r in rows if (fin(r["hr"]) and fin(r["ref_hr"]) and abs(r["hr"] - r["ref_hr"]) > GROSS_HR_BPM)
+        or (fin(r["spo2"]) and fin(r["ref_spo2"]) and abs(r["spo2"] - r["ref_spo2"]) > GROSS_SPO2_PCT))
     pi_pairs = [(r["pi"], r["ref_pi"]) for r in rows if fin(r["pi"]) and fin(r["ref_pi"])]
     f["pi_rel_err_pct_median"] = (float(np.median([abs(a - b) / b * 100 for a, b in pi_pairs]))
                                   if pi_pairs else None)
@@ -403,6 +450,7 @@ def real_figures(jobs: list[dict]) -> tuple[dict, dict]:
         if s in ("troika", "wfdb"):
             rows = [r for j in js for r in j["hr_rows"]]
             d["windows"] = len(rows)
+            f[pre + "gross_errors"] = sum(1 for r in rows if fin(r["nabd"]) and abs(r["nabd"] - r["ref"]) > GROSS_HR_BPM)
             for who, key in (("nabd", ""), ("hp", "heartpy_"), ("nk", "neurokit2_"), ("rd", "maxim_rd117_")):
                 pairs = [(r[who], r["ref"]) for r in rows if fin(r[who])]
                 f[f"{pre}{key}hr_mae_bpm"] = mae(*zip(*pairs, strict=False)) if pairs else None
@@ -462,6 +510,7 @@ def real_figures(jobs: list[dict]) -> tuple[dict, dict]:
         if s == "emotibit":
             rows = [r for j in js for r in j["sp_rows"]]
             pairs = [(r["nabd"], r["ref"]) for r in rows if fin(r["nabd"])]
+            f[pre + "gross_errors"] = sum(1 for a, b in pairs if abs(a - b) > GROSS_SPO2_PCT)
             f[pre + "spo2_arms_pct"] = arms(*zip(*pairs, strict=False)) if pairs else None
             f[pre + "spo2_windows_pct"] = pct(len(pairs), len(rows))
             rdp = [(r["rd"], r["ref"]) for r in rows if fin(r["rd"])]
@@ -609,7 +658,7 @@ def write_report(figs: dict, detail: dict, outdir: Path, elapsed: float, notes: 
     if notes:
         L += ["**Notes from this run:** " + " ".join(notes), ""]
     met = [k for k in TARGETS if _met(k, figs.get(k)) == "met"]
-    L += ["## 1. Targets of issue 3", "",
+    L += ["## 1. Targets (issues 3 and 12)", "",
           f"{len(met)} of {len(TARGETS)} targets met.", "",
           "| key | value | target | status |", "|---|---|---|---|"]
     for k, (op, t) in TARGETS.items():
@@ -933,6 +982,8 @@ def run(outdir) -> dict:
         rf, rd = real_figures(rjobs)
         figs.update(rf)
         detail.update(rd)
+        figs["gross_errors_real"] = sum(v for k, v in rf.items() if k.endswith("_gross_errors") and v is not None)
+    figs["gross_errors"] = figs.get("gross_errors_synthetic", 0) + figs.get("gross_errors_real", 0)
     try:
         detail["pi_sweep"] = pi_threshold_sweep(n)
     except Exception as e:

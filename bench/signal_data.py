@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-PPG = REPO.parent / "shared" / "data" / "ppg"
+# beside the project root; NABD_PPG_DATA points elsewhere (a git worktree one level deeper)
+PPG = Path(os.environ.get("NABD_PPG_DATA") or REPO.parent / "shared" / "data" / "ppg")
 
 
 @dataclass

@@ -87,6 +87,7 @@ class Result:
         self.q_temp = None
         self.q_ppg = None
         self.alerts = []
+        self.irregular = False    # pulse rate is the mean of an irregular rhythm (protocol flag)
         self.patient = None
         self.seq = None
         self.state = None
@@ -534,6 +535,7 @@ class App:
             r.hr = (ch.hr_x10 + 5) // 10
             r.pi_cp = ch.pi_x100 if ch.pi_x100 > 0 and self.report_pi else None
             r.q_ppg = ch.q * 10
+            r.irregular = bool(ch.irregular)
         else:
             r.reason = reason.replace("_", " ")
         self.max.shutdown()
@@ -552,6 +554,8 @@ class App:
         obs, flags = reading.observations(temp_mc=t_mc, spo2=r.spo2, hr=r.hr, pi_cp=r.pi_cp,
                                           q_temp=r.q_temp, q_ppg=r.q_ppg)
         r.alerts = flags
+        if r.irregular and r.hr is not None:
+            flags = flags + ["irregular"]     # not an alert: how the pulse rate was formed
         if not obs:
             r.state = "nothing to send"
             return

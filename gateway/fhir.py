@@ -210,6 +210,8 @@ def observations_for_reading(payload: dict, received_at: _dt.datetime) -> list[d
             notes.append("Device clock not synchronised: effective time is the gateway's receipt time.")
         if "stale" in flags:
             notes.append("Device flagged this reading as stale.")
+        if "irregular" in flags and code == "hr":
+            notes.append("Irregular rhythm: the pulse rate is the mean over the device's 8-s window.")
         if notes:
             obs["note"] = [{"text": n} for n in notes]
         q = item.get("q")

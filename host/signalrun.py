@@ -97,7 +97,8 @@ while True:
         break
     for i in range(0, k // 4, 2):
         if push(buf[i], buf[i + 1]):
-            out.append((po.t_ms, po.hr_x10, po.spo2_x10, po.pi_x100, po.q, po.withheld, po.age_ms, po.stale))
+            out.append((po.t_ms, po.hr_x10, po.spo2_x10, po.pi_x100, po.q, po.withheld, po.age_ms, po.stale,
+                        po.irregular))
 f.close()
 gc.collect()
 import json
@@ -106,7 +107,7 @@ print('\\x1e' + json.dumps(out))
 
 
 def _to_dict(rep) -> dict:
-    t_ms, hr, spo2, pi, q, w, age, stale = rep
+    t_ms, hr, spo2, pi, q, w, age, stale, irr = rep
     return {"t": t_ms / 1000.0,
             "hr": hr / 10.0 if hr >= 0 else None,
             "spo2": spo2 / 10.0 if spo2 >= 0 else None,
@@ -114,7 +115,8 @@ def _to_dict(rep) -> dict:
             "q": q / 100.0,
             "withheld": _WITHHELD[w] if w else None,
             "age_s": age / 1000.0 if age >= 0 else None,
-            "stale": bool(stale)}
+            "stale": bool(stale),
+            "irregular": bool(irr)}
 
 
 def run_chain(red: Sequence[float] | None, ir: Sequence[float], rate_hz: float = FIRMWARE_RATE_HZ,

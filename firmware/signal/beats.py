@@ -33,6 +33,7 @@ _RING = const(256)
 _RMASK = const(255)
 _RANGE_N = const(128)          # samples over which settled() measures the pulse's range
 _DECAY_AFTER = const(150)      # samples without a peak before the amplitude estimate decays
+_DECAY_SHIFT = const(2)        # by 1/4 every 16 samples (halves in ~0.4 s)
 _TMASK = const(0x3FFFFFFF)
 
 
@@ -99,7 +100,7 @@ class BeatDetector:
         self.since = s
         if s > _DECAY_AFTER and not (s & 15):
             a = self.amp_est
-            a -= a >> 3
+            a -= a >> _DECAY_SHIFT
             self.amp_est = a
             h = (a * 3) >> 3
             self.hyst = h if h > HYST_MIN else HYST_MIN

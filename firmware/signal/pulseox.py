@@ -72,6 +72,12 @@ _HR_WIN_N = const(800)         # the intervals between the beats of the last 8 s
 _SPO2_WIN_N = const(500)       # beats in the last 5 s make SpO2 and PI
 _NO_PULSE_N = const(400)       # no beat for 4 s with a finger: no pulsatile component
 _NIV = const(32)               # intervals kept: the last 8 s up to 240 bpm (a power of two)
+_IRR_MIN = const(5)            # intervals before an irregular rhythm's mean rate is reported
+_EARLY2_MIN_Q8 = const(20480)  # a first reading from 2 intervals: slower than 75 bpm only
+_AGREE2 = const(8)
+_SHIFT_OUT = const(2)
+_EARLY_N = const(5)
+_IRR_PA_MIN = const(50)        # band-passed pulse, % of DC × 100, for an irregular rhythm's rate
 _NB = const(8)
 _RING = const(256)
 _RMASK = const(255)
@@ -122,6 +128,8 @@ class PulseOx:
         self.last_red = -1
         self.flat = 0
         self.hr_q = 0
+        self.irr = 0
+        self.iv_old = 0
         self.k_q8 = 0           # red/IR pulse amplitude ratio (counts), × 256
         self.mot_thr = 0        # |IR 40 ms slope| beyond which a sample is motion (0: not armed yet)
         self.lvl_thr = 0        # |IR pulse| beyond which a sample is motion
@@ -145,6 +153,7 @@ class PulseOx:
         self.spo2_x10 = -1
         self.pi_x100 = -1
         self.q = 0
+        self.irregular = 0
         self.withheld = NO_FINGER
         self.age_ms = -1
         self.stale = 0
@@ -362,6 +371,7 @@ class PulseOx:
         q = self.q
         age = self.age_ms
         st = self.stale
+        irr = self.irregular
         self._report(n, True)
         if self.withheld == NONE:
             self.rep_n = n
@@ -372,6 +382,7 @@ class PulseOx:
         self.q = q
         self.age_ms = age
         self.stale = st
+        self.irregular = irr
         self.hr_x10 = -1
         self.spo2_x10 = -1
         self.pi_x100 = -1
@@ -424,6 +435,7 @@ class PulseOx:
             # red and IR disagree on the slope: motion (pulses are proportional on both)
             w = MOTION
             self.mot_until = n + _MOTION_HOLD_N
+        self.irr = 0
         if w == NONE:
             m = self._intervals(n)
             if m < 2:
@@ -435,7 +447,9 @@ class PulseOx:
                 hr = self._hr(m)
                 q = self.hr_q
                 if hr < 0:
-                    w = SETTLING if m == 2 else IRREGULAR_RHYTHM
+                    w = SETTLING if m < _IRR_MIN else IRREGULAR_RHYTHM
+                elif self.irr and not self._pulses_confirmed(n):
+                    w = IRREGULAR_RHYTHM
         if w == NONE:
             pa = self._median_beats(n, self.b_pa)
             if pa >= 0 and pa < PI_MIN_X100:
@@ -462,6 +476,7 @@ class PulseOx:
             if w == NO_FINGER or w == CLIPPING or w == AMBIENT_LIGHT:
                 q = 0
         self.withheld = w
+        self.irregular = self.irr if w == NONE else 0
         self.hr_x10 = hr
         self.spo2_x10 = spo2
         self.pi_x100 = pi
@@ -485,35 +500,84 @@ class PulseOx:
         s1 = self.s1
         iv = self.iv
         ivn = self.iv_n
+        old = -1
+        oldest = 0
         for i in range(self.iv_cnt):
-            if n - ivn[i] <= _HR_WIN_N:
+            a = n - ivn[i]
+            if a <= _HR_WIN_N:
                 s1[m] = iv[i]
                 m += 1
+                if a > old:
+                    old = a
+                    oldest = iv[i]
+        self.iv_old = oldest
         return m
 
     def _hr(self, m):
-        """hr_x10 from the ``m`` intervals in ``s1`` (its quality in ``hr_q``); −1 when the rhythm
-        is too irregular for one number. Outliers (> 25 % from the median: missed or extra beats) are
-        left out of the mean; more than a third of them means an irregular rhythm."""
+        """hr_x10 from the ``m`` intervals in ``s1`` (its quality in ``hr_q``, ``irr`` = 1 when the
+        rhythm is irregular); −1 when there is no rate to give yet.
+
+        Regular rhythm: intervals more than 25 % from the median (a missed or an extra beat) are
+        left out of the mean, at most a third of them. Irregular rhythm (atrial fibrillation,
+        frequent ectopic beats): the mean pulse rate over every interval of the window, as
+        clinical oximeters report it, once there are ``_IRR_MIN`` intervals. Irregular = a robust
+        CV over 8 %, more than a third of outliers, or outliers whose exclusion moves the mean by
+        more than 5 % (a missed or extra beat is an interval under 0.6 or over 1.6 × the median;
+        between those, an outlier is the rhythm, and dropping it would pick a regular-looking
+        subset of an irregular rhythm)."""
         s1 = self.s1
         stats.sort(s1, m)
         med = stats.median_sorted(s1, m)
         tol = med >> 2
+        lo = (med * 154) >> 8               # 0.6 × median
+        hi = (med * 410) >> 8               # 1.6 × median
         tot = 0
         k = 0
+        tot_r = 0
+        k_r = 0
         for i in range(m):
             v = s1[i]
             if -tol <= v - med <= tol:
                 tot += v
                 k += 1
+            if lo <= v <= hi:
+                tot_r += v
+                k_r += 1
         dev = stats.mad(s1, m, med, self.s2)
         cv = (dev * 1483) // med          # robust coefficient of variation, ‰
+        self.irr = 0
         self.hr_q = 100 - cv // 3
-        if m == 2 and (s1[1] - s1[0]) * 8 > med:
-            return -1                     # two intervals only: they must agree within 12 %
-        if (m - k) * 3 > m or cv > 80 or k < 2:
+        if m == 2 and ((s1[1] - s1[0]) * _AGREE2 > med or med < _EARLY2_MIN_Q8):
+            return -1                     # two intervals only: slow rates, agreeing within 12 %
+        # the means with and without the rhythm's outliers (× k × k_r: no division), ≤ 5 % apart
+        d = (tot_r >> 4) * k - (tot >> 4) * k_r
+        if (m - k) * 3 <= m and cv <= 80 and k >= 2 and (m >= _EARLY_N or k == m or (k == m - 1 and not -tol <= self.iv_old - med <= tol)) \
+                and (m - k < _SHIFT_OUT or -((tot >> 4) * k_r) <= d * 20 <= (tot >> 4) * k_r):
+            return (_HR_NUM * k + (tot >> 1)) // tot     # rounded (a floor reads 0.05 bpm low)
+        # irregular: the scatter is physiology, not noise (q lowered at most as the regular
+        # limit allows), when the beats are beats: one missed or extra beat in eight at most
+        if cv > 80:
+            self.hr_q = 73
+        if m < _IRR_MIN or (m - k_r) * 8 > m:
             return -1
-        return (_HR_NUM * k + (tot >> 1)) // tot     # rounded (a floor reads 0.05 bpm low)
+        self.irr = 1
+        tot = 0
+        for i in range(m):
+            tot += s1[i]
+        return (_HR_NUM * m + (tot >> 1)) // tot
+
+    def _pulses_confirmed(self, n):
+        """Irregular intervals are a rhythm, not motion or missed beats, only when the beats are
+        clearly pulses: red and IR agree on them (R within 15 % from beat to beat: motion is not
+        proportional on both; IR-only operation cannot tell, so withholds) and the band-passed
+        pulse is at least 0.5 % of the DC (weaker pulses under wander lose beats, and a mix of
+        single and double intervals looks irregular)."""
+        if not self.red_mode:
+            return False
+        rq = self._median_beats(n, self.b_r)
+        if rq <= 0 or self._disp_beats(n, self.b_r, rq) > 15:
+            return False
+        return self._median_beats(n, self.b_pa) >= _IRR_PA_MIN
 
     def _median_beats(self, n, arr):
         """Median of ``arr`` over the beats of the last 5 s (−1 when none or all −1)."""

@@ -17,6 +17,11 @@ The model, in one place (all relative quantities are fractions of the local DC l
 * pulse: each beat is one period of a periodic sum of Gaussians (systolic peak, dicrotic notch,
   diastolic wave) over the beat's phase; beat-to-beat intervals carry heart-rate variability
   (respiratory sinus arrhythmia + AR(1) noise); the transmitted light falls during systole;
+* irregular rhythms: atrial fibrillation draws every RR independently (irregularly irregular, CV
+  ``rr_cv``); frequent ectopic beats come early (coupling 55–75 % of the RR) and are followed by
+  a compensatory pause. In both, a beat's pulse amplitude follows its filling time (the RR before
+  it: Frank–Starling, so short cycles give small pulses, and the beat after a pause a larger one)
+  with some random variation; PI's truth follows the amplitude beat by beat;
 * SpO2 -> R: the ratio of ratios R = (AC_red/DC_red)/(AC_ir/DC_ir) is the INVERSE of the
   calibration curve the firmware uses by default (:func:`r_from_spo2`, coefficients read from
   ``firmware/signal/calibration.py``), so a perfect chain reads back exactly the requested SpO2;
@@ -151,7 +156,9 @@ class Physiology:
     rsa_frac: float = 0.02                # respiratory sinus arrhythmia, fraction of RR
     diastolic: float = 0.35              # pulse morphology, see pulse_shape()
     notch: float = 0.02
-    irregular: bool = False               # AF-like: RR drawn independently, CV 15 %
+    irregular: bool = False               # atrial fibrillation: RR drawn independently (see rr_cv)
+    rr_cv: float = 0.15                   # AF: coefficient of variation of RR
+    ectopic_frac: float = 0.0             # share of beats that are premature (ectopic)
     resp_rate_bpm: float = 15.0
     resp_am_frac: float = 0.08            # respiratory modulation of pulse amplitude
     resp_baseline_frac: float = 0.004     # respiratory modulation of the baseline (fraction of DC)
@@ -324,23 +331,48 @@ def pulse_mean(shape=None) -> float:
 
 
 def _beat_times(p: Physiology, rng: np.random.Generator, t_end: float) -> np.ndarray:
-    """Beat onsets from −3 s to t_end + 3 s with HR ramp, RSA and AR(1) variability."""
+    """Beat onsets from −3 s to t_end + 3 s with HR ramp, RSA and AR(1) variability (or an AF or
+    ectopic rhythm)."""
     beats = [-3.0 + rng.uniform(0, 60.0 / p.hr_bpm)]
     ar = 0.0
     fr = p.resp_rate_bpm / 60.0
     phi = rng.uniform(0, 2 * math.pi)
+    pause = 0.0
     while beats[-1] < t_end + 3.0:
         t = beats[-1]
         frac = min(1.0, max(0.0, t / max(p.duration_s, 1e-9)))
         hr = p.hr_bpm + ((p.hr_end_bpm if p.hr_end_bpm is not None else p.hr_bpm) - p.hr_bpm) * frac
         rr = 60.0 / hr
         if p.irregular:
-            rr *= float(np.clip(rng.normal(1.0, 0.15), 0.6, 1.5))
+            # irregularly irregular: independent RRs, log-normal (right-skewed, as in AF), mean kept
+            s = math.sqrt(math.log(1.0 + p.rr_cv ** 2))
+            rr *= float(np.clip(math.exp(rng.normal(-0.5 * s * s, s)), 0.45, 2.2))
         else:
             ar = 0.6 * ar + rng.normal(0.0, p.hrv_sdnn_frac * math.sqrt(1 - 0.36))
             rr *= 1.0 + p.rsa_frac * math.sin(2 * math.pi * fr * t + phi) + ar
+            if pause:
+                rr, pause = pause, 0.0                  # the compensatory pause after an ectopic beat
+            elif p.ectopic_frac and rng.uniform() < p.ectopic_frac:
+                c = rng.uniform(0.55, 0.75)             # coupling interval, share of the RR
+                # ventricular: fully compensatory (the two cycles make 2 RR); atrial: less so
+                pause = rr * ((2.0 - c) if rng.uniform() < 0.6 else rng.uniform(1.05, 1.25))
+                rr *= c
         beats.append(t + max(rr, 60.0 / 260.0))
     return np.asarray(beats)
+
+
+def _beat_amplitudes(p: Physiology, rng: np.random.Generator, beats: np.ndarray) -> np.ndarray:
+    """Pulse amplitude of each beat relative to a steady beat (1.0). In AF and with ectopic beats
+    the stroke volume follows the filling time, the RR before the beat (a premature beat ejects
+    little, the beat after a pause more); steady rhythms keep 1.0."""
+    n = len(beats)
+    if not (p.irregular or p.ectopic_frac) or n < 3:
+        return np.ones(n)
+    rr = np.diff(beats)
+    pre = np.concatenate([[float(np.median(rr))], rr[:-1]])   # the RR that ends where beat k begins
+    rel = pre / float(np.median(rr))
+    amp = 1.0 + 0.9 * (rel - 1.0) + rng.normal(0.0, 0.08, len(rr))
+    return np.concatenate([np.clip(amp, 0.3, 1.5), [1.0]])
 
 
 def _bandlimited(rng: np.random.Generator, n: int, rate: float, f_lo: float, f_hi: float) -> np.ndarray:
@@ -373,7 +405,8 @@ def render(p: Physiology) -> Recording:
     rr = beats[k + 1] - beats[k]
     phase = (t - beats[k]) / rr
     shape = pulse_shape(p.diastolic, p.notch)
-    pulse = pulse_template(phase, shape)
+    amp = _beat_amplitudes(p, rng, beats)[k]      # 1.0 in a steady rhythm
+    pulse = pulse_template(phase, shape) * amp
     hr_inst = 60.0 / rr
 
     # SpO2 and R, perfusion
@@ -425,7 +458,9 @@ def render(p: Physiology) -> Recording:
         settle[on] = (1.0 - np.exp(-dt[on] / 0.15)) * (1.0 + ov * np.exp(-dt[on] / tau))
         settling = on & (dt < 2.0)
 
-    puls = pulse_mean(shape) - pulse   # transmitted light falls with blood volume; zero mean over a beat
+    # transmitted light falls with blood volume; zero mean over a steady beat (a beat's scaled
+    # pulse keeps its foot at the same level, so beats join without a step)
+    puls = pulse_mean(shape) - pulse
     tissue_ir = dc_ir * base * settle * (1.0 + ac_ir * puls) * (1.0 + mot_ir)
     tissue_red = dc_red * base * settle * (1.0 + ac_red * puls) * (1.0 + mot_red)
     ir = np.where(finger, tissue_ir + shunt, CROSSTALK_PA_PER_MA)
@@ -454,7 +489,7 @@ def render(p: Physiology) -> Recording:
         params=p, rate_hz=rate, t=t, red_pa=red, ir_pa=ir, ambient_pa=ambient,
         finger=finger, motion=motion & finger, settling=settling,
         hr_inst=np.where(valid, hr_inst, np.nan), spo2=np.where(valid, spo2, np.nan),
-        pi=np.where(valid, ac_ir * 100.0, np.nan), beats=beats,
+        pi=np.where(valid, ac_ir * amp * 100.0, np.nan), beats=beats,
         object_mc=np.round(forehead * 1000).astype(np.int64),
         ambient_mc=np.round(die * 1000).astype(np.int64), core_c=p.core_c,
     )
@@ -508,13 +543,15 @@ def scenario(name: str, seed: int = 0, duration_s: float = 30.0) -> Physiology:
         return base.with_(monk=int(rng.integers(8, 11)))
     if name == "ambient":      # sunlight on the sensor: cancellation overflows, ADC saturates
         return base.with_(ambient_pa=_u(rng, 6e7, 1.2e8), finger_ambient_frac=_u(rng, 0.9, 1.0))
-    if name == "irregular":    # AF-like rhythm
-        return base.with_(irregular=True, hr_bpm=_u(rng, 70, 120))
+    if name in ("af", "irregular"):    # atrial fibrillation ("irregular": its former name)
+        return base.with_(name="af", irregular=True, hr_bpm=_u(rng, 50, 150), rr_cv=_u(rng, 0.12, 0.25))
+    if name == "ectopic":      # frequent premature beats (atrial or ventricular) in sinus rhythm
+        return base.with_(ectopic_frac=_u(rng, 0.08, 0.3), hr_bpm=_u(rng, 45, 120))
     raise KeyError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
 
 
 SCENARIOS = ("normal", "fever", "hypothermia", "hypoxia", "tachycardia", "bradycardia", "exercise", "motion",
-             "no-finger", "finger-off", "low-perfusion", "high-perfusion", "dark-skin", "ambient", "irregular")
+             "no-finger", "finger-off", "low-perfusion", "high-perfusion", "dark-skin", "ambient", "af", "ectopic")
 
 
 def hash_name(name: str) -> int:
@@ -525,14 +562,16 @@ def hash_name(name: str) -> int:
     return h
 
 
-def suite(n: int = 200, seed: int = 2025, duration_s: float = 35.0) -> list[Physiology]:
+def suite(n: int = 200, seed: int = 2025, duration_s: float = 35.0, rhythm: bool = True) -> list[Physiology]:
     """The benchmark suite: ``n`` seeded recordings spanning HR 30–220 bpm, SpO2 70–100 %, PI
     0.1–20 %, Monk 1–10, with ~25 % carrying artefacts (motion, finger removed, no finger, sunlight)
-    and a few named clinical scenarios."""
+    and a few named clinical scenarios; then (``rhythm``) ``max(2, n // 20)`` atrial-fibrillation
+    recordings at ventricular rates spread over 50–160 bpm and as many with frequent ectopic beats
+    over 45–130 bpm, so that irregular rhythms are measured at several rates."""
     rng = np.random.default_rng(seed)
     out: list[Physiology] = []
     named = ["motion", "motion", "no-finger", "finger-off", "ambient", "motion", "hypoxia", "exercise",
-             "irregular", "fever", "dark-skin", "low-perfusion"]
+             "af", "fever", "dark-skin", "low-perfusion"]
     for i in range(n):
         kind = named[(i // 4) % len(named)] if i % 4 == 3 else "sweep"
         if kind != "sweep":
@@ -547,6 +586,11 @@ def suite(n: int = 200, seed: int = 2025, duration_s: float = 35.0) -> list[Phys
             wander_frac=_u(rng, 0.002, 0.02), core_c=_u(rng, 35.5, 40.5), room_c=_u(rng, 18, 30),
             diastolic=_u(rng, 0.15, 0.5), notch=_u(rng, 0.0, 0.1),
         ))
+    k = max(2, n // 20) if rhythm else 0
+    for i in range(k):
+        x = (i + 0.5) / k
+        out.append(scenario("af", seed=seed + n + i, duration_s=duration_s).with_(hr_bpm=50 + 110 * x))
+        out.append(scenario("ectopic", seed=seed + n + i, duration_s=duration_s).with_(hr_bpm=45 + 85 * x))
     return out
 
 

@@ -44,6 +44,13 @@ def test_valid_reading_is_accepted_with_its_digest():
     assert v.payload["obs"][0]["code"] == "temp"
 
 
+def test_irregular_rhythm_flag_is_accepted_and_unknown_flags_are_not():
+    v = judge(msg(8, flags=["irregular", "tachycardia"]))
+    assert v.kind == "accept" and v.payload["flags"] == ["irregular", "tachycardia"]
+    v = judge(msg(9, flags=["arrhythmia"]))
+    assert (v.kind, v.reason) == ("reject", "invalid") and "flags" in v.detail
+
+
 @pytest.mark.parametrize("raw,detail", [
     (b"", "parts"), (b"a.b", "parts"), (b"a.b.c.d", "parts"),
     (b"eyJ=.e30.AAAA", "base64url"),                       # padding

@@ -114,6 +114,16 @@ def test_alert_flags_become_interpretations():
         Observation.model_validate(o)
 
 
+def test_irregular_rhythm_flag_is_a_note_on_the_pulse_rate_only():
+    p = reading(flags=["irregular", "tachycardia"])
+    temp, spo2, hr, pi = fhir.observations_for_reading(p, RECEIVED)
+    assert hr["note"] == [{"text": "Irregular rhythm: the pulse rate is the mean over the device's 8-s window."}]
+    assert hr["interpretation"][0]["coding"][0]["code"] == "H"      # the alert is kept beside it
+    assert all("note" not in o for o in (temp, spo2, pi))
+    for o in (temp, spo2, hr, pi):
+        Observation.model_validate(o)
+
+
 @pytest.mark.parametrize("bad", [
     {"obs": [{"code": "bp", "value": 1, "unit": "mm[Hg]"}]},
     {"obs": [{"code": "temp", "value": 36.9, "unit": "degF"}]},
