@@ -21,7 +21,13 @@ from gateway.verify import DEVICE_RE
 
 
 class AdminError(ValueError):
-    """An administrative request that cannot be carried out; the message says why."""
+    """An administrative request that cannot be carried out; the message says why. ``bad_argument``:
+    the request itself is malformed (a usage error on the command line), not at odds with the
+    registry (an unknown or already registered device)."""
+
+    def __init__(self, message: str, bad_argument: bool = False):
+        super().__init__(message)
+        self.bad_argument = bad_argument
 
 
 def validate_region(region: str) -> str:
@@ -34,13 +40,13 @@ def validate_region(region: str) -> str:
     except Exception:
         known = set(REGIONS)
     if region not in known or region not in REGIONS:
-        raise AdminError(f"region {region!r} is not one of Morocco's regions MA-01..MA-12 (ISO 3166-2)")
+        raise AdminError(f"region {region!r} is not one of Morocco's regions MA-01..MA-12 (ISO 3166-2)", True)
     return region
 
 
 def validate_device_id(device_id: str) -> str:
     if not DEVICE_RE.match(device_id or ""):
-        raise AdminError(f"device id {device_id!r} does not match ^[a-z0-9][a-z0-9-]{{2,39}}$")
+        raise AdminError(f"device id {device_id!r} does not match ^[a-z0-9][a-z0-9-]{{2,39}}$", True)
     return device_id
 
 
@@ -53,9 +59,9 @@ def add_device(db: Database, kek: bytes, device_id: str, key: bytes, facility: s
     validate_device_id(device_id)
     validate_region(region)
     if not facility or len(facility) > 128:
-        raise AdminError("facility must be a non-empty name (at most 128 characters)")
+        raise AdminError("facility must be a non-empty name (at most 128 characters)", True)
     if key_version < 1:
-        raise AdminError("key version must be >= 1")
+        raise AdminError("key version must be >= 1", True)
     now = utcnow()
     with db.connect() as conn:
         db.begin(conn)
@@ -135,6 +141,11 @@ def rotate_key(db: Database, kek: bytes, device_id: str, key: bytes, grace_hours
         audit(db, conn, actor, "devices.rotate-key", device_id,
               f"key_version {old} -> {new}; old version(s) valid until {until.isoformat()}")
     return new
+
+
+def count_quarantine(db: Database) -> int:
+    with db.connect() as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
 
 
 def list_quarantine(db: Database, limit: int = 100) -> list[dict]:

@@ -75,6 +75,7 @@ class Ingest:
         self.on_batch = on_batch
         self.epoch = 0
         self.connected = threading.Event()
+        self.refused: str | None = None  # the broker's reason when it refused our CONNECT (bad login)
         self._closing = threading.Event()
         self._stopped = threading.Event()
         self._writer: threading.Thread | None = None
@@ -100,6 +101,7 @@ class Ingest:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
+            self.refused = str(reason_code)
             log.error("broker refused the connection: %s", reason_code)
             return
         self.epoch += 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
@@ -33,7 +34,8 @@ class CommandError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAIL):
         super().__init__(message)
         self.code = code
-        self.usage = ""  # the failing parser's usage line, for errors argparse found
+        self.usage = ""  # for errors argparse found: the failing parser's usage line
+        self.prog = ""   # and its name ("nabd analyze"), which the message is prefixed with
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -41,8 +43,8 @@ class ArgumentParser(argparse.ArgumentParser):
     and exited, so that ``--json`` applies to them too. Subparsers inherit the class."""
 
     def error(self, message: str):  # type: ignore[override]
-        e = CommandError(f"{self.prog}: {message}", EXIT_USAGE)
-        e.usage = self.format_usage()
+        e = CommandError(message, EXIT_USAGE)
+        e.usage, e.prog = self.format_usage(), self.prog
         raise e
 
 
@@ -53,6 +55,22 @@ def add_json(p: argparse.ArgumentParser) -> None:
 def emit_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
     sys.stdout.flush()
+
+
+def why_unreachable(host: str, port: int, timeout: float = 3.0) -> str | None:
+    """Why nothing accepts a TCP connection on ``host:port`` ("connection refused", "timed out"),
+    or None when something does: for start-up errors that name the address and the cause."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return os_reason(e)
+
+
+def os_reason(e: OSError) -> str:
+    """An OSError as the few words a user reads ("address already in use"), without errno noise."""
+    text = e.strerror or str(e) or type(e).__name__
+    return text[:1].lower() + text[1:]
 
 
 def version(dist: str = "nabd") -> str:
@@ -87,7 +105,7 @@ def report(prog: str, e: CommandError, as_json: bool) -> int:
     else:
         if e.usage:
             sys.stderr.write(e.usage)
-        print(f"{prog}: {e}" if not str(e).startswith(prog) else str(e), file=sys.stderr)
+        print(f"{e.prog or prog}: {e}", file=sys.stderr)
     return e.code
 
 

@@ -25,7 +25,9 @@ def open_config(args) -> tuple[Config, Database]:
     try:
         db.migrate()
     except DatabaseError as e:
-        raise CommandError(str(e), EXIT_DEVICE) from None
+        detail = " ".join(str(e).split())  # psycopg's messages span lines
+        raise CommandError(f"{detail}; check that the database is up, and [database] url in {args.config}",
+                           EXIT_DEVICE) from None
     return cfg, db
 
 

@@ -32,7 +32,7 @@ def _admin(fn, *a, **kw):
     try:
         return fn(*a, **kw)
     except admin.AdminError as e:
-        raise CommandError(str(e), EXIT_DATA) from None
+        raise CommandError(str(e), EXIT_USAGE if e.bad_argument else EXIT_DATA) from None
 
 
 def cmd_add(args) -> int:

@@ -95,7 +95,7 @@ def run(args) -> int:
     for p in (cfg_path, kek_path):
         if p.exists() and not args.force:
             raise CommandError(f"{p} already exists; use --force to overwrite (a new key-encryption key "
-                               "makes the stored device keys unreadable)", 1)
+                               "makes the stored device keys unreadable)", EXIT_USAGE)
     token = secrets.token_urlsafe(32)
     db = args.db or f"sqlite:///{cfg_path.stem}.db"
     text = TEMPLATE.format(broker=args.broker, client_id=f"nabd-gateway-{secrets.token_hex(4)}", db=db,

@@ -3,20 +3,22 @@
 ``report --from D --to D [--json|--csv]`` prints the counts (suppressed cells shown as ``-``);
 ``push [--day D]`` queues one day's counts (default: yesterday, UTC) in the outbox for the
 forwarder to deliver to ``[observatory] endpoint``; a day already queued is not queued again.
+Without an endpoint, ``push`` refuses (exit 2): nothing would deliver what it queued.
 """
 from __future__ import annotations
 
 import datetime as dt
 import sys
 
-from nabd_cli import EXIT_DEVICE, EXIT_USAGE, CommandError, emit_json
+from gateway.commands._common import add_config, open_config
+from nabd_cli import EXIT_USAGE, CommandError, add_json, emit_json
 
 
 def register(sub) -> None:
     p = sub.add_parser("observatory", help="observatory feed: device counts per facility and region")
-    osub = p.add_subparsers(dest="observatory_command", metavar="ACTION")
+    osub = p.add_subparsers(dest="observatory_command", metavar="ACTION", required=True)
     r = osub.add_parser("report", help="print daily counts for a date range")
-    r.add_argument("--config", required=True, help="gateway configuration file (TOML)")
+    add_config(r)
     r.add_argument("--from", dest="date_from", required=True, metavar="YYYY-MM-DD")
     r.add_argument("--to", dest="date_to", required=True, metavar="YYYY-MM-DD")
     fmt = r.add_mutually_exclusive_group()
@@ -24,32 +26,16 @@ def register(sub) -> None:
     fmt.add_argument("--csv", action="store_true", help="CSV output")
     r.set_defaults(func=_report)
     q = osub.add_parser("push", help="queue one day's counts for the observatory endpoint")
-    q.add_argument("--config", required=True, help="gateway configuration file (TOML)")
+    add_config(q)
     q.add_argument("--day", metavar="YYYY-MM-DD", help="default: yesterday (UTC)")
-    q.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(q)
     q.set_defaults(func=_push)
-    p.set_defaults(func=lambda a: (p.print_help(), EXIT_USAGE)[1])
-
-
-def _open(path: str):
-    from gateway import config as gconfig
-
-    try:
-        cfg = gconfig.load(path)
-    except gconfig.ConfigError as e:
-        raise CommandError(str(e), EXIT_USAGE) from None
-    try:
-        db = cfg.database_handle()
-        db.migrate()
-    except Exception as e:
-        raise CommandError(f"database {cfg.database.url.split('@')[-1]}: {e}", EXIT_DEVICE) from None
-    return cfg, db
 
 
 def _report(args) -> int:
     from gateway import observatory
 
-    cfg, db = _open(args.config)
+    cfg, db = open_config(args)
     try:
         report = observatory.device_counts(db, args.date_from, args.date_to, cfg.observatory.suppress_below)
     except observatory.ObservatoryError as e:
@@ -66,7 +52,10 @@ def _report(args) -> int:
 def _push(args) -> int:
     from gateway import observatory
 
-    cfg, db = _open(args.config)
+    cfg, db = open_config(args)
+    if not cfg.observatory.endpoint:
+        raise CommandError(f"no [observatory] endpoint in {args.config}: nothing would deliver the counts; set "
+                           "it (then `serve` delivers them), or print them with `observatory report`", EXIT_USAGE)
     try:
         day = dt.date.fromisoformat(args.day) if args.day else dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
     except ValueError:
@@ -75,5 +64,6 @@ def _push(args) -> int:
     if args.json:
         emit_json({"day": day.isoformat(), "queued": queued})
     else:
-        print(f"{day}: {'queued' if queued else 'already queued'}")
+        print(f"{day}: {'queued' if queued else 'already queued'} for {cfg.observatory.endpoint} "
+              "(`nabd-gateway serve` delivers it)")
     return 0

@@ -12,9 +12,10 @@ import importlib.util
 import logging
 import signal
 import threading
+import time
 
 from gateway.commands._common import add_config, kek, open_config
-from nabd_cli import EXIT_DEVICE, CommandError
+from nabd_cli import EXIT_DEVICE, CommandError, os_reason, why_unreachable
 
 log = logging.getLogger("nabd.gateway")
 
@@ -26,15 +27,18 @@ def _has(module: str) -> bool:
 def run(args) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("nabd.gateway.mqtt").setLevel(logging.WARNING)
     cfg, db = open_config(args)
     kek(cfg)  # fail now with a clear message if the KEK is missing
+    bc = cfg.broker
+    logging.getLogger("nabd.gateway.mqtt").setLevel(logging.WARNING)
+    logging.getLogger("nabd.gateway.mqtt").addFilter(_Outage(bc.url))
     from gateway.ingest import Ingest
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
+    # Start-up errors are one line naming the address and what to do; nothing is left half-started.
     api = forwarder = None
     if not args.no_api:
         from gateway.web.server import ApiProcess
@@ -42,15 +46,29 @@ def run(args) -> int:
         try:  # bound here, before anything runs: a taken port is a clear error, not a half-started gateway
             api = ApiProcess(args.config, cfg)
         except OSError as e:
-            raise CommandError(f"cannot listen on [api] listen {cfg.api.listen}: {e.strerror or e}",
-                               EXIT_DEVICE) from None
+            raise CommandError(f"cannot listen on {cfg.api.listen} for the API ({os_reason(e)}): stop what "
+                               f"uses that port, or change [api] listen in {args.config}", EXIT_DEVICE) from None
+    why = why_unreachable(bc.host, bc.port)
+    if why:
+        _stop(api)
+        raise CommandError(f"cannot reach the broker at {bc.url} ({why}): start it, or correct [broker] url "
+                           f"in {args.config}", EXIT_DEVICE)
     ingest = Ingest(cfg, db, client_id=args.client_id)
     try:
         ingest.start()
     except OSError as e:
-        if api is not None:
-            api.stop()
-        raise CommandError(f"cannot start ingest: {e}", EXIT_DEVICE) from None
+        _stop(api)
+        raise CommandError(f"cannot connect to the broker at {bc.url} ({os_reason(e)}): check [broker] in "
+                           f"{args.config}", EXIT_DEVICE) from None
+    end = time.monotonic() + CONNECT_WAIT_S
+    while not ingest.connected.wait(0.05) and ingest.refused is None and time.monotonic() < end:
+        pass
+    if ingest.refused is not None:
+        ingest.stop(timeout=2)
+        _stop(api)
+        raise CommandError(f"the broker at {bc.url} refused the gateway ({ingest.refused}): check [broker] "
+                           f"username and password_file in {args.config} and the broker's password file",
+                           EXIT_DEVICE)
     if api is not None:
         api.start()
         log.info("API listening on %s (links to %s), process %d", cfg.api.listen, api.url, api.proc.pid)
@@ -74,10 +92,38 @@ def run(args) -> int:
         daily.stop()
     if forwarder is not None:
         forwarder.stop()
-    if api is not None:
-        api.stop()
+    _stop(api)
     log.info("stopped; %d reading(s) committed in this run", ingest.committed)
     return 0
+
+
+CONNECT_WAIT_S = 10.0  # for the broker's answer to the first CONNECT before serving anyway
+
+
+def _stop(api) -> None:
+    if api is not None:
+        api.stop()
+
+
+class _Outage(logging.Filter):
+    """While the broker is down, paho logs "Client is not connected ..." at every retry, without
+    the broker's address: one warning naming it instead, at most once a minute."""
+
+    def __init__(self, url: str):
+        super().__init__()
+        self.url = url
+        self.last = -1e9
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Client is not connected"):
+            return True
+        now = time.monotonic()
+        if now - self.last < 60.0:
+            return False
+        self.last = now
+        record.msg, record.args, record.levelno, record.levelname = (
+            "broker at %s unreachable; retrying every few seconds", (self.url,), logging.WARNING, "WARNING")
+        return True
 
 
 def register(sub) -> None:
@@ -86,4 +132,5 @@ def register(sub) -> None:
     p.add_argument("--client-id", default=None, help="MQTT client id (default [broker] client_id)")
     p.add_argument("--no-api", action="store_true", help="do not start the HTTP API")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--json", action="store_true", help="a start-up error as JSON on stdout (logs stay on stderr)")
     p.set_defaults(func=run)

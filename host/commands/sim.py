@@ -6,7 +6,7 @@
   kept across runs; a fresh identity is made when DIR has none. It takes N measurements on the
   named physiology scenario (button presses simulated) and exits 0 once every reading in the
   outbox was acknowledged by the gateway (signed ack), or 1 at the timeout with the outbox kept for
-  the next run. Secrets are never printed by ``run``.
+  the next run (3 when the broker never answered: the readings are kept all the same). Secrets are never printed by ``run``.
 - ``identity --state DIR [--broker URL] --json``: creates the identity if needed and prints
   ``device_id``, ``key`` (hex), ``key_version``, ``mqtt_password``: what a technician (or a test)
   needs to register the device with the gateway and the broker. It prints secrets: on purpose.
@@ -179,7 +179,7 @@ def run_device(state: Path, broker: str, scenario: str = "normal", readings: int
         dev.uplink.close()
     seqs = [r["seq"] for r in drv.results if r["seq"] is not None]
     return {"ok": drv.done, "device_id": cfg.device_id, "scenario": scenario, "readings": len(drv.results),
-            "seqs": seqs, "seq_before": seq0, "waiting_before": first, "acked": dev.uplink.acked,
+            "seqs": seqs, "seq_before": seq0, "waiting_before": first, "acked": dev.uplink.acked, "connects": dev.uplink.connects,
             "queued": dev.outbox.depth, "drops": dev.outbox.drops, "errors": dev.uplink.errors,
             "last_error": dev.app.last_error or dev.uplink.last_error, "results": drv.results,
             "virtual_s": board.clock.ticks_ms() // 1000, "timed_out": drv.timed_out}
@@ -196,6 +196,14 @@ def cmd_run(args) -> int:
         raise CommandError(f"--broker: {e}", EXIT_USAGE) from None
     say = None if args.json else print
     out = run_device(Path(args.state), args.broker, args.scenario, args.readings, args.seed, args.timeout, say)
+    if not out["ok"] and not out["connects"]:
+        # measured offline, as a device does; but nothing was delivered because the broker never answered
+        msg = (f"{out['device_id']}: never reached the broker at {args.broker} ({out['last_error']}); "
+               f"{out['queued']} readings kept in the outbox in {args.state}: start the broker, or correct --broker")
+        if not args.json:
+            raise CommandError(msg, EXIT_DEVICE)
+        emit_json(out | {"error": msg, "exit": EXIT_DEVICE})
+        return EXIT_DEVICE
     if args.json:
         emit_json(out)
     elif out["ok"]:

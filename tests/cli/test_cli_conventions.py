@@ -75,11 +75,11 @@ def test_help_is_plain_words(prog, cli, package):
 def test_usage_errors_exit_2_as_text_or_json(prog, argv):
     p = run(prog, *argv)
     assert p.returncode == 2, p.stdout + p.stderr
-    assert p.stdout == "" and "usage:" in p.stderr and f"{prog}" in p.stderr
+    assert p.stdout == "" and p.stderr.startswith(f"usage: {prog}") and f"\n{prog}" in p.stderr
     p = run(prog, *argv, "--json")
     assert p.returncode == 2, p.stdout + p.stderr
     out = json.loads(p.stdout)
-    assert out["ok"] is False and out["exit"] == 2 and out["error"].startswith(prog)
+    assert out["ok"] is False and out["exit"] == 2 and out["error"]
     assert "Traceback" not in p.stderr
 
 
@@ -111,3 +111,24 @@ def test_analyze_bad_rate_is_a_usage_error(tmp_path, capsys):
         assert "--rate" in capsys.readouterr().err
     assert host_cli.main(["analyze", str(csv), "--rate", "0", "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["exit"] == 2
+
+
+@pytest.mark.parametrize("prog,cli,package", CLIS)
+def test_every_command_takes_json(prog, cli, package):
+    """README: "All commands take --json" (so any error can come out as JSON)."""
+    leaves = [p for p in walk(cli.build_parser())
+              if not any(isinstance(a, argparse._SubParsersAction) for a in p._actions)]
+    assert len(leaves) >= len(cli._COMMANDS)
+    missing = [p.prog for p in leaves if "--json" not in p._option_string_actions]
+    assert missing == []
+
+
+@pytest.mark.parametrize("argv", [["host"], ["gateway.cli"]])
+def test_python_dash_m_reports_errors_like_the_scripts(argv, tmp_path):
+    """`python -m host` / `python -m gateway.cli` (used by host/site.py and the test harness) catch the
+    same error type: a one-line message, not a traceback."""
+    cmd = [sys.executable, "-m", *argv]
+    cmd += (["analyze", str(tmp_path / "none.csv")] if argv == ["host"]
+            else ["devices", "list", "--config", str(tmp_path / "none.toml")])
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert p.returncode in (2, 4) and "Traceback" not in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr

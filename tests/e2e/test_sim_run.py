@@ -91,8 +91,9 @@ def test_readings_arrive_and_seq_continues_across_runs(site):
 def test_broker_down_keeps_outbox_then_next_run_delivers(site):
     site.broker.stop()
     rc, out = run(site.state, site.broker.url, "--readings", "2", "--timeout", "6")
-    assert rc == 1, out
-    assert out["timed_out"] and out["queued"] == 2 and out["seqs"] == [1, 2]
+    assert rc == 3, out  # connection error: the broker never answered (the readings are kept)
+    assert out["exit"] == 3 and site.broker.url in out["error"] and "refused" in out["error"]
+    assert out["timed_out"] and out["queued"] == 2 and out["seqs"] == [1, 2] and out["connects"] == 0
     assert (site.state / "outbox.bin").stat().st_size > 0
     site.broker.start()
     with GatewayProcess(site.cfg):

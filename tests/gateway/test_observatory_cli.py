@@ -37,6 +37,13 @@ def test_report_and_push(tmp_path, capsys):
     assert main(["observatory", "report", "--from", "2026-11-24", "--to", "2026-11-23", "--config", str(conf)]) == 2
     assert "before" in capsys.readouterr().err
 
+    # without an endpoint nothing would deliver the counts: refused, nothing queued
+    assert main(["observatory", "push", "--day", "2026-11-23", "--config", str(conf)]) == 2
+    assert "no [observatory] endpoint" in capsys.readouterr().err
+    assert main(["observatory", "push", "--day", "2026-11-23", "--json", "--config", str(conf)]) == 2
+    assert json.loads(capsys.readouterr().out)["exit"] == 2
+    conf.write_text(conf.read_text().replace('endpoint = ""', 'endpoint = "http://127.0.0.1:9/counts"', 1))
+
     assert main(["observatory", "push", "--day", "2026-11-23", "--json", "--config", str(conf)]) == 0
     assert json.loads(capsys.readouterr().out) == {"day": "2026-11-23", "queued": True}
     assert main(["observatory", "push", "--day", "2026-11-23", "--json", "--config", str(conf)]) == 0
