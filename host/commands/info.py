@@ -91,6 +91,8 @@ def cmd_info(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="device id, firmware, calibration, outbox, free heap, last errors",
-                       description=__doc__.split("\n\n")[0])
+                       description="What a nabd device says about itself: device id, firmware version, "
+                       "calibration, readings waiting in its outbox, free memory and the last errors in its log. "
+                       "Exit 3 when the device cannot be reached or does not run nabd.")
     add_common(p)
     p.set_defaults(func=cmd_info)

@@ -76,6 +76,7 @@ def cmd_ports(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("ports", help="list serial ports, marking ESP32 USB bridges and virtual devices",
-                       description=__doc__.split("\n\n")[0])
+                       description="List the serial ports a device can be on, with USB VID:PID, marking "
+                       "the USB-serial bridges ESP32 boards carry and the virtual devices running here.")
     add_common(p, port=False)
     p.set_defaults(func=cmd_ports)
