@@ -30,13 +30,14 @@ from nabd_cli import main as _main
 _COMMANDS = {
     "ports": "host.commands.ports",
     "info": "host.commands.info",
+    "provision": "host.commands.provision",
     "selftest": "host.commands.selftest",
     "analyze": "host.commands.analyze",
     "sim": "host.commands.sim",
     "demo": "host.commands.demo",
 }
 
-DESCRIPTION = ("nabd device tools: list ports, read a device's state, test the sensors, analyse recordings, "
+DESCRIPTION = ("nabd device tools: list ports, provision a device, read its state, test the sensors, analyse recordings, "
                "run the virtual device and the demo.")
 
 

@@ -189,7 +189,7 @@ class Device:
             " except OSError:\n"
             "  return None\n"
             " with f:\n"
-            "  return binascii.b2a_base64(f.read(), newline=False).decode()\n"))
+            "  return binascii.b2a_base64(f.read()).decode().strip()\n"))
         if r is None:
             return None
         import base64
@@ -206,7 +206,7 @@ class Device:
         try:
             for i in range(0, len(data), chunk):
                 b64 = base64.b64encode(data[i:i + chunk]).decode()
-                self.exec(f"_f.write(binascii.a2b_base64({b64!r}))\n")
+                self.exec(f"_f.write(binascii.a2b_base64(b{b64!r}))\n")
             self.exec(f"_f.close()\nimport os\nos.rename({tmp!r}, {path!r})\n")
         except FirmwareError:
             self.exec(f"import os\ntry:\n _f.close()\nexcept Exception:\n pass\ntry:\n os.remove({tmp!r})\n"

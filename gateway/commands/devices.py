@@ -2,6 +2,11 @@
 
 - ``add ID --key HEX --facility F --region MA-xx [--key-version N]``: register a device and its
   signing key (encrypted at rest with the KEK; the key is never printed or audited).
+- ``add --from FILE [--broker-passwd PASSWD]``: import the registration file ``nabd provision
+  --registration FILE`` wrote (``gateway/registration.py``): registers the device, or rotates its
+  key when the file carries the next key version (a re-provisioned device); with
+  ``--broker-passwd``, also puts the device's line in Mosquitto's password file (HUP the broker
+  afterwards). No secret on the command line.
 - ``list [--json]``: devices, status, online state (latest status message), current key version,
   calibration due, last seen, readings stored, readings waiting on the device and dropped by it.
 - ``revoke ID``: the device and all its key versions stop being accepted at once; its later
@@ -36,10 +41,46 @@ def _admin(fn, *a, **kw):
 
 
 def cmd_add(args) -> int:
+    if args.from_file:
+        return cmd_add_from(args)
+    if not args.id or not args.key or not args.facility or not args.region:
+        raise CommandError("give ID --key HEX --facility F --region MA-xx, or --from FILE", EXIT_USAGE)
     cfg, db = open_config(args)
     key = _key(args.key)
     _admin(admin.add_device, db, kek(cfg), args.id, key, args.facility, args.region, args.key_version, actor())
     _out(args, {"ok": True, "id": args.id, "key_version": args.key_version}, f"added {args.id} (key version {args.key_version})")
+    return 0
+
+
+def cmd_add_from(args) -> int:
+    from gateway import registration
+
+    if args.id or args.key:
+        raise CommandError("--from FILE takes the device id and key from the file: give neither ID nor --key",
+                           EXIT_USAGE)
+    try:
+        reg = registration.read(args.from_file)
+    except registration.RegistrationError as e:
+        raise CommandError(str(e), EXIT_DATA) from None
+    cfg, db = open_config(args)
+    try:
+        done = registration.apply(db, kek(cfg), reg, cfg.security.key_grace_hours, actor())
+    except registration.RegistrationError as e:
+        raise CommandError(f"refused: {e}", 1) from None
+    if args.broker_passwd:
+        try:
+            registration.set_broker_password(args.broker_passwd, reg.broker_passwd)
+        except OSError as e:
+            raise CommandError(f"--broker-passwd {args.broker_passwd}: {e.strerror or e} (the device is registered; "
+                               "add its broker password line by hand or run this again)", EXIT_DATA) from None
+    text = (f"{'added' if done['action'] == 'added' else 'rotated the key of'} {reg.device_id} "
+            f"(key version {done['key_version']}, {reg.facility}, {reg.region})")
+    if args.broker_passwd:
+        text += f"; broker password set in {args.broker_passwd}: reload the broker (kill -HUP $(pidof mosquitto))"
+    else:
+        text += "; broker password NOT set: rerun with --broker-passwd /etc/mosquitto/nabd/passwd"
+    _out(args, {"ok": True, "id": reg.device_id, "action": done["action"], "key_version": done["key_version"],
+                "broker_passwd_set": bool(args.broker_passwd)}, text + ". Delete the registration file now.")
     return 0
 
 
@@ -83,12 +124,16 @@ def register(sub) -> None:
     p = sub.add_parser("devices", help="register, list, revoke devices and rotate their keys")
     s = p.add_subparsers(dest="devices_cmd", metavar="ACTION", required=True)
 
-    a = s.add_parser("add", help="register a device and its signing key")
+    a = s.add_parser("add", help="register a device and its signing key (or import a registration file)")
     add_config(a)
-    a.add_argument("id")
-    a.add_argument("--key", required=True, help="signing key, 64 hex digits (32 bytes)")
-    a.add_argument("--facility", required=True)
-    a.add_argument("--region", required=True, help="ISO 3166-2 region MA-01..MA-12")
+    a.add_argument("id", nargs="?")
+    a.add_argument("--key", help="signing key, 64 hex digits (32 bytes)")
+    a.add_argument("--facility")
+    a.add_argument("--region", help="ISO 3166-2 region MA-01..MA-12")
+    a.add_argument("--from", dest="from_file", metavar="FILE",
+                   help="registration file written by `nabd provision --registration FILE`")
+    a.add_argument("--broker-passwd", metavar="PASSWD",
+                   help="with --from: Mosquitto password file to put the device's line in")
     a.add_argument("--key-version", type=int, default=1)
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_add)

@@ -37,6 +37,7 @@ class FlashVfs:
     partition in ``statvfs``. Mount with ``os.mount(vfs, "/flash")``."""
 
     def __init__(self, root):
+        self.root = root.rstrip("/")
         self.v = os.VfsPosix(root)
 
     def __repr__(self):
@@ -113,8 +114,10 @@ class FlashVfs:
             raise _errno(e)
 
     def rename(self, old, new):
+        # VfsPosix(root).rename fails with ENOENT on the WebAssembly port (the root is not applied):
+        # rename through the interpreter's root filesystem instead (replaces ``new``, as littlefs)
         try:
-            self.v.rename(old, new)
+            os.rename(self.root + "/" + old.lstrip("/"), self.root + "/" + new.lstrip("/"))
         except OSError as e:
             raise _errno(e)
 

@@ -340,3 +340,13 @@ def test_mpremote_df_shows_the_flash_partition(device):
     assert int(used) + int(avail) == 2097152
     assert int(used) >= 4 * 4096                  # superblocks + a 5000-byte file (2 blocks)
     assert int(pct) == 100 * int(used) // 2097152
+
+
+def test_rename_on_the_flash_replaces_the_target_as_littlefs_does(device):
+    """config.save's atomic write (tmp + rename) must work on the virtual device's /flash."""
+    p = mpremote(device.port, "exec", "import os\nfor n, t in (('a.tmp', 'new'), ('b', 'old')):\n"
+                 " f = open('/flash/' + n, 'w'); f.write(t); f.close()\n"
+                 "os.rename('/flash/a.tmp', '/flash/b')\nos.rename('b', 'c')\nprint(sorted(os.listdir('/flash')), open('c').read())")
+    assert p.returncode == 0, p.stderr + p.stdout
+    assert p.stdout.strip() == "['c'] new"
+    assert (device.state / "c").read_text() == "new" and not (device.state / "b").exists()
