@@ -135,6 +135,9 @@ def _observation(r: dict, cache: dict) -> dict:
     return cache[rid][r["code"]]
 
 
+observation_resource = _observation   # for the API's queries (row: reading_id, code, resource, raw, received_at)
+
+
 def reading_observations(db, conn, reading_id: int) -> list[dict]:
     """The Observations of one reading (stored or rendered), in their stored order."""
     page = rows(conn, q(db, "SELECT o.reading_id, o.code, o.resource, r.raw, r.received_at FROM observations o "

@@ -192,10 +192,13 @@ def _own_metrics() -> str:
 class ApiServer:
     """A running API in a thread of this process: ``.url``, ``.port``, ``.shutdown()``."""
 
-    def __init__(self, server: uvicorn.Server, thread: threading.Thread, sock: socket.socket, url: str):
+    def __init__(self, server: uvicorn.Server, thread: threading.Thread, sock: socket.socket, public: str,
+                 tls: bool):
         self._server, self._thread, self._sock = server, thread, sock
         self.host, self.port = sock.getsockname()[:2]
-        self.url = url
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"   # where it listens
+        self.public_url = public                                            # what its links say
 
     def shutdown(self) -> None:
         self._server.should_exit = True
@@ -219,7 +222,7 @@ def start_api(config: Any, db, listen: str | None = None, metrics: Callable[[], 
         time.sleep(0.01)
     if not server.started:
         raise RuntimeError("the API did not start")
-    return ApiServer(server, t, sock, url)
+    return ApiServer(server, t, sock, url, bool(opts["tls_cert"]))
 
 
 # -- in its own process (nabd-gateway serve) ----------------------------------------------------

@@ -58,7 +58,7 @@ def store_reading(db, p: dict, received_at: dt.datetime | None = None, outbox: b
         rs.execute(c, rs.q(db, "INSERT INTO readings (device_id, seq, sha256, raw, ts, ts_ok, received_at, "
                                "patient_id, fw, effective_at) VALUES (?,?,?,?,?,?,?,?,?,?)"),
                    (p["dev"], p["seq"], "00" * 32, raw.encode(), p["ts"], bool(p["ts_ok"]), rs.to_iso(received_at),
-                    p.get("patient"), p["fw"], obs[0]["effectiveDateTime"]))
+                    p.get("patient"), p["fw"], rs.to_iso(rs.parse_time(obs[0]["effectiveDateTime"]))))
         rid = rs.rows(c, rs.q(db, "SELECT id FROM readings WHERE device_id = ? AND seq = ?"),
                       (p["dev"], p["seq"]))[0]["id"]
         for pos, (o, item) in enumerate(zip(obs, p["obs"], strict=True)):
