@@ -1,7 +1,8 @@
 """JWS compact serialisation with HS256, as docs/protocol.md specifies (RFC 7515, no padding).
 
-Used by the gateway to sign acknowledgements and commands, and by the test generator to sign
-readings; verification of readings lives in gateway/verify.py (which checks the exact bytes).
+The gateway's one JWS parser (``parse_compact``: strict, for readings, statuses and acks alike)
+and its signer (``sign``: acknowledgements and commands; the test generator signs readings with it).
+What a payload must hold is the caller's check (gateway/verify.py, gateway/status.py).
 """
 from __future__ import annotations
 
@@ -11,13 +12,20 @@ import hashlib
 import hmac
 import json
 import re
+from dataclasses import dataclass
 
 _B64URL = re.compile(rb"[A-Za-z0-9_-]*")  # fullmatch: "$" would accept a trailing newline
+KID_RE = re.compile(r"^([a-z0-9][a-z0-9-]{2,39})/([1-9][0-9]{0,8})$")  # device/key_version
 
 TYP_READING = "nabd-reading+jws"
 TYP_STATUS = "nabd-status+jws"
 TYP_ACK = "nabd-ack+jws"
 TYP_CMD = "nabd-cmd+jws"
+MAC_BYTES = 32  # HMAC-SHA-256
+
+
+class Malformed(ValueError):
+    """Not a compact JWS of the expected kind; the message says why, in one line."""
 
 
 def b64url(data: bytes) -> bytes:
@@ -43,7 +51,7 @@ def b64url_decode(part: bytes) -> bytes:
 
 
 def mac(key: bytes, signing_input: bytes) -> bytes:
-    return hmac.new(key, signing_input, hashlib.sha256).digest()
+    return hmac.digest(key, signing_input, hashlib.sha256)
 
 
 def dumps(obj) -> bytes:
@@ -57,14 +65,103 @@ def sign(key: bytes, typ: str, kid: str, payload: dict) -> bytes:
     return signing_input + b"." + b64url(mac(key, signing_input))
 
 
-def verify(key: bytes, token: bytes, typ: str) -> dict:
-    """Check a compact JWS of kind ``typ`` under ``key``; returns the payload. Raises ValueError."""
-    parts = token.split(b".")
+# --- parsing ---------------------------------------------------------------------------------------
+
+def _unique_pairs(pairs: list) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise Malformed(f"duplicate JSON member {k!r}")
+            seen.add(k)
+    return d
+
+
+def _no_constants(name: str):
+    raise Malformed(f"JSON constant {name} is not allowed")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_pairs, parse_constant=_no_constants)  # stateless
+
+
+def json_object(data: bytes, what: str) -> dict:
+    """``data`` as a JSON object: UTF-8, no duplicate members, no NaN or Infinity. Raises Malformed."""
+    try:
+        obj = _DECODER.decode(data.decode("utf-8"))
+    except Malformed as e:
+        raise Malformed(f"{what}: {e}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise Malformed(f"{what} is not UTF-8 JSON ({type(e).__name__})") from None
+    if not isinstance(obj, dict):
+        raise Malformed(f"{what} is not a JSON object")
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class Compact:
+    """A parsed compact JWS. Nothing here is authenticated yet: the caller checks ``signature``
+    against the key that ``kid_device``/``kid_version`` name."""
+    signing_input: bytes   # header.payload, as received
+    signature: bytes
+    payload: dict
+    kid_device: str
+    kid_version: int
+
+
+# A device sends the same header bytes in every message: the outcome of checking them is a pure
+# function of those bytes, kept for headers that passed (bounded: cleared when full). The typ is
+# kept too, so a header valid for one kind is still refused where another is expected.
+_HEADER_CACHE: dict[bytes, tuple[str, str, int]] = {}
+_HEADER_CACHE_MAX = 8192
+
+
+def _check_header(part: bytes, typ: str) -> tuple[str, str, int]:
+    """(typ, device, key_version) of a header not in the cache (or cached as another kind)."""
+    header = json_object(b64url_decode(part), "header")
+    if set(header) != {"alg", "kid", "typ"}:
+        raise Malformed(f"header members {sorted(header)}, expected exactly alg, kid, typ")
+    if header["alg"] != "HS256":
+        raise Malformed(f"alg {header['alg']!r} is not HS256")
+    if header["typ"] != typ:
+        raise Malformed(f"typ {header['typ']!r} is not {typ}")
+    k = header["kid"]
+    m = KID_RE.match(k) if isinstance(k, str) else None
+    if not m:
+        raise Malformed(f"kid {k!r} is not device/key_version")
+    if len(_HEADER_CACHE) >= _HEADER_CACHE_MAX:
+        _HEADER_CACHE.clear()
+    kid = _HEADER_CACHE[part] = (typ, m.group(1), int(m.group(2)))
+    return kid
+
+
+def parse_compact(raw: bytes, typ: str) -> Compact:
+    """The gateway's only JWS parser, strict: three parts of unpadded, canonical base64url; a
+    header of exactly ``alg`` HS256, ``kid`` "device/key_version" and ``typ`` equal to ``typ``;
+    a payload that is a JSON object (UTF-8, no duplicate members, no NaN or Infinity); a 32-byte
+    signature. Raises Malformed. Size limits are the caller's (they differ by message kind)."""
+    parts = bytes(raw).split(b".")
     if len(parts) != 3:
-        raise ValueError("not three parts")
-    header = json.loads(b64url_decode(parts[0]))
-    if header.get("alg") != "HS256" or header.get("typ") != typ:
-        raise ValueError("wrong alg or typ")
-    if not hmac.compare_digest(mac(key, parts[0] + b"." + parts[1]), b64url_decode(parts[2])):
+        raise Malformed(f"{len(parts)} dot-separated parts, expected 3")
+    try:
+        kid = _HEADER_CACHE.get(parts[0])
+        if kid is None or kid[0] != typ:  # (typ, device, key_version); the cache is the hot path
+            kid = _check_header(parts[0], typ)
+        payload = json_object(b64url_decode(parts[1]), "payload")
+        signature = b64url_decode(parts[2])
+    except Malformed:
+        raise
+    except ValueError as e:  # base64url
+        raise Malformed(f"bad base64url part: {e}") from None
+    if len(signature) != MAC_BYTES:
+        raise Malformed(f"signature is {len(signature)} bytes, HS256 gives {MAC_BYTES}")
+    return Compact(parts[0] + b"." + parts[1], signature, payload, kid[1], kid[2])
+
+
+def verify(key: bytes, token: bytes, typ: str) -> dict:
+    """The payload of a compact JWS of kind ``typ`` signed with ``key`` (``parse_compact``, then the
+    MAC in constant time). Raises ValueError (Malformed for the shape)."""
+    c = parse_compact(token, typ)
+    if not hmac.compare_digest(mac(key, c.signing_input), c.signature):
         raise ValueError("bad signature")
-    return json.loads(b64url_decode(parts[1]))
+    return c.payload

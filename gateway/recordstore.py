@@ -106,13 +106,10 @@ def patient_exists(db, conn, token: str) -> bool:
 
 def reading_payload(raw: Any) -> dict:
     """The payload of a stored reading: ``readings.raw`` holds the signed JWS bytes the gateway
-    verified at ingest; the payload is its middle part."""
-    from gateway.jws import b64url_decode
+    verified at ingest (raises ValueError when they are not a reading's JWS)."""
+    from gateway import jws
 
-    parts = bytes(raw).split(b".")
-    if len(parts) != 3:
-        raise ValueError("stored reading is not a compact JWS")
-    return json.loads(b64url_decode(parts[1]))
+    return jws.parse_compact(raw, jws.TYP_READING).payload
 
 
 def render_observations(raw: Any, received_at: Any) -> dict[str, dict]:

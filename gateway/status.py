@@ -63,17 +63,17 @@ import json
 import logging
 import queue
 import re
-import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from gateway import metrics
-from gateway.db import Database, DatabaseError
-from gateway.jws import TYP_STATUS, b64url_decode
-from gateway.secrets import DeviceKey, KeyDecryptError, decrypt_key
-from gateway.verify import FUTURE_SKEW_S, MAX_BYTES, Verdict, reject
+from gateway.db import Database
+from gateway.keys import KeyRecord, KeyRing
+from gateway.secrets import KeyDecryptError
+from gateway.store import BatchResult, Message
+from gateway.verify import FUTURE_SKEW_S, Verdict, authenticate, parse, reject, topic_device
+from gateway.worker import BatchWorker
 
 log = logging.getLogger("nabd.gateway.status")
 
@@ -84,8 +84,6 @@ STATUS_SUBSCRIPTION = f"$share/{SHARE_GROUP}/{STATUS_FILTER}"
 RAW_LIMIT = 4096
 STATES = ("online", "offline")
 
-_TOPIC_RE = re.compile(r"^nabd/v1/dev/([^/]+)/status$")
-_KID_RE = re.compile(r"^([a-z0-9][a-z0-9-]{2,39})/([1-9][0-9]{0,8})$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _FIELDS = frozenset(("v", "dev", "state", "conn", "ts", "ts_ok", "up", "fw", "rssi", "heap", "outbox", "drops",
                      "seq", "sensors", "cal_due", "errors"))
@@ -101,60 +99,12 @@ DEVICES_ONLINE = metrics.REGISTRY.gauge(
     "nabd_devices_online", "Active devices whose latest verified status is online")
 
 
-class _Malformed(ValueError):
-    pass
-
-
-def _unique_pairs(pairs: list) -> dict:
-    d = dict(pairs)
-    if len(d) != len(pairs):
-        raise _Malformed("duplicate JSON member")
-    return d
-
-
-def _no_constants(name: str):
-    raise _Malformed(f"JSON constant {name} is not allowed")
-
-
-def _json_object(data: bytes, what: str) -> dict:
-    """Strict JSON object, as gateway/verify.py parses readings (no duplicate members, no NaN)."""
-    try:
-        obj = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_pairs, parse_constant=_no_constants)
-    except _Malformed as e:
-        raise _Malformed(f"{what}: {e}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _Malformed(f"{what} is not UTF-8 JSON ({type(e).__name__})") from None
-    if not isinstance(obj, dict):
-        raise _Malformed(f"{what} is not a JSON object")
-    return obj
-
-
 def is_status_topic(topic: str) -> bool:
     return topic.endswith("/status")
 
 
-def topic_device(topic: str) -> str | None:
-    m = _TOPIC_RE.match(topic or "")
-    return m.group(1) if m else None
-
-
-@dataclass(frozen=True, slots=True)
-class KeyInfo:
-    key: DeviceKey
-    revoked: bool = False
-    why: str = ""
-
-
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _as_utc(v: Any) -> dt.datetime | None:
-    if v is None:
-        return None
-    if isinstance(v, dt.datetime):
-        return v if v.tzinfo else v.replace(tzinfo=UTC)
-    return dt.datetime.fromisoformat(str(v))
 
 
 # --- verification (pure) -----------------------------------------------------------------------
@@ -202,56 +152,21 @@ def check_values(p: dict, now: float, skew: int = FUTURE_SKEW_S) -> tuple[str, s
     return None
 
 
-def verify_status(raw: bytes, topic: str, keys: Callable[[str, int], KeyInfo | None], now: float,
+def verify_status(raw: bytes, topic: str, keys: Callable[[str, int], KeyRecord | None], now: float,
                   skew: int = FUTURE_SKEW_S) -> Verdict:
-    """The verdict on one status message; ``payload`` holds the verified status when accepted."""
-    hint = topic_device(topic)
-    raw = bytes(raw)
-    # 1 size and shape
-    if len(raw) > MAX_BYTES:
-        return reject("oversized", f"{len(raw)} bytes > {MAX_BYTES}", hint)
-    parts = raw.split(b".")
-    if len(parts) != 3:
-        return reject("malformed", f"{len(parts)} dot-separated parts, expected 3", hint)
-    try:
-        header = _json_object(b64url_decode(parts[0]), "header")
-        if set(header) != {"alg", "kid", "typ"}:
-            raise _Malformed(f"header members {sorted(header)}, expected exactly alg, kid, typ")
-        if header["alg"] != "HS256":
-            raise _Malformed(f"alg {header['alg']!r} is not HS256")
-        if header["typ"] != TYP_STATUS:
-            raise _Malformed(f"typ {header['typ']!r} is not {TYP_STATUS}")
-        m = _KID_RE.match(header["kid"]) if isinstance(header["kid"], str) else None
-        if not m:
-            raise _Malformed(f"kid {header['kid']!r} is not device/key_version")
-        payload = _json_object(b64url_decode(parts[1]), "payload")
-        signature = b64url_decode(parts[2])
-        if len(signature) != 32:
-            raise _Malformed(f"signature is {len(signature)} bytes, HS256 gives 32")
-    except _Malformed as e:
-        return reject("malformed", str(e), hint)
-    except ValueError as e:  # base64url
-        return reject("malformed", f"bad base64url part: {e}", hint)
-    dev, ver = m.group(1), int(m.group(2))
-    # 2 device and key
-    rec = keys(dev, ver)
-    if rec is None:
-        return reject("unknown_device", f"no device/key {dev}/{ver}", dev)
-    if rec.revoked:
-        return reject("revoked", rec.why or f"key {dev}/{ver} revoked", dev)
-    # 3 signature over the exact bytes received, constant time
-    expected = hmac.new(rec.key.secret, parts[0] + b"." + parts[1], hashlib.sha256).digest()
-    if not hmac.compare_digest(expected, signature):
-        return reject("bad_signature", f"HMAC does not verify under {dev}/{ver}", dev)
-    # 4 agreement
-    tdev, pdev = topic_device(topic), payload.get("dev")
-    if not (tdev == dev == pdev):
-        return reject("topic_mismatch", f"topic device {tdev!r}, kid device {dev!r}, payload dev {pdev!r}", dev)
-    # 5 values
-    bad = check_values(payload, now, skew)
+    """The verdict on one status message; ``payload`` holds the verified status when accepted.
+    Steps 1 to 4 are the readings' (gateway/verify.py), with typ ``nabd-status+jws``."""
+    p = parse(raw, topic, "status")
+    if isinstance(p, Verdict):
+        return p
+    bad = authenticate(p, topic, keys, "status")
+    if bad is not None:
+        return bad
+    bad = check_values(p.payload, now, skew)
     if bad:
-        return reject(bad[0], bad[1], dev, key_version=ver)
-    return Verdict("accept", device=dev, key_version=ver, sha256=hashlib.sha256(raw).hexdigest(), payload=payload)
+        return reject(bad[0], bad[1], p.kid_device, key_version=p.kid_version)
+    return Verdict("accept", device=p.kid_device, key_version=p.kid_version,
+                   sha256=hashlib.sha256(bytes(raw)).hexdigest(), payload=p.payload)
 
 
 # --- storage -------------------------------------------------------------------------------------
@@ -265,12 +180,9 @@ class StatusStore:
 
     def __init__(self, db: Database, kek: bytes, skew: int = FUTURE_SKEW_S):
         self.db = db
-        self._kek = kek
+        self.keys = KeyRing(db, kek)
         self.skew = skew
-        self._decrypted: dict[tuple[str, int, bytes], DeviceKey] = {}
         q = db.sql
-        self._sel_keys = q("SELECT d.status, k.key_version, k.key_enc, k.revoked_at FROM devices d "
-                           "JOIN device_keys k ON k.device_id = d.id WHERE d.id = ?")
         self._sel_status = q("SELECT sha256 FROM device_status WHERE device_id = ?")
         self._sel_order = q("SELECT conn, state, up FROM device_status WHERE device_id = ?")
         # the stored row is replaced only by a status that comes after it in (conn, rank, up):
@@ -299,23 +211,6 @@ class StatusStore:
     def _ts(self, t: dt.datetime) -> Any:
         return t if self.db.dialect == "postgresql" else t.astimezone(UTC).isoformat(timespec="microseconds")
 
-    def _keys(self, conn: Any, dev: str, now: dt.datetime) -> dict[int, KeyInfo]:
-        out = {}
-        for status, ver, enc, revoked_at in conn.execute(self._sel_keys, (dev,)).fetchall():
-            enc = bytes(enc)
-            ck = (dev, int(ver), enc)
-            key = self._decrypted.get(ck)
-            if key is None:
-                key = self._decrypted[ck] = decrypt_key(self._kek, dev, int(ver), enc)
-            ra = _as_utc(revoked_at)
-            if status != "active":
-                out[int(ver)] = KeyInfo(key, True, f"device {dev} is {status}")
-            elif ra is not None and ra <= now:
-                out[int(ver)] = KeyInfo(key, True, f"key {dev}/{ver} revoked at {ra.isoformat()}")
-            else:
-                out[int(ver)] = KeyInfo(key)
-        return out
-
     def process(self, conn: Any, messages: list, now: float | None = None) -> list[Verdict]:
         """Verify and store ``messages`` (objects with ``topic``, ``raw``, ``received_at``) in one
         transaction, committed on return. Verdict kinds: accept, duplicate, reject."""
@@ -335,19 +230,15 @@ class StatusStore:
         return verdicts
 
     def _one(self, conn: Any, m: Any, now: float, now_dt: dt.datetime) -> Verdict:
-        cache: dict[str, dict[int, KeyInfo]] = {}
-
-        def keys(dev: str, ver: int) -> KeyInfo | None:
-            if dev not in cache:
-                cache[dev] = self._keys(conn, dev, now_dt)
-            return cache[dev].get(ver)
+        def keys(dev: str, ver: int) -> KeyRecord | None:  # called once, for the kid
+            return self.keys.load(conn, (dev,), now_dt).get((dev, ver))
 
         try:
             v = verify_status(m.raw, m.topic, keys, now, self.skew)
         except KeyDecryptError as e:  # a stored key that does not decrypt: the gateway's problem, loud
-            log.error("status from %s: %s", topic_device(m.topic), e)
+            log.error("status from %s: %s", topic_device(m.topic, "status"), e)
             v = reject("malformed", "gateway error: the device key does not decrypt (see the gateway log)",
-                       topic_device(m.topic))
+                       topic_device(m.topic, "status"))
         if v.kind == "reject":
             self.quarantine(conn, m, v, now_dt)
             return v
@@ -414,27 +305,18 @@ def latest(db: Database, device_id: str | None = None) -> list[dict]:
 
 # --- the worker the ingest hands status messages to ----------------------------------------------
 
-def _db_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [sqlite3.OperationalError, DatabaseError]
-    try:
-        import psycopg
-
-        errs += [psycopg.OperationalError, psycopg.InterfaceError]
-    except ImportError:
-        pass
-    return tuple(errs)
-
-
-class StatusWorker:
+class StatusWorker(BatchWorker):
     """A bounded queue and a thread: ``submit(message)`` from paho's network thread (blocks when full:
     backpressure, never a drop); the thread stores batches in one transaction each and only then
-    calls ``ack(message)`` (the broker PUBACK, on the connection the message came from). A database
-    error keeps the batch unacknowledged and retries on a fresh connection; anything else isolates
-    and quarantines the offending message."""
+    calls ``ack(message)`` (the broker PUBACK, on the connection the message came from). Database
+    errors and messages that break the store are handled as gateway/worker.py says."""
+
+    log = log
+    what = "status message(s)"
 
     def __init__(self, db: Database, kek: bytes, ack: Callable[[Any], None], *, skew: int = FUTURE_SKEW_S,
                  queue_max: int = 1024, batch_max: int = 64):
-        self.db = db
+        super().__init__(db)
         self.store = StatusStore(db, kek, skew)
         self.ack = ack
         self.batch_max = batch_max
@@ -442,7 +324,6 @@ class StatusWorker:
         self.processed = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._conn: Any = None
 
     def submit(self, m: Any) -> None:
         self.queue.put(m)
@@ -460,15 +341,7 @@ class StatusWorker:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=max(1.0, end - time.monotonic()))
-        self._close()
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
-        self._conn = None
+        self.close()
 
     def _loop(self) -> None:
         self._refresh_gauge()
@@ -482,54 +355,31 @@ class StatusWorker:
                     batch.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
-            self._commit(batch)
+            if self.commit(batch, self._stop.is_set) is None:
+                continue  # shutting down: the broker redelivers them to the next session
+            self.processed += len(batch)
+            for m in batch:
+                self.ack(m)
+            self._refresh_gauge()
 
-    def _commit(self, batch: list) -> None:
-        delay = 0.05
-        while True:
-            try:
-                if self._conn is None:
-                    self._conn = self.db.open()
-                self._process(batch)
-                break
-            except _db_errors() as e:
-                log.error("database error, %d status message(s) kept unacknowledged, retrying: %s", len(batch), e)
-                self._close()
-                if self._stop.is_set() and delay > 1.0:
-                    return  # shutting down: the broker redelivers them to the next session
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        self.processed += len(batch)
-        for m in batch:
-            self.ack(m)
-        self._refresh_gauge()
+    def store_batch(self, conn: Any, batch: list[Message]) -> BatchResult:
+        return BatchResult(self.store.process(conn, batch))
 
-    def _process(self, batch: list) -> None:
-        try:
-            self.store.process(self._conn, batch)
-        except _db_errors():
-            raise
-        except Exception:
-            if len(batch) > 1:
-                for m in batch:
-                    self._process([m])
-                return
-            log.exception("status store failed on one message; quarantining it")
-            m = batch[0]
-            v = reject("malformed", "gateway error while storing this status (see the gateway log)",
-                       topic_device(m.topic))
-            self.db.begin(self._conn)
-            self.store.quarantine(self._conn, m, v, dt.datetime.now(UTC))
-            self._conn.commit()
-            STATUS_MESSAGES.inc(result="rejected")
-            metrics.QUARANTINE.inc(reason=v.reason)
+    def quarantine_error(self, conn: Any, m: Message) -> BatchResult:
+        v = reject("malformed", "gateway error while storing this status (see the gateway log)",
+                   topic_device(m.topic, "status"))
+        self.db.begin(conn)
+        self.store.quarantine(conn, m, v, dt.datetime.now(UTC))
+        conn.commit()
+        STATUS_MESSAGES.inc(result="rejected")
+        metrics.QUARANTINE.inc(reason=v.reason)
+        return BatchResult([v])
 
     def _refresh_gauge(self) -> None:
         try:
-            if self._conn is None:
-                self._conn = self.db.open()
-            DEVICES_ONLINE.set(self.store.online_count(self._conn))
-            self._conn.commit()
+            conn = self.connection()
+            DEVICES_ONLINE.set(self.store.online_count(conn))
+            conn.commit()
         except Exception as e:  # a metric must never stop the worker
             log.warning("cannot count online devices: %s", e)
-            self._close()
+            self.close()

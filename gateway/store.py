@@ -34,8 +34,8 @@ from typing import Any
 
 from gateway import jws, metrics
 from gateway.db import Database
-from gateway.secrets import DeviceKey, decrypt_key
-from gateway.verify import FUTURE_SKEW_S, KeyRecord, Parsed, Verdict, parse, reject, verify
+from gateway.keys import KeyRing
+from gateway.verify import FUTURE_SKEW_S, Verdict, parse, reject, verify
 
 UTC = dt.timezone.utc
 RAW_LIMIT = 4096
@@ -65,21 +65,12 @@ class BatchResult:
     acks: list[tuple[str, bytes]] = field(default_factory=list)   # (topic, signed ack) to publish
 
 
-def _as_utc(v: Any) -> dt.datetime | None:
-    if v is None:
-        return None
-    if isinstance(v, dt.datetime):
-        return v if v.tzinfo else v.replace(tzinfo=UTC)
-    return dt.datetime.fromisoformat(str(v))
-
-
 class Store:
     def __init__(self, db: Database, kek: bytes, forward: bool = False, skew: int = FUTURE_SKEW_S):
         self.db = db
-        self._kek = kek
+        self.keys = KeyRing(db, kek)
         self.forward = forward
         self.skew = skew
-        self._decrypted: dict[tuple[str, int, bytes], DeviceKey] = {}
         q = db.sql
         pg = db.dialect == "postgresql"
         self._ins_reading = q("INSERT INTO readings (device_id, seq, sha256, raw, ts, ts_ok, received_at, "
@@ -103,29 +94,6 @@ class Store:
         self._pg = pg
 
     # -- look-ups (one query each per batch) ---------------------------------------------------
-    def load_keys(self, conn: Any, devices: set[str], now: dt.datetime) -> dict[tuple[str, int], KeyRecord]:
-        if not devices:
-            return {}
-        marks = ",".join("?" * len(devices))
-        rows = conn.execute(self.db.sql(
-            "SELECT d.id, d.status, k.key_version, k.key_enc, k.revoked_at FROM devices d "
-            f"JOIN device_keys k ON k.device_id = d.id WHERE d.id IN ({marks})"), tuple(devices)).fetchall()
-        out = {}
-        for dev, status, ver, enc, revoked_at in rows:
-            enc = bytes(enc)
-            ck = (dev, int(ver), enc)
-            key = self._decrypted.get(ck)
-            if key is None:
-                key = self._decrypted[ck] = decrypt_key(self._kek, dev, int(ver), enc)
-            ra = _as_utc(revoked_at)
-            if status != "active":
-                out[(dev, int(ver))] = KeyRecord(key, True, f"device {dev} is {status}")
-            elif ra is not None and ra <= now:
-                out[(dev, int(ver))] = KeyRecord(key, True, f"key {dev}/{ver} revoked at {ra.isoformat()}")
-            else:
-                out[(dev, int(ver))] = KeyRecord(key)
-        return out
-
     def load_seen(self, conn: Any, pairs: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
         """PostgreSQL: the stored digests of the (device, seq) pairs, in one query joining a VALUES
         list (a nested loop on the unique index): one round trip for the batch. SQLite needs none:
@@ -140,10 +108,10 @@ class Store:
         return {(d, int(s)): h for d, s, h in rows}
 
     @staticmethod
-    def _pairs(parsed: list[Parsed | Verdict]) -> set[tuple[str, int]]:
+    def _pairs(parsed: list[jws.Compact | Verdict]) -> set[tuple[str, int]]:
         pairs = set()
         for p in parsed:
-            if isinstance(p, Parsed):
+            if isinstance(p, jws.Compact):
                 s = p.payload.get("seq")
                 if isinstance(s, int) and not isinstance(s, bool) and 1 <= s < 2**63:
                     pairs.add((p.kid_device, s))
@@ -168,9 +136,9 @@ class Store:
         now_dt = dt.datetime.fromtimestamp(now, UTC)
         # Phase A, before the write lock: parse, look up, verify. Another process may commit the
         # same (device, seq) meanwhile: phase B's ON CONFLICT catches it.
-        parsed: list[Parsed | Verdict] = [parse(m.raw, m.topic) for m in messages]
-        devices = {p.kid_device for p in parsed if isinstance(p, Parsed)}
-        keys = self.load_keys(conn, devices, now_dt)
+        parsed: list[jws.Compact | Verdict] = [parse(m.raw, m.topic) for m in messages]
+        devices = {p.kid_device for p in parsed if isinstance(p, jws.Compact)}
+        keys = self.keys.load(conn, devices, now_dt)
         # PostgreSQL: the stored digests of the whole batch in one round trip. SQLite: none looked
         # up here (one point query per message was a fifth of the store's time): an accepted
         # reading whose (device, seq) is stored meets the insert's ON CONFLICT below, a rejected one

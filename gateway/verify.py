@@ -16,13 +16,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from gateway.jws import TYP_READING, b64url_decode
-from gateway.secrets import DeviceKey
+from gateway import jws
+from gateway.keys import KeyRecord
 
 MAX_BYTES = 2048
 FUTURE_SKEW_S = 300
@@ -34,8 +33,8 @@ STATUS_ONLY = ("stale_status",)
 
 DEVICE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,39}$")
 PATIENT_RE = re.compile(r"^[A-Za-z0-9_-]{4,64}$")
-_KID_RE = re.compile(r"^([a-z0-9][a-z0-9-]{2,39})/([1-9][0-9]{0,8})$")
-_TOPIC_RE = re.compile(r"^nabd/v1/dev/([^/]+)/reading$")
+_TOPIC_RE = re.compile(r"^nabd/v1/dev/([^/]+)/(reading|status)$")
+_TYP = {"reading": jws.TYP_READING, "status": jws.TYP_STATUS}
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 # code -> (unit, low, high)
@@ -49,15 +48,6 @@ _OBS_KEYS = frozenset(("code", "value", "unit", "q", "site"))
 _OBS_REQUIRED = frozenset(("code", "value", "unit", "q"))
 _REQUIRED_SET = frozenset(_REQUIRED)
 _MAX_INT = 2**53
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
-    """A device's key version as the database knows it; ``revoked`` when the device is revoked or
-    this key version's ``revoked_at`` has passed."""
-    key: DeviceKey
-    revoked: bool = False
-    why: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,100 +71,46 @@ def reject(reason: str, detail: str, device: str | None = None, **kw: Any) -> Ve
     return Verdict("reject", reason, detail, device, **kw)
 
 
-class _Malformed(ValueError):
-    pass
-
-
-def _no_constants(name: str):
-    raise _Malformed(f"JSON constant {name} is not allowed")
-
-
-def _unique_pairs(pairs):
-    d = dict(pairs)
-    if len(d) != len(pairs):
-        seen = set()
-        for k, _ in pairs:
-            if k in seen:
-                raise _Malformed(f"duplicate JSON member {k!r}")
-            seen.add(k)
-    return d
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_pairs, parse_constant=_no_constants)  # stateless
-
-
-def _json_object(data: bytes, what: str) -> dict:
-    try:
-        obj = _DECODER.decode(data.decode("utf-8"))
-    except _Malformed as e:
-        raise _Malformed(f"{what}: {e}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _Malformed(f"{what} is not UTF-8 JSON ({type(e).__name__})") from None
-    if not isinstance(obj, dict):
-        raise _Malformed(f"{what} is not a JSON object")
-    return obj
-
-
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    """The result of step 1 (size and shape): nothing here is authenticated yet."""
-    signing_input: bytes
-    signature: bytes
-    payload: dict
-    kid_device: str
-    kid_version: int
-
-
-def topic_device(topic: str) -> str | None:
+def topic_device(topic: str, kind: str = "reading") -> str | None:
+    """The device a ``reading`` or ``status`` topic names (None for any other topic)."""
     m = _TOPIC_RE.match(topic or "")
-    return m.group(1) if m else None
+    return m.group(1) if m and m.group(2) == kind else None
 
 
-# A device sends the same header bytes in every message: the outcome of checking them (the kid)
-# is a pure function of those bytes, kept for headers that passed (bounded: cleared when full).
-_HEADER_CACHE: dict[bytes, tuple[str, int]] = {}
-_HEADER_CACHE_MAX = 8192
-
-
-def _header_kid(part: bytes) -> tuple[str, int]:
-    kid = _HEADER_CACHE.get(part)
-    if kid is not None:
-        return kid
-    header = _json_object(b64url_decode(part), "header")
-    if set(header) != {"alg", "kid", "typ"}:
-        raise _Malformed(f"header members {sorted(header)}, expected exactly alg, kid, typ")
-    if header["alg"] != "HS256":
-        raise _Malformed(f"alg {header['alg']!r} is not HS256")
-    if header["typ"] != TYP_READING:
-        raise _Malformed(f"typ {header['typ']!r} is not {TYP_READING}")
-    k = header["kid"]
-    m = _KID_RE.match(k) if isinstance(k, str) else None
-    if not m:
-        raise _Malformed(f"kid {k!r} is not device/key_version")
-    if len(_HEADER_CACHE) >= _HEADER_CACHE_MAX:
-        _HEADER_CACHE.clear()
-    kid = _HEADER_CACHE[part] = (m.group(1), int(m.group(2)))
-    return kid
-
-
-def parse(raw: bytes, topic: str = "") -> Parsed | Verdict:
-    """Step 1: size and shape. Returns Parsed, or a reject Verdict (oversized / malformed)."""
+def parse(raw: bytes, topic: str = "", kind: str = "reading") -> jws.Compact | Verdict:
+    """Step 1 for a ``reading`` or ``status`` message: size, then shape (``jws.parse_compact``).
+    Returns the parsed token, or a reject Verdict (oversized / malformed) with the topic's device
+    as a hint."""
     if len(raw) > MAX_BYTES:
-        return reject("oversized", f"{len(raw)} bytes > {MAX_BYTES}", topic_device(topic))
-    parts = bytes(raw).split(b".")
-    if len(parts) != 3:
-        return reject("malformed", f"{len(parts)} dot-separated parts, expected 3", topic_device(topic))
+        return reject("oversized", f"{len(raw)} bytes > {MAX_BYTES}", topic_device(topic, kind))
     try:
-        kid_device, kid_version = _header_kid(parts[0])
-        payload = _json_object(b64url_decode(parts[1]), "payload")
-        signature = b64url_decode(parts[2])
-        if len(signature) != 32:
-            raise _Malformed(f"signature is {len(signature)} bytes, HS256 gives 32")
-    except _Malformed as e:
-        return reject("malformed", str(e), topic_device(topic))
-    except ValueError as e:  # base64url errors
-        return reject("malformed", f"bad base64url part: {e}", topic_device(topic))
-    return Parsed(parts[0] + b"." + parts[1], signature, payload, kid_device, kid_version)
+        return jws.parse_compact(raw, _TYP[kind])
+    except jws.Malformed as e:
+        return reject("malformed", str(e), topic_device(topic, kind))
+
+
+def authenticate(p: jws.Compact, topic: str, keys: Callable[[str, int], KeyRecord | None],
+                 kind: str = "reading") -> Verdict | None:
+    """Steps 2 to 4: the kid's key is known and in force, the HMAC verifies (constant time, over
+    the exact bytes received), and topic, kid and payload name the same device. A reject Verdict,
+    or None when the message is authentic."""
+    dev, ver = p.kid_device, p.kid_version
+    # 2 device and key
+    rec = keys(dev, ver)
+    if rec is None:
+        return reject("unknown_device", f"no device/key {dev}/{ver}", dev)
+    if rec.revoked:
+        return reject("revoked", rec.why or f"key {dev}/{ver} revoked", dev)
+    # 3 signature
+    expected = hmac.digest(rec.key.secret, p.signing_input, "sha256")
+    if not hmac.compare_digest(expected, p.signature):
+        return reject("bad_signature", f"HMAC does not verify under {dev}/{ver}", dev)
+    # 4 agreement
+    tdev = topic_device(topic, kind)
+    pdev = p.payload.get("dev")
+    if not (tdev == dev == pdev):
+        return reject("topic_mismatch", f"topic device {tdev!r}, kid device {dev!r}, payload dev {pdev!r}", dev)
+    return None
 
 
 def _is_int(x: Any) -> bool:
@@ -251,27 +187,15 @@ def check_values(p: dict, now: float, skew: int = FUTURE_SKEW_S) -> tuple[str, s
 
 def verify(raw: bytes, topic: str, keys: Callable[[str, int], KeyRecord | None],
            seen: Callable[[str, int], str | None], now: float, skew: int = FUTURE_SKEW_S,
-           parsed: Parsed | Verdict | None = None) -> Verdict:
+           parsed: jws.Compact | Verdict | None = None) -> Verdict:
     """The verdict on one message (``parsed``: the result of ``parse`` when already computed)."""
     p = parsed if parsed is not None else parse(raw, topic)
     if isinstance(p, Verdict):
         return p
+    bad = authenticate(p, topic, keys)
+    if bad is not None:
+        return bad
     dev, ver = p.kid_device, p.kid_version
-    # 2 device and key
-    rec = keys(dev, ver)
-    if rec is None:
-        return reject("unknown_device", f"no device/key {dev}/{ver}", dev)
-    if rec.revoked:
-        return reject("revoked", rec.why or f"key {dev}/{ver} revoked", dev)
-    # 3 signature, constant time, over the exact bytes received
-    expected = hmac.digest(rec.key.secret, p.signing_input, "sha256")
-    if not hmac.compare_digest(expected, p.signature):
-        return reject("bad_signature", f"HMAC does not verify under {dev}/{ver}", dev)
-    # 4 agreement
-    tdev = topic_device(topic)
-    pdev = p.payload.get("dev")
-    if not (tdev == dev == pdev):
-        return reject("topic_mismatch", f"topic device {tdev!r}, kid device {dev!r}, payload dev {pdev!r}", dev)
     # 5 duplicate / replay on (dev, seq)
     seq = p.payload.get("seq")
     if not _is_int(seq) or not 1 <= seq < 2**63:

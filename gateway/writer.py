@@ -6,10 +6,10 @@ the time and the network thread waited, so the gateway ran at a fraction of what
 In a child process the two run on two cores.
 
 - ``BatchStore`` does the work of one batch on its own connection: ``Store.process`` (verify and
-  store in ONE transaction), retried with backoff on a fresh connection after a database error
-  (locked, connection lost: nothing was committed, nothing is acknowledged meanwhile); a message
-  that makes the store raise anything else is isolated and quarantined (``malformed``, "gateway
-  error") instead of blocking the queue.
+  store in ONE transaction), as a ``worker.BatchWorker``: retried with backoff on a fresh
+  connection after a database error (locked, connection lost: nothing was committed, nothing is
+  acknowledged meanwhile); a message that makes the store raise anything else is isolated and
+  quarantined (``malformed``, "gateway error") instead of blocking the queue.
 - ``ProcessWriter`` (parent side) sends each batch ``(topic, bytes, receipt time)`` over a pipe to
   the child (``multiprocessing`` spawn context) and gets back, only after the commit, the verdict
   kinds and the signed device acks; its callback then acknowledges the messages to the broker on
@@ -32,27 +32,13 @@ import threading
 import time
 from typing import Any, Callable
 
-from gateway.store import BatchResult, Message
+from gateway.db import Database
+from gateway.store import BatchResult, Message, Store
 from gateway.verify import Verdict, reject
+from gateway.worker import BatchWorker
 
 log = logging.getLogger("nabd.gateway.writer")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def db_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions meaning "the database is unavailable now": retry, never quarantine."""
-    import sqlite3
-
-    from gateway.db import DatabaseError
-
-    errs: list[type[BaseException]] = [sqlite3.OperationalError, DatabaseError]
-    try:
-        import psycopg
-
-        errs += [psycopg.OperationalError, psycopg.InterfaceError]
-    except ImportError:
-        pass
-    return tuple(errs)
 
 
 class Checkpointer:
@@ -89,53 +75,25 @@ class Checkpointer:
         self._thread.join(timeout=5)
 
 
-class BatchStore:
+class BatchStore(BatchWorker):
     """One batch at a time on one long-lived connection (used inside the writer process)."""
 
-    def __init__(self, db_url: str, kek: bytes, forward: bool, skew: int):
-        from gateway.db import Database
-        from gateway.store import Store
+    log = log
 
-        self.db = Database(db_url)
+    def __init__(self, db_url: str, kek: bytes, forward: bool, skew: int):
+        super().__init__(Database(db_url))
         self.store = Store(self.db, kek, forward=forward, skew=skew)
-        self._conn: Any = None
-        self._errors = db_errors()
         self._checkpointer = Checkpointer(self.db).start() if self.db.dialect == "sqlite" else None
 
-    def commit(self, batch: list[Message]) -> BatchResult:
-        delay = 0.05
-        while True:
-            try:
-                if self._conn is None:
-                    self._conn = self.db.open()
-                    if self._checkpointer is not None:
-                        self._conn.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer does it
-                return self._process(batch)
-            except self._errors as e:
-                log.error("database error, batch of %d kept unacknowledged, retrying: %s", len(batch), e)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                self.close()
+    def opened(self, conn: Any) -> None:
+        if self._checkpointer is not None:
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer does it
 
-    def _process(self, batch: list[Message]) -> BatchResult:
-        try:
-            return self.store.process(self._conn, batch)
-        except self._errors:
-            raise
-        except Exception:
-            if len(batch) == 1:
-                log.exception("store failed on one message; quarantining it")
-                return self._quarantine_error(batch[0])
-            out = BatchResult()
-            for m in batch:  # isolate the message that breaks the store
-                r = self._process([m])
-                out.verdicts += r.verdicts
-                out.acks += r.acks
-            return out
+    def store_batch(self, conn: Any, batch: list[Message]) -> BatchResult:
+        return self.store.process(conn, batch)
 
-    def _quarantine_error(self, m: Message) -> BatchResult:
+    def quarantine_error(self, conn: Any, m: Message) -> BatchResult:
         v = reject("malformed", "gateway error while storing this message (see the gateway log)")
-        conn = self._conn
         self.db.begin(conn)
         conn.execute(self.db.sql("INSERT INTO quarantine (received_at, reason, topic, device_hint, raw, detail) "
                                  "VALUES (?, ?, ?, ?, ?, ?)"),
@@ -147,15 +105,6 @@ class BatchStore:
         self.close()
         if self._checkpointer is not None:
             self._checkpointer.stop()
-
-    def close(self) -> None:
-        """Close the connection (a database error reopens it on the next batch)."""
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
-        self._conn = None
 
 
 def _child(conn, db_url: str, kek: bytes, forward: bool, skew: int, log_level: int) -> None:
@@ -173,6 +122,7 @@ def _child(conn, db_url: str, kek: bytes, forward: bool, skew: int, log_level: i
                 return
             n, items = msg
             res = bs.commit([Message(t, raw, at) for t, raw, at in items])
+            assert res is not None  # commit gives up only when told the process is stopping
             try:
                 conn.send((n, [(v.kind, v.reason) for v in res.verdicts], res.acks))
             except OSError:

@@ -7,9 +7,10 @@ import os
 import pytest
 
 from gateway import jws
+from gateway.keys import KeyRecord
 from gateway.secrets import DeviceKey
 from gateway.testing.generator import reading, sign_reading
-from gateway.verify import MAX_BYTES, REASONS, STATUS_ONLY, KeyRecord, verify
+from gateway.verify import MAX_BYTES, REASONS, STATUS_ONLY, verify
 
 DEV, KEY = "nabd-a1b2c3d4e5f6", bytes(range(32))
 NOW = 1_795_430_400
@@ -78,6 +79,30 @@ def test_payload_must_be_a_json_object_without_duplicates_or_nan():
         si = h + b"." + jws.b64url(body)
         v = judge(si + b"." + jws.b64url(jws.mac(KEY, si)))
         assert v.reason == "malformed", body
+
+
+def test_one_strict_parser_for_readings_statuses_and_acks():
+    """jws.parse_compact is the gateway's only JWS parser: a header accepted (and cached) as one
+    kind is refused as another, and jws.verify (the generator's acks) is as strict as readings."""
+    raw = msg(1)
+    assert judge(raw).kind == "accept"   # its header is now in the parser's cache
+    with pytest.raises(jws.Malformed, match="typ 'nabd-reading\\+jws' is not nabd-status\\+jws"):
+        jws.parse_compact(raw, jws.TYP_STATUS)
+    ack = jws.sign(KEY, jws.TYP_ACK, f"{DEV}/1", {"v": 1, "dev": DEV, "seqs": [1], "ts": NOW})
+    assert jws.verify(KEY, ack, jws.TYP_ACK)["seqs"] == [1]
+    with pytest.raises(ValueError, match="bad signature"):
+        jws.verify(os.urandom(32), ack, jws.TYP_ACK)
+    h = jws.b64url(jws.dumps({"alg": "HS256", "kid": f"{DEV}/1", "typ": jws.TYP_ACK}))
+    for body, why in ((b'{"seqs":[1],"seqs":[2]}', "duplicate JSON member 'seqs'"), (b'{"ts":NaN}', "NaN")):
+        si = h + b"." + jws.b64url(body)
+        with pytest.raises(jws.Malformed, match=why):
+            jws.verify(KEY, si + b"." + jws.b64url(jws.mac(KEY, si)), jws.TYP_ACK)
+    a64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    odd = a64[a64.index(ack[-1]) ^ 1:][:1]   # sets an unused low bit of the 43-character MAC
+    with pytest.raises(jws.Malformed, match="non-canonical"):
+        jws.verify(KEY, ack[:-1] + odd, jws.TYP_ACK)
+    with pytest.raises(jws.Malformed, match="kid 'nabd' is not device/key_version"):
+        jws.parse_compact(jws.sign(KEY, jws.TYP_ACK, "nabd", {"v": 1}), jws.TYP_ACK)
 
 
 def test_oversized_is_checked_first():

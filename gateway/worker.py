@@ -1,0 +1,110 @@
+"""The batch worker: stores batches of MQTT messages on one long-lived database connection.
+
+Used by the readings' store process (``writer.BatchStore``) and the status thread
+(``status.StatusWorker``). A subclass says how a batch is stored (``store_batch``: one
+transaction, committed on return) and how one message that breaks the store is quarantined
+(``quarantine_error``); the worker does the rest, the same for both:
+
+- a database error (locked, connection lost: nothing was committed) keeps the batch
+  unacknowledged and retries it on a fresh connection, with backoff from 50 ms to 5 s;
+- anything else is a bug or a message the store cannot handle: the batch is retried one message
+  at a time, and the message that still fails is quarantined (``malformed``, "gateway error")
+  instead of blocking the queue.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from gateway.db import Database
+from gateway.store import BatchResult, Message
+
+
+def db_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning "the database is unavailable now": retry, never quarantine."""
+    import sqlite3
+
+    from gateway.db import DatabaseError
+
+    errs: list[type[BaseException]] = [sqlite3.OperationalError, DatabaseError]
+    try:
+        import psycopg
+
+        errs += [psycopg.OperationalError, psycopg.InterfaceError]
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+class BatchWorker:
+    """One batch at a time on one connection (``_conn``, opened on first use and after an error)."""
+
+    log = logging.getLogger("nabd.gateway.worker")
+    what = "message(s)"   # in log lines: what a batch holds
+
+    def __init__(self, db: Database):
+        self.db = db
+        self._conn: Any = None
+        self._errors = db_errors()
+
+    # -- what a subclass defines ------------------------------------------------------------------
+    def store_batch(self, conn: Any, batch: list[Message]) -> BatchResult:
+        """Store ``batch`` in one transaction, committed on return (rolled back on an exception)."""
+        raise NotImplementedError
+
+    def quarantine_error(self, conn: Any, m: Message) -> BatchResult:
+        """Quarantine ``m``, on which ``store_batch`` failed, in a transaction of its own."""
+        raise NotImplementedError
+
+    def opened(self, conn: Any) -> None:
+        """Called with each new connection before its first batch."""
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def connection(self) -> Any:
+        if self._conn is None:
+            self._conn = self.db.open()
+            self.opened(self._conn)
+        return self._conn
+
+    def commit(self, batch: list[Message], stopping: Callable[[], bool] = lambda: False) -> BatchResult | None:
+        """Store ``batch``; returns after its commit (retrying while the database is unavailable).
+        None only when ``stopping()`` says the process is shutting down and the database stayed
+        unavailable for more than a second: nothing of the batch was acknowledged, so the broker
+        redelivers it to the next session."""
+        delay = 0.05
+        while True:
+            try:
+                return self._process(self.connection(), batch)
+            except self._errors as e:
+                self.log.error("database error, %d %s kept unacknowledged, retrying: %s", len(batch), self.what, e)
+                self.close()
+                if stopping() and delay > 1.0:
+                    return None
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _process(self, conn: Any, batch: list[Message]) -> BatchResult:
+        try:
+            return self.store_batch(conn, batch)
+        except self._errors:
+            raise
+        except Exception:
+            if len(batch) == 1:
+                self.log.exception("storing failed on one message; quarantining it")
+                return self.quarantine_error(conn, batch[0])
+            out = BatchResult()
+            for m in batch:  # isolate the message that breaks the store
+                r = self._process(conn, [m])
+                out.verdicts += r.verdicts
+                out.acks += r.acks
+            return out
+
+    def close(self) -> None:
+        """Close the connection (the next batch opens a new one)."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+        self._conn = None

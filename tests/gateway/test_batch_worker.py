@@ -1,0 +1,131 @@
+"""The batch worker (gateway/worker.py) as both its users run it: the readings' store process
+(writer.BatchStore) and the status thread (status.StatusWorker), on a real SQLite database. A
+database error is retried on a fresh connection; a message that breaks the store is quarantined
+alone and the rest of its batch is stored."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from gateway import admin, jws
+from gateway.db import Database
+from gateway.status import StatusWorker, latest
+from gateway.store import Message
+from gateway.testing.generator import SimDevice, topic
+from gateway.testing.harness import rows
+from gateway.writer import BatchStore
+
+UTC = dt.timezone.utc
+
+
+@pytest.fixture
+def setup(tmp_path):
+    db = Database(f"sqlite:///{tmp_path}/gw.db")
+    db.migrate()
+    kek = os.urandom(32)
+    devs = [SimDevice(f"nabd-worker{i:03d}") for i in range(3)]
+    for d in devs:
+        admin.add_device(db, kek, d.id, d.key, "F", "MA-05")
+    return db, kek, devs
+
+
+def _readings(dev: SimDevice, n: int) -> list[Message]:
+    return [Message(topic(dev.id), dev.next_reading()[1], dt.datetime.now(UTC)) for _ in range(n)]
+
+
+def _status(dev: SimDevice) -> Message:
+    p = {"v": 1, "dev": dev.id, "state": "online", "conn": 1, "ts": int(time.time()), "ts_ok": True, "up": 5,
+         "fw": "0.2.0", "rssi": -60, "heap": 80000, "outbox": 0, "drops": 0, "seq": 1, "sensors": {},
+         "cal_due": None, "errors": 0}
+    return Message(f"nabd/v1/dev/{dev.id}/status", jws.sign(dev.key, jws.TYP_STATUS, dev.kid, p),
+                   dt.datetime.now(UTC))
+
+
+def test_store_process_isolates_and_quarantines_the_message_that_breaks_it(setup, monkeypatch):
+    db, kek, (dev, *_) = setup
+    bs = BatchStore(db.url, kek, forward=False, skew=300)
+    real = bs.store._prepare
+
+    def prepare(m, v):
+        if v.seq == 3:
+            raise RuntimeError("a bug that only this reading meets")
+        return real(m, v)
+
+    monkeypatch.setattr(bs.store, "_prepare", prepare)
+    try:
+        res = bs.commit(_readings(dev, 5))
+    finally:
+        bs.shutdown()
+    assert [(v.kind, v.reason) for v in res.verdicts] == [("accept", "")] * 2 + [("reject", "malformed")] + \
+        [("accept", "")] * 2
+    acked = sorted(s for _, body in res.acks for s in jws.verify(dev.key, body, jws.TYP_ACK)["seqs"])
+    assert acked == [1, 2, 4, 5]
+    assert [r[0] for r in rows(db.url, "SELECT seq FROM readings ORDER BY seq")] == [1, 2, 4, 5]
+    (q,) = rows(db.url, "SELECT reason, detail FROM quarantine")
+    assert q[0] == "malformed" and "gateway error" in q[1]
+
+
+def test_store_process_retries_a_database_error_on_a_fresh_connection(setup, monkeypatch):
+    db, kek, (dev, *_) = setup
+    bs = BatchStore(db.url, kek, forward=False, skew=300)
+    real, conns = bs.store.process, []
+
+    def flaky(conn, batch):
+        conns.append(conn)
+        if len(conns) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return real(conn, batch)
+
+    monkeypatch.setattr(bs.store, "process", flaky)
+    try:
+        res = bs.commit(_readings(dev, 3))
+    finally:
+        bs.shutdown()
+    assert [v.kind for v in res.verdicts] == ["accept"] * 3
+    assert len(conns) == 2 and conns[0] is not conns[1]
+    assert rows(db.url, "SELECT COUNT(*) FROM quarantine") == [(0,)]
+
+
+def test_status_worker_acks_after_the_commit_and_quarantines_what_breaks_the_store(setup, monkeypatch):
+    db, kek, devs = setup
+    acked: list[Message] = []
+    w = StatusWorker(db, kek, acked.append)
+    real = w.store._one
+
+    def one(conn, m, now, now_dt):
+        if m.topic == f"nabd/v1/dev/{devs[1].id}/status":
+            raise RuntimeError("a bug that only this status meets")
+        return real(conn, m, now, now_dt)
+
+    monkeypatch.setattr(w.store, "_one", one)
+    msgs = [_status(d) for d in devs]
+    w.start()
+    for m in msgs:
+        w.submit(m)
+    w.stop(timeout=10)
+    assert sorted(m.topic for m in acked) == sorted(m.topic for m in msgs) and w.processed == 3
+    assert sorted(s["device_id"] for s in latest(db)) == [devs[0].id, devs[2].id]
+    assert rows(db.url, "SELECT reason, device_hint FROM quarantine") == [("malformed", devs[1].id)]
+
+
+def test_status_worker_gives_up_a_batch_only_when_stopping_and_acks_nothing_of_it(setup, monkeypatch):
+    db, kek, devs = setup
+    acked: list[Message] = []
+    w = StatusWorker(db, kek, acked.append)
+
+    def down(conn, batch, now=None):
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(w.store, "process", down)
+    stopping = threading.Event()
+    stopping.set()
+    t0 = time.monotonic()
+    assert w.commit([_status(devs[0])], stopping.is_set) is None
+    assert 1.0 < time.monotonic() - t0 < 5.0   # retried with backoff for over a second first
+    w.close()
+    assert acked == [] and latest(db) == []
