@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,33 @@ def test_serve_refused_by_the_broker_says_so_and_exits_3(tmp_path, broker_factor
     assert p.returncode == 3, p.stderr
     line = error_line(p, "nabd-gateway")
     assert "refused the gateway" in line and f"127.0.0.1:{b.port}" in line and "username" in line
+
+
+@pytest.mark.broker
+def test_serve_names_the_broker_once_while_it_is_down(tmp_path, broker_factory):
+    """paho says "Client is not connected" at every retry, without the address: serve says instead,
+    once a minute at most, which broker it is waiting for; it keeps running (the broker may return)."""
+    b = broker_factory()
+    conf = init(tmp_path, broker_port=b.port)
+    log = tmp_path / "serve.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen([str(BIN / "nabd-gateway"), "serve", "--config", str(conf), "--no-api"],
+                                stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        end = time.monotonic() + 30
+        while "connected to" not in log.read_text() and time.monotonic() < end and proc.poll() is None:
+            time.sleep(0.1)
+        assert "connected to" in log.read_text(), log.read_text()
+        b.stop()
+        time.sleep(8)             # paho retries every 0.1 .. 5 s meanwhile
+        assert proc.poll() is None, log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    text = log.read_text()
+    assert rc == 0, text
+    assert text.count(f"broker at mqtt://127.0.0.1:{b.port} unreachable") == 1, text
+    assert "Client is not connected" not in text
 
 
 # --- nabd-gateway administration -----------------------------------------------------------------
