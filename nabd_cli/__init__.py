@@ -40,7 +40,11 @@ class CommandError(Exception):
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with usage errors raised as ``CommandError(..., EXIT_USAGE)`` instead of printed
-    and exited, so that ``--json`` applies to them too. Subparsers inherit the class."""
+    and exited, so that ``--json`` applies to them too, and help in plain words: a description
+    taken from a module docstring loses its reST literal marks. Subparsers inherit the class."""
+
+    def format_help(self) -> str:
+        return super().format_help().replace("``", "")
 
     def error(self, message: str):  # type: ignore[override]
         e = CommandError(message, EXIT_USAGE)
