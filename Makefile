@@ -26,7 +26,7 @@ unit: setup
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check firmware hardware host gateway nabd_cli tests bench compat
+	$(VENV)/bin/ruff check firmware hardware sim host gateway nabd_cli tests bench compat
 
 # Firmware is type-checked against the ESP32 MicroPython stubs (their own typeshed), not CPython's.
 $(STUBS)/.stamp:

@@ -3,7 +3,7 @@
 One full cycle of the device: a short button press, temperature (MLX90614 woken, 8 reads), SpO2
 and pulse (MAX30102 FIFO into the chain until 3 stable reports), signing, the outbox on flash, and
 the MQTT publish, on the simulated board with the ``normal`` scenario. The VM has no socket: the
-uplink publishes into ``hardware.sim.loopback`` (an in-memory MQTT peer answering CONNACK,
+uplink publishes into ``sim.hardware.loopback`` (an in-memory MQTT peer answering CONNACK,
 SUBACK, PUBACK; it sends no acks here, so none of its own signing is counted).
 
 - ``heap_peak_bytes``: the device's peak heap during the cycle: for each loop step, the live heap
@@ -27,16 +27,16 @@ import tempfile
 from pathlib import Path
 
 from bench import device_comms
-from hardware.sim import physiology
-from host.vm import MicroPythonVM
+from host.mpvm import MicroPythonVM
+from sim import physiology
 
 MARK = "gc.collect()\n{name} = gc.mem_alloc()"   # in its own exec: no setup code object alive
 
 IMPORTS = """
 import gc
-from hardware.sim.scenario import ArrayScenario
-from hardware.sim.board import SimBoard
-from hardware.sim.loopback import Loopback
+from sim.hardware.scenario import ArrayScenario
+from sim.hardware.board import SimBoard
+from sim.hardware.loopback import Loopback
 from firmware import config, main
 import firmware.app, firmware.ui, firmware.uplink, firmware.mqtt, firmware.outbox, firmware.jws
 import firmware.signal.pulseox, firmware.signal.temperature, firmware.reading

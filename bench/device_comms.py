@@ -14,7 +14,7 @@ Other benchmarks may reuse ``VM_SETUP`` (a comms stack in the VM), ``ref_iterati
 """
 from __future__ import annotations
 
-from host.vm import MicroPythonVM
+from host.mpvm import MicroPythonVM
 
 VM_SETUP = """
 import gc, os, time
@@ -23,8 +23,8 @@ from firmware.outbox import Outbox
 from firmware.seq import SeqCounter
 from firmware.log import Log
 from firmware.uplink import Uplink
-from hardware.sim.clock import VirtualClock
-from hardware.sim.board import SimNetwork
+from sim.hardware.clock import VirtualClock
+from sim.hardware.board import SimNetwork
 
 class Board:
     name = 'sim'

@@ -15,11 +15,11 @@ range for transfers above ~118 bytes (a 1025-byte frame); ``..._driver`` is the 
 """
 from __future__ import annotations
 
-from host.vm import MicroPythonVM
+from host.mpvm import MicroPythonVM
 
 CODE = r"""
 import gc, time, micropython
-from hardware.sim.board import SimBoard
+from sim.hardware.board import SimBoard
 from firmware.drivers.mlx90614 import MLX90614
 from firmware.drivers.max30102 import MAX30102
 from firmware.drivers.ssd1306 import SSD1306

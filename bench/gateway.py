@@ -35,8 +35,8 @@ from gateway.config import load
 from gateway.db import Database
 from gateway.ingest import SUBSCRIPTION
 from gateway.store import Message, Store
-from gateway.testing.generator import SimDevice, topic
-from gateway.testing.harness import GatewayProcess, MosquittoBroker, register, write_config
+from tests.support.generator import SimDevice, topic
+from tests.support.harness import GatewayProcess, MosquittoBroker, register, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 N = int(os.environ.get("NABD_BENCH_N", "10000"))

@@ -20,7 +20,7 @@ import numpy as np
 
 from bench import signal_data
 from bench.signal_stats import arms, bland_altman, fin, mae, pct, pearson
-from hardware.sim import physiology as ph
+from sim import physiology as ph
 
 REPO = Path(__file__).resolve().parent.parent
 WORKERS = 2
@@ -868,7 +868,7 @@ def _dead_text(sets: dict) -> str:
 LIMITATIONS = """## 7. Limitations
 
 - **Synthetic data.** The accuracy targets are met on a simulator written by the same project
-  (`hardware/sim/physiology.py`). Its SpO2 becomes R through the inverse of nabd's own calibration
+  (`sim/physiology.py`). Its SpO2 becomes R through the inverse of nabd's own calibration
   curve, so the SpO2 figures measure the signal chain, not the calibration: a real device's accuracy
   depends on calibrating each optical design against an SpO2 simulator and, for a claim, a
   controlled-desaturation study against arterial blood (ISO 80601-2-61 Annex EE). None has been done.
@@ -896,7 +896,7 @@ LIMITATIONS = """## 7. Limitations
 
 METHOD_NOTES = """## Method
 
-- **Synthetic suite**: `hardware.sim.physiology.suite()` — seeded 35-s recordings at 100 Hz,
+- **Synthetic suite**: `sim.physiology.suite()` — seeded 35-s recordings at 100 Hz,
   HR 30–220 bpm, SpO2 70–100 %, PI 0.1–20 % (log-uniform), Monk 1–10, HRV and respiratory
   modulation, baseline wander, pulse morphology from a shoulder to a distinct dicrotic notch; a
   quarter carry named scenarios (motion bursts, finger removed, no finger, sunlight saturating the

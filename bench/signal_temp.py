@@ -1,5 +1,5 @@
 """Temperature accuracy after calibration: simulated MLX90614 units (per-unit offset and gain
-errors, ``hardware/sim/mlx90614.py``) read through the firmware driver on the virtual I2C bus,
+errors, ``sim/hardware/mlx90614.py``) read through the firmware driver on the virtual I2C bus,
 two-point calibration against a blackbody, then the firmware temperature pipeline
 (``host.signalrun.run_temperature``) on repeated reads; error against the blackbody setpoint.
 """
@@ -41,9 +41,9 @@ class _Blackbody:
 
 def _unit(seed: int):
     from firmware.drivers.mlx90614 import MLX90614  # noqa: PLC0415
-    from hardware.sim.clock import VirtualClock  # noqa: PLC0415
-    from hardware.sim.i2c import VirtualI2C  # noqa: PLC0415
-    from hardware.sim.mlx90614 import MLX90614Model  # noqa: PLC0415
+    from sim.hardware.clock import VirtualClock  # noqa: PLC0415
+    from sim.hardware.i2c import VirtualI2C  # noqa: PLC0415
+    from sim.hardware.mlx90614 import MLX90614Model  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
     bb = _Blackbody(rng)
@@ -68,7 +68,7 @@ def _unit(seed: int):
 def measure() -> dict:
     try:
         from host import signalrun  # noqa: PLC0415
-        from host.vm import MicroPythonVM  # noqa: PLC0415
+        from host.mpvm import MicroPythonVM  # noqa: PLC0415
     except ImportError:
         return {"temp_abs_err_c_p95": None}
     errs = []

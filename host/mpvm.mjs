@@ -1,12 +1,12 @@
 // The real MicroPython interpreter (WebAssembly build, npm @micropython/micropython-webassembly-pyscript)
-// driven over stdin/stdout by host/vm.py. One JSON request per line, one JSON reply per line.
+// driven over stdin/stdout by host/mpvm.py. One JSON request per line, one JSON reply per line.
 //
 // Ops: exec {code}            -> {ok, out} | {ok:false, out, type, error}
 //      write {path, b64}      -> {ok}        (parents created)
 //      read {path}            -> {ok, b64}   | {ok:false, error}
 //      ls {path}              -> {ok, names}
 //      rm {path}              -> {ok}
-// At start-up the repository's firmware/ and hardware/ trees (*.py only) are copied into /lib,
+// At start-up the repository's firmware/ and sim/ trees (*.py only) are copied into /lib,
 // which MicroPython has on sys.path, so firmware imports as `firmware.drivers.mlx90614`.
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
 import fs from "fs";
@@ -15,7 +15,7 @@ import readline from "readline";
 
 const root = process.argv[2];
 const heapsize = parseInt(process.argv[3] || "1048576", 10);
-const trees = (process.argv[4] || "firmware,hardware").split(",").filter(Boolean);
+const trees = (process.argv[4] || "firmware,sim").split(",").filter(Boolean);
 
 let out = [];
 const mp = await loadMicroPython({

@@ -1,7 +1,7 @@
 """What the simulated OLED shows, as a PNG or as text (host side, CPython, no PIL).
 
 Input is a frame in the SSD1306's GDDRAM layout (MONO_VLSB: ``width`` bytes per page of 8 rows,
-LSB on top), as ``hardware.sim.ssd1306.SSD1306Model.frame()`` returns it (inside the VM, fetch it
+LSB on top), as ``sim.hardware.ssd1306.SSD1306Model.frame()`` returns it (inside the VM, fetch it
 with ``vm.eval("model.frame().hex()")``), or a model object directly under CPython.
 
 The PNG looks like the device: a dark bezel around the panel, a near-black background, light

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from host.vm import MicroPythonVM
+from host.mpvm import MicroPythonVM
 
 FIRMWARE_RATE_HZ = 100
 _SAMPLES = "/tmp/ppg.i32"

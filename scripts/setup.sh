@@ -27,14 +27,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.nabd-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ compat/pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[dev,bench]"
+  # compat/: the CPython stand-ins for MicroPython's `micropython` and `framebuf` (its own distribution)
+  .venv/bin/pip install -q -e ".[dev,bench]" -e ./compat
+  rm -f "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nabd-compat.pth"
   touch "$stamp"
 fi
-# compat/ holds the CPython stand-in for MicroPython's `micropython` module.
-site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-echo "$(pwd)/compat" > "$site/nabd-compat.pth"
 
 if [ ! -f node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs ] || [ package.json -nt node_modules/.package-lock.json ]; then
   [ -L node_modules ] && rm node_modules

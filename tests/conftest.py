@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from host.vm import MicroPythonVM
+from host.mpvm import MicroPythonVM
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -19,7 +19,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 @pytest.fixture
 def vm():
-    """A fresh MicroPython interpreter with firmware/ and hardware/ on its path."""
+    """A fresh MicroPython interpreter with firmware/ and sim/ on its path."""
     with MicroPythonVM() as m:
         yield m
 

@@ -2,7 +2,7 @@
 
 A board object gives the firmware everything it touches outside the interpreter. The ESP32
 implementation (``firmware.boards.esp32``) is the only firmware module that imports ``machine``,
-``network``, ``esp32`` or ``ntptime``; the simulated board (``hardware.sim.board``) implements the
+``network``, ``esp32`` or ``ntptime``; the simulated board (``sim.hardware.board``) implements the
 same attributes on virtual parts. The contract, attribute by attribute:
 
 ``name``            ``"esp32"`` or ``"sim"``.

@@ -2,7 +2,7 @@
 ``firmware/boards/__init__.py`` on real hardware.
 
 The only firmware module that imports ``machine``, ``network`` and ``ntptime``. Pins come from
-``hardware/pins.py`` (shared with the simulated board; deploy it with the firmware). Runs on the
+``firmware/boards/pins.py`` (shared with the simulated board; deploy it with the firmware). Runs on the
 device only: ``Esp32Board()`` makes the I2C bus at 100 kHz, the inputs and the buzzer; the
 watchdog starts at the first ``wdt_feed()`` (so a technician's REPL session is not reset by a dog
 nobody feeds); Wi-Fi only when ``network.connect_wifi`` is called.
@@ -20,7 +20,7 @@ import time
 import machine
 import network
 
-from hardware import pins
+from firmware.boards import pins
 
 _EPOCH_2000 = 946684800   # seconds from 1970-01-01 to 2000-01-01
 _WIFI_TIMEOUT_MS = 15000

@@ -158,6 +158,6 @@ def register(sub) -> None:
     k.add_argument("--json", action="store_true")
     k.set_defaults(func=cmd_rotate)
 
-    from gateway.commands_out import register_cli  # `devices command ID ...`: signed commands to a device
+    from gateway.commands.device_command import register_cli  # `devices command|status`
 
     register_cli(s)

@@ -15,7 +15,5 @@ Paths below are relative to this file.
 """
 include("$(PORT_DIR)/boards/manifest.py")
 
-# the whole firmware package (drivers, signal chain, app, comms)
+# the whole firmware package (drivers, signal chain, app, comms, boards and the pin map)
 package("firmware", base_path="../..")
-# the shared pin map used by firmware/boards/esp32.py
-package("hardware", files=["__init__.py", "pins.py"], base_path="../..")

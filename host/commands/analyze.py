@@ -154,8 +154,8 @@ def summarize(outs: list[dict]) -> dict:
 
 
 def run(args) -> int:
+    from host.mpvm import MicroPythonError, VMUnavailable
     from host.signalrun import SignalInputError, run_chain
-    from host.vm import MicroPythonError, VMUnavailable
 
     path = Path(args.path)
     if not path.is_file():

@@ -121,11 +121,11 @@ def run_demo(out_dir: Path = DEFAULT_OUT, seconds: int = 4, bpm: int = 72, fault
              scale: int = 4) -> dict:
     """Run the demo in a fresh MicroPython VM; returns self-test, measurement, screen (ASCII) and
     the PNG path."""
-    from host.vm import MicroPythonError, MicroPythonVM, VMUnavailable
+    from host.mpvm import MicroPythonError, MicroPythonVM, VMUnavailable
 
     try:
         with MicroPythonVM() as vm:
-            vm.exec("from hardware.sim.scenario import PulseScenario\n"
+            vm.exec("from sim.hardware.scenario import PulseScenario\n"
                     f"scenario = PulseScenario(bpm={int(bpm)})\n")
             checks = run_in_vm(vm, list(faults), "board", "scenario")
             vm.exec(f"SECONDS = {int(seconds)}\nALL_OK = {all(c['ok'] for c in checks)}\n" + MEASURE)

@@ -21,7 +21,7 @@ MARK = "\x1e"  # separates the result line from anything the firmware printed
 
 
 def valid_faults() -> tuple[str, ...]:
-    from hardware.sim.board import FAULTS
+    from sim.hardware.board import FAULTS
 
     return FAULTS
 
@@ -35,7 +35,7 @@ def check_faults(faults: list[str]) -> None:
 
 def vm_setup_code(faults: list[str], scenario: str = "None", var: str = "board") -> str:
     """MicroPython source that builds the simulated board with ``faults`` in the VM."""
-    return (f"from hardware.sim.board import SimBoard\n"
+    return (f"from sim.hardware.board import SimBoard\n"
             f"{var} = SimBoard(scenario={scenario}, faults={json.dumps(list(faults))})\n")
 
 
@@ -48,7 +48,7 @@ def run_in_vm(vm, faults: list[str], board_var: str = "board", scenario: str = "
 
 
 def run_virtual(faults: list[str]) -> list[dict]:
-    from host.vm import MicroPythonError, MicroPythonVM, VMUnavailable
+    from host.mpvm import MicroPythonError, MicroPythonVM, VMUnavailable
 
     try:
         with MicroPythonVM() as vm:

@@ -35,14 +35,14 @@ SECONDS_PER_READING = 50
 
 
 def _scenarios() -> tuple[str, ...]:
-    from hardware.sim import physiology
+    from sim import physiology
 
     return physiology.SCENARIOS
 
 
 def write_scenario(name: str, seed: int, duration_s: float, path: Path) -> Path:
     """Render the named physiology scenario into the file ``ArrayScenario.load`` reads."""
-    from hardware.sim import physiology
+    from sim import physiology
 
     if name not in physiology.SCENARIOS:
         raise CommandError(f"unknown scenario {name!r}; known: {', '.join(physiology.SCENARIOS)}", EXIT_USAGE)
@@ -56,7 +56,7 @@ def _board_seed(state: Path) -> int:
 
 def make_board(state: Path, scenario=None):
     """A SimBoard whose flash is ``state`` and whose wall clock is the host's."""
-    from hardware.sim.board import SimBoard
+    from sim.hardware.board import SimBoard
 
     board = SimBoard(scenario=scenario, storage_root=str(state), seed=_board_seed(state), unix_time=int(time.time()))
     board.clock.unix_time = lambda: int(time.time())  # NTP-synced device: host wall clock
@@ -162,7 +162,7 @@ def run_device(state: Path, broker: str, scenario: str = "normal", readings: int
     """``nabd sim run`` as a function; returns the summary dict (``ok`` True when every reading in
     the outbox was acknowledged before the timeout)."""
     from firmware import main
-    from hardware.sim.scenario import ArrayScenario
+    from sim.hardware.scenario import ArrayScenario
 
     cfg = identity(state, broker)
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,39 +217,13 @@ def cmd_run(args) -> int:
 
 # --- nabd sim screenshot ------------------------------------------------------------------------------
 
+# The device's objects and helpers, as names in the VM's session (tests and screen_at use them).
 VM_DEVICE = """
-from hardware.sim.scenario import ArrayScenario
-from hardware.sim.board import SimBoard
-from hardware.sim.loopback import Loopback
 from firmware import config, main
-board = SimBoard(scenario=ArrayScenario.load('/scenario.bin'), storage_root='/flash', unix_time=UNIX0)
-cfg = config.create_identity(board)
-peer = Loopback(cfg.key, cfg.kid)
-board.network.stream_factory = peer.open
-dev = main.build(board, cfg)
-app = dev.app
-
-def steps(n):
-    for _ in range(n):
-        app.step()
-
-def press(ms=120):
-    board.button.press()
-    t = board.clock.ticks_ms()
-    while board.clock.ticks_diff(board.clock.ticks_ms(), t) < ms:
-        app.step()
-    board.button.release()
-    app.step()
-
-def until(pred, limit=3000):
-    for _ in range(limit):
-        if pred():
-            return True
-        app.step()
-    return pred()
-
-def frame():
-    return board.oled.frame().hex()
+from sim.hardware.stepped_device import SteppedDevice
+sd = SteppedDevice('/scenario.bin', unix_time=UNIX0)
+board, cfg, peer, dev, app = sd.board, sd.cfg, sd.peer, sd.dev, sd.app
+steps, press, until, frame = sd.steps, sd.press, sd.until, sd.frame
 """
 
 
@@ -282,7 +256,7 @@ def screen_at(vm, at: str) -> str:
 
 def screenshot(scenario: str, out: Path, at: str = "result", seed: int = 0, scale: int = 4) -> dict:
     from host import screenshot as shot
-    from host.vm import MicroPythonError, MicroPythonVM, VMUnavailable
+    from host.mpvm import MicroPythonError, MicroPythonVM, VMUnavailable
 
     try:
         with MicroPythonVM() as vm:
@@ -342,7 +316,7 @@ def register(subparsers) -> None:
     s.add_argument("--scale", type=int, default=4, help="pixels per OLED pixel (default 4)")
     s.set_defaults(func=cmd_screenshot)
 
-    from host.vdev import add_device_parser
+    from sim.virtual_device.serial_bridge import add_device_parser
 
     add_device_parser(sub)
 

@@ -25,7 +25,7 @@ def test_demo_files_signed_readings_into_fhir_records(tmp_path):
     # readings after the signed assign-patient command are filed under the patient, the first is not
     assert sum(o["subject"] == "Patient/p-demo01" for o in obs) == 8
     assert out["command"]["cmd"] == "assign_patient" and out["command"]["n"] == 1
-    # the scenario's truth (hardware.sim.physiology 'normal', seed 0): HR 87.8, SpO2 97.1, core 37.0
+    # the scenario's truth (sim.physiology 'normal', seed 0): HR 87.8, SpO2 97.1, core 37.0
     by = {c: [o["value"] for o in obs if o["code"] == c] for c in ("8310-5", "2708-6", "8867-4")}
     assert all(abs(v - 37.0) <= 0.4 for v in by["8310-5"])
     assert all(abs(v - 97) <= 3 for v in by["2708-6"])

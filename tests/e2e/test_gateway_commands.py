@@ -14,7 +14,7 @@ real CLI), on SQLite and PostgreSQL.
   refused by the device; commands sent while it is away are delivered when it reconnects, except
   one whose time to live has passed.
 
-The device runs on hardware.sim.board.SimBoard (via tests/firmware/_commsboard.make_board) with its
+The device runs on sim.hardware.board.SimBoard (via tests/firmware/_commsboard.make_board) with its
 virtual clock advanced by the real elapsed time, so its Unix time agrees with the gateway's.
 """
 from __future__ import annotations
@@ -39,9 +39,9 @@ from firmware.outbox import Outbox
 from firmware.seq import SeqCounter
 from firmware.uplink import Uplink
 from gateway.db import Database
-from gateway.testing.harness import GatewayProcess, register, rows, scalar, wait_for, write_config
 from tests.e2e.test_device_broker import GW_PASSWORD, device_identity, start_broker
 from tests.firmware._commsboard import make_board
+from tests.support.harness import GatewayProcess, register, rows, scalar, wait_for, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 NABD_GATEWAY = str(Path(sys.executable).parent / "nabd-gateway")

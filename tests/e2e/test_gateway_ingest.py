@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from gateway import jws
 from gateway.db import Database
 from gateway.store import Message, Store
-from gateway.testing.generator import Fleet, SimDevice, reading, sign_reading, topic
-from gateway.testing.harness import GatewayProcess, register, rows, scalar, wait_for, write_config
 from gateway.verify import check_values
+from tests.support.generator import Fleet, SimDevice, reading, sign_reading, topic
+from tests.support.harness import GatewayProcess, register, rows, scalar, wait_for, write_config
 
 pytestmark = [pytest.mark.broker]
 
@@ -255,7 +255,7 @@ def _truly_valid(raw: bytes) -> bool:
 
 @pytest.fixture
 def fuzz_store(db_url, tmp_path):
-    import gateway.testing.harness as h
+    import tests.support.harness as h
     cfg = write_config(tmp_path / "fz", "mqtt://127.0.0.1:1", db_url)
     h.register(cfg, [_DEV])
     from gateway.config import load

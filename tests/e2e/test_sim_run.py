@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.testing.harness import GatewayProcess, register, rows, write_config
+from tests.support.harness import GatewayProcess, register, rows, write_config
 
 pytestmark = [pytest.mark.broker]
 

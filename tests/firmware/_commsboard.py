@@ -2,12 +2,12 @@
 parts the uplink uses: clock, storage_root, network, urandom, unique_id, free_heap).
 
 It runs unchanged on CPython and inside the MicroPython VM (tests exec this file's text there).
-It stands in until ``hardware.sim.board.SimBoard`` can be built in every checkout; ``make_board``
+It stands in until ``sim.hardware.board.SimBoard`` can be built in every checkout; ``make_board``
 prefers SimBoard when its sensor models are importable."""
 import os
 
-from hardware.sim.board import SimNetwork
-from hardware.sim.clock import VirtualClock
+from sim.hardware.board import SimNetwork
+from sim.hardware.clock import VirtualClock
 
 
 class CommsBoard:
@@ -51,7 +51,7 @@ class CommsBoard:
 def make_board(storage_root, unix_time=None, seed=1):
     """SimBoard when it can be built here, else CommsBoard."""
     try:
-        from hardware.sim.board import SimBoard
+        from sim.hardware.board import SimBoard
         return SimBoard(storage_root=storage_root, unix_time=unix_time, seed=seed)
     except ImportError:
         return CommsBoard(storage_root, unix_time, seed)

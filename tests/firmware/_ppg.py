@@ -1,5 +1,5 @@
 """A small synthetic PPG generator for the signal-chain tests (numpy, independent of
-hardware/sim/physiology.py): known HR, SpO2 through the default calibration curve, PI, plus the
+sim/physiology.py): known HR, SpO2 through the default calibration curve, PI, plus the
 artefacts each withholding reason needs."""
 from __future__ import annotations
 

@@ -8,15 +8,10 @@ from __future__ import annotations
 
 from host.commands.sim import vm_device
 
-# a restart: RAM gone, the flash folder kept; the helpers (steps, press, until) use these globals
+# a restart: RAM gone, the flash folder kept (SteppedDevice.reboot); the session names follow it
 REBOOT = """
-board = SimBoard(scenario=ArrayScenario.load('/scenario.bin'), storage_root='/flash',
-                 unix_time=board.clock.unix_time())
-peer = Loopback(cfg.key, cfg.kid)
-board.network.stream_factory = peer.open
-dev = main.build(board)
-cfg = dev.cfg
-app = dev.app
+sd.reboot()
+board, cfg, peer, dev, app = sd.board, sd.cfg, sd.peer, sd.dev, sd.app
 steps(3)
 """
 

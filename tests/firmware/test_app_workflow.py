@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from hardware.sim import physiology
 from host.commands.sim import vm_device
+from sim import physiology
 
 # expected-text comparison inside the VM: render with the same font into a scratch SSD1306
 # buffer (no bus) and compare the region pixel by pixel with what the panel model shows

@@ -8,8 +8,8 @@ SETUP = """
 import os, json
 from firmware import config as C, reading as R
 from firmware.log import Log
-from hardware.sim.clock import VirtualClock
-from hardware.sim.board import SimNetwork
+from sim.hardware.clock import VirtualClock
+from sim.hardware.board import SimNetwork
 class B:
     storage_root = '/flash'
     clock = VirtualClock(1795430400)

@@ -5,7 +5,7 @@ watchdog, 2000-epoch conversion only after NTP, TLS with CERT_REQUIRED and clien
 What the real ESP32 does with those calls is not tested here."""
 import pytest
 
-from host.vm import MicroPythonError
+from host.mpvm import MicroPythonError
 
 STANDINS = {
     "/lib/machine.py": """
@@ -119,7 +119,7 @@ def board_vm(vm):
 
 def test_pins_bus_and_io(board_vm):
     vm = board_vm
-    from hardware import pins
+    from firmware.boards import pins
 
     assert vm.eval("b.name") == "esp32"
     assert vm.eval("[c for c in machine.calls if c[0] == 'I2C']") == [["I2C", 0, pins.SCL, pins.SDA, 100000]]
@@ -171,7 +171,7 @@ def test_network_tls_verifies_the_server(board_vm):
         vm.exec("b.network.open('gw.example', 8883)")
     assert e.value.type == "OSError"
     # the 15 s join timeout, on a virtual clock
-    vm.exec("from hardware.sim.clock import VirtualClock; b.network._clock = vc = VirtualClock()")
+    vm.exec("from sim.hardware.clock import VirtualClock; b.network._clock = vc = VirtualClock()")
     assert vm.eval("[b.network.connect_wifi('elsewhere', 'x'), b.network.isconnected()]") == [False, False]
     assert 15000 <= vm.eval("vc.ticks_ms()") <= 15200
     assert vm.eval("[b.network.connect_wifi('clinic', 'pw'), b.network.rssi()]") == [True, -61]

@@ -1,17 +1,17 @@
-"""MAX30102 driver on the real MicroPython VM against the register-level model (hardware/sim).
+"""MAX30102 driver on the real MicroPython VM against the register-level model (sim/hardware).
 
 The model's counters are the ground truth: ``produced`` (samples the part generated), ``lost``
 (dropped by overflow), ``popped`` (read out), ``count`` (waiting in the FIFO)."""
 import pytest
 
-from host.vm import MicroPythonError
+from host.mpvm import MicroPythonError
 
 SETUP = """
 import array, gc, micropython
-from hardware.sim.clock import VirtualClock
-from hardware.sim.i2c import VirtualI2C
-from hardware.sim.max30102 import MAX30102Model
-from hardware.sim.scenario import ConstantScenario, PulseScenario, ArrayScenario
+from sim.hardware.clock import VirtualClock
+from sim.hardware.i2c import VirtualI2C
+from sim.hardware.max30102 import MAX30102Model
+from sim.hardware.scenario import ConstantScenario, PulseScenario, ArrayScenario
 from firmware.drivers.max30102 import MAX30102, MAX30102Error
 c = VirtualClock()
 bus = VirtualI2C(c, 100000)
@@ -437,10 +437,10 @@ a1 = gc.mem_alloc()
 
 def test_cpython_import_and_run():
     from firmware.drivers.max30102 import MAX30102, MAX30102Error
-    from hardware.sim.clock import VirtualClock
-    from hardware.sim.i2c import VirtualI2C
-    from hardware.sim.max30102 import MAX30102Model
-    from hardware.sim.scenario import PulseScenario
+    from sim.hardware.clock import VirtualClock
+    from sim.hardware.i2c import VirtualI2C
+    from sim.hardware.max30102 import MAX30102Model
+    from sim.hardware.scenario import PulseScenario
 
     c = VirtualClock()
     bus = VirtualI2C(c, 100000)

@@ -3,13 +3,13 @@ every fault, retries, EEPROM write cycle and busy time, start-up, sleep, zero al
 CPython import smoke test."""
 import pytest
 
-from host.vm import MicroPythonError
+from host.mpvm import MicroPythonError
 
 SETUP = """
-from hardware.sim.clock import VirtualClock
-from hardware.sim.i2c import VirtualI2C
-from hardware.sim.mlx90614 import MLX90614Model
-from hardware.sim.scenario import ConstantScenario
+from sim.hardware.clock import VirtualClock
+from sim.hardware.i2c import VirtualI2C
+from sim.hardware.mlx90614 import MLX90614Model
+from sim.hardware.scenario import ConstantScenario
 from firmware.drivers.mlx90614 import MLX90614, MLX90614Error, crc8
 clock = VirtualClock(); bus = VirtualI2C(clock, 100000)
 scen = ConstantScenario(object_mc={obj}, ambient_mc={amb})
@@ -45,9 +45,9 @@ def crc8_bitwise(data) -> int:
 
 def test_cpython_import_smoke():
     from firmware.drivers import mlx90614 as drv
-    from hardware.sim.clock import VirtualClock
-    from hardware.sim.i2c import VirtualI2C
-    from hardware.sim.mlx90614 import MLX90614Model
+    from sim.hardware.clock import VirtualClock
+    from sim.hardware.i2c import VirtualI2C
+    from sim.hardware.mlx90614 import MLX90614Model
 
     clock = VirtualClock()
     bus = VirtualI2C(clock)

@@ -27,7 +27,7 @@ VECTORS = {
 PEER = """
 import binascii
 from firmware import mqtt as M
-from hardware.sim.clock import VirtualClock
+from sim.hardware.clock import VirtualClock
 H = lambda b: binascii.hexlify(b).decode()
 U = binascii.unhexlify
 

@@ -2,7 +2,7 @@
 every injected fault fails its check and is named; a unit with swapped LEDs passes, reported."""
 import pytest
 
-from hardware.sim.board import FAULTS
+from sim.hardware.board import FAULTS
 
 NAMES = ["mlx90614.bus", "mlx90614.ambient", "mlx90614.object", "max30102.part", "max30102.leds",
          "max30102.fifo_rate", "max30102.overflow", "max30102.die_temp"]
@@ -19,7 +19,7 @@ FAILS = {
 
 
 def selftest(vm, faults=(), scenario="None"):
-    vm.exec("from hardware.sim.board import SimBoard\nfrom firmware import selftest\n"
+    vm.exec("from sim.hardware.board import SimBoard\nfrom firmware import selftest\n"
             f"board = SimBoard(scenario={scenario}, faults={list(faults)!r})\nres = selftest.run(board)")
     return {n: (ok, d) for n, ok, d in vm.eval("[list(r) for r in res]")}
 
@@ -78,7 +78,7 @@ def test_never_crashes_on_a_broken_bus(vm):
     """A bus that raises something no driver expects: every check fails with a detail, run()
     returns normally."""
     vm.exec("""
-from hardware.sim.board import SimBoard
+from sim.hardware.board import SimBoard
 from firmware import selftest
 board = SimBoard()
 class Broken:
@@ -98,11 +98,11 @@ res = selftest.run(board)
 
 def test_same_results_under_cpython(vm):
     from firmware import selftest as st
-    from hardware.sim.board import SimBoard
+    from sim.hardware.board import SimBoard
 
     for faults in ([], ["mlx90614:pec", "max30102:overflow"]):
         on_cpython = [list(x) for x in st.run(SimBoard(faults=faults, storage_root=""))]
-        vm.exec(f"from hardware.sim.board import SimBoard\nfrom firmware import selftest\n"
+        vm.exec(f"from sim.hardware.board import SimBoard\nfrom firmware import selftest\n"
                 f"res = selftest.run(SimBoard(faults={faults!r}))")
         assert vm.eval("[list(r) for r in res]") == on_cpython
 

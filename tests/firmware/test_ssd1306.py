@@ -5,12 +5,12 @@ import random
 import pytest
 
 from host import screenshot
-from host.vm import MicroPythonError
+from host.mpvm import MicroPythonError
 
 SETUP = """
-from hardware.sim.clock import VirtualClock
-from hardware.sim.i2c import VirtualI2C
-from hardware.sim.ssd1306 import SSD1306Model
+from sim.hardware.clock import VirtualClock
+from sim.hardware.i2c import VirtualI2C
+from sim.hardware.ssd1306 import SSD1306Model
 from firmware.drivers.ssd1306 import SSD1306
 clock = VirtualClock(); bus = VirtualI2C(clock, 100000)
 model = bus.attach(0x3C, SSD1306Model())

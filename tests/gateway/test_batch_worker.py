@@ -16,9 +16,9 @@ from gateway import admin, jws
 from gateway.db import Database
 from gateway.status import StatusWorker, latest
 from gateway.store import Message
-from gateway.testing.generator import SimDevice, topic
-from gateway.testing.harness import rows
 from gateway.writer import BatchStore
+from tests.support.generator import SimDevice, topic
+from tests.support.harness import rows
 
 UTC = dt.timezone.utc
 

@@ -15,7 +15,7 @@ from gateway.cli import main as gw
 from gateway.config import ConfigError, from_dict, load
 from gateway.db import Database, migrations
 from gateway.store import Message, Store
-from gateway.testing.generator import SimDevice, topic
+from tests.support.generator import SimDevice, topic
 
 UTC = dt.timezone.utc
 
@@ -264,7 +264,7 @@ def test_unique_constraint_is_the_final_guard_when_another_process_raced(db):
     now = dt.datetime.now(UTC)
     seq, raw = dev.next_reading()
     other = dev.next_reading()[1]
-    from gateway.testing.generator import reading, sign_reading
+    from tests.support.generator import reading, sign_reading
     clone = sign_reading(dev.key, dev.kid, reading(dev.id, seq, values={"hr": 99}))
     assert [v.kind for v in store.process(conn, [Message(topic(dev.id), raw, now)]).verdicts] == ["accept"]
     res = store.process(conn, [Message(topic(dev.id), m, now) for m in (raw, clone, other)])
@@ -280,7 +280,7 @@ def test_a_replayed_seq_is_a_replay_even_when_its_values_are_also_wrong(db):
     """docs/protocol.md checks replay (step 5) before values (step 6): a signed message reusing a
     stored seq is quarantined as a replay whatever else is wrong with it, in a later batch or in the
     same one; a fresh seq with the same wrong values is 'invalid' / 'future_ts'."""
-    from gateway.testing.generator import reading, sign_reading
+    from tests.support.generator import reading, sign_reading
 
     kek = os.urandom(32)
     dev = SimDevice("nabd-order01")

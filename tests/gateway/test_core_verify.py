@@ -9,8 +9,8 @@ import pytest
 from gateway import jws
 from gateway.keys import KeyRecord
 from gateway.secrets import DeviceKey
-from gateway.testing.generator import reading, sign_reading
 from gateway.verify import MAX_BYTES, REASONS, STATUS_ONLY, verify
+from tests.support.generator import reading, sign_reading
 
 DEV, KEY = "nabd-a1b2c3d4e5f6", bytes(range(32))
 NOW = 1_795_430_400

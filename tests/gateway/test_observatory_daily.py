@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from gateway import observatory
 from gateway import recordstore as rs
 from gateway.cli import main
-from gateway.testing.harness import GatewayProcess, MosquittoBroker
 from tests.gateway import _records
 from tests.gateway._records import UTC, add_device, make_db, payload, store_reading
+from tests.support.harness import GatewayProcess, MosquittoBroker
 
 db_url = _records.db_url  # fixture: SQLite and PostgreSQL
 

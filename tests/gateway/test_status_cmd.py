@@ -1,4 +1,4 @@
-"""Device status ingestion (gateway/status.py) and signed commands (gateway/commands_out.py) on
+"""Device status ingestion (gateway/status.py) and signed commands (gateway/device_commands.py) on
 SQLite and PostgreSQL, the command CLI against a real Mosquitto. Statuses and commands are built
 and checked with the FIRMWARE's code (firmware/jws.py, firmware.reading.dumps: the exact bytes a
 device sends) and CPython's hmac, independent of the gateway's signer."""
@@ -20,11 +20,11 @@ import pytest
 
 from firmware import jws as fw_jws
 from firmware import reading as fw_reading
-from gateway import admin, commands_out, metrics, observatory
+from gateway import admin, device_commands, metrics, observatory
 from gateway.db import Database
 from gateway.status import DEVICES_ONLINE, STATUS_MESSAGES, StatusStore, latest
 from gateway.store import Message
-from gateway.testing.harness import rows, scalar, write_config
+from tests.support.harness import rows, scalar, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 UTC = dt.timezone.utc
@@ -333,9 +333,9 @@ def open_cmd(token: bytes, key: bytes = KEY, kid: str = DEV + "/1") -> dict:
 
 def test_commands_get_increasing_n_signed_with_the_current_key(db, kek):
     t0 = time.time()
-    p1 = commands_out.prepare(db, kek, DEV, "assign_patient", {"patient": "p-7Hq2xK"}, "test", ttl_s=120)
-    p2 = commands_out.prepare(db, kek, DEV, "identify", {"seconds": 5}, "test")
-    p3 = commands_out.prepare(db, kek, DEV, "settings", {"report_pi": False, "temp_site_offset_c": 0.4}, "test")
+    p1 = device_commands.prepare(db, kek, DEV, "assign_patient", {"patient": "p-7Hq2xK"}, "test", ttl_s=120)
+    p2 = device_commands.prepare(db, kek, DEV, "identify", {"seconds": 5}, "test")
+    p3 = device_commands.prepare(db, kek, DEV, "settings", {"report_pi": False, "temp_site_offset_c": 0.4}, "test")
     assert (p1.n, p2.n, p3.n) == (1, 2, 3) and p1.topic == f"nabd/v1/dev/{DEV}/cmd"
     b1 = open_cmd(p1.token)
     assert b1 == {"v": 1, "dev": DEV, "n": 1, "exp": p1.exp, "cmd": "assign_patient", "args": {"patient": "p-7Hq2xK"}}
@@ -347,11 +347,11 @@ def test_commands_get_increasing_n_signed_with_the_current_key(db, kek):
     assert [a[:2] for a in audit] == [("devices.command", DEV)] * 3
     assert "n=1 cmd=assign_patient" in audit[0][2] and KEY.hex() not in json.dumps(audit)
     # the other device's counter is its own
-    assert commands_out.prepare(db, kek, OTHER, "identify", {"seconds": 1}, "test").n == 1
+    assert device_commands.prepare(db, kek, OTHER, "identify", {"seconds": 1}, "test").n == 1
     # after rotate-key the new version signs (the old one is only kept for readings in flight)
     new_key = os.urandom(32)
     admin.rotate_key(db, kek, DEV, new_key, grace_hours=72)
-    p4 = commands_out.prepare(db, kek, DEV, "identify", {"seconds": 3}, "test")
+    p4 = device_commands.prepare(db, kek, DEV, "identify", {"seconds": 3}, "test")
     assert p4.key_version == 2 and open_cmd(p4.token, new_key, DEV + "/2")["n"] == 4
     with pytest.raises(fw_jws.JWSError):
         open_cmd(p4.token)
@@ -365,7 +365,7 @@ def test_two_admins_never_share_an_n(db, kek):
     def admin_session():
         try:
             for _ in range(10):
-                p = commands_out.prepare(db, kek, DEV, "identify", {"seconds": 2}, "test")
+                p = device_commands.prepare(db, kek, DEV, "identify", {"seconds": 2}, "test")
                 with lock:
                     got.append(p.n)
         except BaseException as e:  # noqa: BLE001 - asserted below
@@ -395,18 +395,18 @@ def test_two_admins_never_share_an_n(db, kek):
     ("reboot", {}, "unknown command"),
 ])
 def test_bad_commands_are_refused_and_consume_nothing(db, kek, cmd, args, why):
-    with pytest.raises(commands_out.CommandRefused, match=why):
-        commands_out.prepare(db, kek, DEV, cmd, args, "test")
+    with pytest.raises(device_commands.CommandRefused, match=why):
+        device_commands.prepare(db, kek, DEV, cmd, args, "test")
     assert scalar(db.url, "SELECT cmd_n FROM devices WHERE id = ?", (DEV,)) == 0
     assert int(scalar(db.url, "SELECT COUNT(*) FROM patients")) == 0
 
 
 def test_unknown_and_revoked_devices_get_no_command(db, kek):
-    with pytest.raises(commands_out.CommandRefused, match="no device"):
-        commands_out.prepare(db, kek, "nabd-nobody01", "identify", {"seconds": 3}, "test")
+    with pytest.raises(device_commands.CommandRefused, match="no device"):
+        device_commands.prepare(db, kek, "nabd-nobody01", "identify", {"seconds": 3}, "test")
     admin.revoke_device(db, OTHER)
-    with pytest.raises(commands_out.CommandRefused, match="revoked"):
-        commands_out.prepare(db, kek, OTHER, "identify", {"seconds": 3}, "test")
+    with pytest.raises(device_commands.CommandRefused, match="revoked"):
+        device_commands.prepare(db, kek, OTHER, "identify", {"seconds": 3}, "test")
     assert scalar(db.url, "SELECT cmd_n FROM devices WHERE id = ?", (OTHER,)) == 0
 
 

@@ -10,8 +10,8 @@ import time
 from gateway import admin
 from gateway.db import Database
 from gateway.store import Message
-from gateway.testing.generator import SimDevice, topic
 from gateway.writer import BatchStore
+from tests.support.generator import SimDevice, topic
 
 UTC = dt.timezone.utc
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from host.vm import MicroPythonError
+from host.mpvm import MicroPythonError
 
 REPO = Path(__file__).resolve().parents[2]
 NABD = [str(Path(sys.executable).with_name("nabd"))]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from host.vm import VMUnavailable, check_available
+from host.mpvm import VMUnavailable, check_available
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -1,4 +1,4 @@
-"""The simulated board (hardware/sim/board.py): the board contract on virtual parts, on real
+"""The simulated board (sim/hardware/board.py): the board contract on virtual parts, on real
 MicroPython and on CPython, fault injection by name, and the network layer (real sockets and TLS
 under CPython, none in the VM)."""
 import os
@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from hardware.sim.board import FAULTS, SimBoard, SimReset
-from host.vm import MicroPythonError
+from host.mpvm import MicroPythonError
+from sim.hardware.board import FAULTS, SimBoard, SimReset
 
-NEW = "from hardware.sim.board import SimBoard, SimReset, FAULTS\n"
+NEW = "from sim.hardware.board import SimBoard, SimReset, FAULTS\n"
 
 
 def test_contract_attributes_in_the_vm(vm):

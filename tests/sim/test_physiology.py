@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from hardware.sim import physiology as ph
+from sim import physiology as ph
 
 
 def _fft_hr(x: np.ndarray, rate: float) -> float:
@@ -171,7 +171,7 @@ def test_scenario_file_round_trips_on_micropython(vm, tmp_path):
     head = json.loads(path.read_bytes().split(b"\n", 1)[0])
     assert head["n"] == rec.n and head["rate_hz"] == 100
     vm.write_file("/fever.scn", path.read_bytes())
-    vm.exec("from hardware.sim.scenario import ArrayScenario\n"
+    vm.exec("from sim.hardware.scenario import ArrayScenario\n"
             "import array\n"
             "s = ArrayScenario.load('/fever.scn')\n"
             "o = array.array('i', [0, 0, 0])\n"
@@ -189,10 +189,10 @@ def test_scenario_file_round_trips_on_micropython(vm, tmp_path):
 
 
 _MAX_READ = """
-from hardware.sim.scenario import ArrayScenario
-from hardware.sim.clock import VirtualClock
-from hardware.sim.i2c import VirtualI2C
-from hardware.sim.max30102 import MAX30102Model
+from sim.hardware.scenario import ArrayScenario
+from sim.hardware.clock import VirtualClock
+from sim.hardware.i2c import VirtualI2C
+from sim.hardware.max30102 import MAX30102Model
 clock = VirtualClock()
 bus = VirtualI2C(clock, 400000)
 scn = ArrayScenario.load('/s.scn')

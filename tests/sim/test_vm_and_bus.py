@@ -2,7 +2,7 @@
 the virtual I2C bus, on real MicroPython."""
 import pytest
 
-from host.vm import MicroPythonError
+from host.mpvm import MicroPythonError
 
 
 def test_vm_is_real_micropython(vm):
@@ -33,12 +33,12 @@ def test_vm_files_roundtrip(vm, tmp_path):
 def test_virtual_clock_wraps_like_micropython(vm):
     r = vm.eval("""(lambda c: (c.sleep_ms(1500), c.ticks_ms(), c.ticks_us(),
         c.ticks_diff(c.ticks_add(0, -5), 10), c.ticks_diff(c.ticks_add(0x3FFFFFFF, 3), 0x3FFFFFFF),
-        c.unix_time()))(__import__('hardware.sim.clock', None, None, ['x']).VirtualClock())""")
+        c.unix_time()))(__import__('sim.hardware.clock', None, None, ['x']).VirtualClock())""")
     assert r == [None, 1500, 1500000, -15, 3, None]
 
 
 def test_virtual_clock_sync(vm):
-    vm.exec("from hardware.sim.clock import VirtualClock\nc = VirtualClock()\nc.sleep_ms(2500)")
+    vm.exec("from sim.hardware.clock import VirtualClock\nc = VirtualClock()\nc.sleep_ms(2500)")
     assert vm.eval("c.sync_time()") is False
     vm.exec("c.ntp_time = 1795430400")
     assert vm.eval("[c.sync_time(), c.unix_time()]") == [True, 1795430400]
@@ -48,8 +48,8 @@ def test_virtual_clock_sync(vm):
 
 def test_bus_nack_and_transfer_time(vm):
     vm.exec("""
-from hardware.sim.clock import VirtualClock
-from hardware.sim.i2c import VirtualI2C
+from sim.hardware.clock import VirtualClock
+from sim.hardware.i2c import VirtualI2C
 c = VirtualClock(); bus = VirtualI2C(c, 100000)
 class Echo:
     def __init__(self): self.last = bytearray(4); self.n = 0

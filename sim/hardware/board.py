@@ -11,12 +11,12 @@ or talks on the bus. Faults are injected by name (``FAULTS``) into the sensor mo
 from micropython import const
 import sys
 
-from hardware.sim.clock import VirtualClock
-from hardware.sim.i2c import VirtualI2C
-from hardware.sim.ssd1306 import SSD1306Model
+from sim.hardware.clock import VirtualClock
+from sim.hardware.i2c import VirtualI2C
+from sim.hardware.ssd1306 import SSD1306Model
 
 try:
-    from hardware import pins as _pins
+    from firmware.boards import pins as _pins
 except ImportError:  # pin map not yet in the tree: the reference board's values
     _pins = None
 
@@ -261,14 +261,14 @@ class SimBoard:
 
     def __init__(self, scenario=None, faults=(), storage_root="/flash", unix_time=None, seed=1,
                  mlx_offset_mc=0, mlx_gain_ppm=0):
-        from hardware.sim.mlx90614 import MLX90614Model
-        from hardware.sim.max30102 import MAX30102Model
+        from sim.hardware.mlx90614 import MLX90614Model
+        from sim.hardware.max30102 import MAX30102Model
 
         for f in faults:
             if f not in FAULTS:
                 raise ValueError("unknown fault " + repr(f) + "; valid: " + ", ".join(FAULTS))
         if scenario is None:
-            from hardware.sim.scenario import PulseScenario
+            from sim.hardware.scenario import PulseScenario
             scenario = PulseScenario()
         self.scenario = scenario
         self.seed = seed

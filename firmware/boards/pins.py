@@ -1,9 +1,9 @@
 """Pin map of the nabd reference board (ESP32-DevKitC, ESP32-WROOM-32E), as data.
 
 Shared by the ESP32 board (``firmware.boards.esp32``) and the simulated board
-(``hardware.sim.board``), so that both name the same pins. Plain int constants: MicroPython and
+(``sim.hardware.board``), so that both name the same pins. Plain int constants: MicroPython and
 CPython. The reasons for each choice are in ``hardware/README.md``; deploy this file with the
-firmware (``/lib/hardware/pins.py`` or ``/hardware/pins.py`` on the board's flash).
+firmware (``/lib/firmware/boards/pins.py`` or ``/firmware/boards/pins.py`` on the board's flash).
 """
 
 # I2C bus 0, shared by the MLX90614 (0x5A), the MAX30102 (0x57) and the SSD1306 OLED (0x3C)

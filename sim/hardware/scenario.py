@@ -17,7 +17,7 @@ ambient cancellation) scaled to its ADC full-scale range (2048–16384 nA over 2
 A typical fingertip returns ~200,000 pA/mA of IR DC (so ~1.4 µA at 7 mA), with a pulsatile part of
 0.5–5 % of it; no finger returns almost nothing but ambient light.
 
-The physiology synthesiser (``hardware.sim.physiology``, CPython + numpy) renders named scenarios
+The physiology synthesiser (``sim.physiology``, CPython + numpy) renders named scenarios
 into arrays that ``ArrayScenario`` plays back inside the MicroPython VM.
 """
 from micropython import const
@@ -108,7 +108,7 @@ class ArrayScenario:
 
     @classmethod
     def load(cls, path):
-        """Read a scenario file written by ``hardware.sim.physiology.write_scenario`` (header line
+        """Read a scenario file written by ``sim.physiology.write_scenario`` (header line
         of JSON, then little-endian int32 arrays red, ir, ambient and a byte array of finger flags)."""
         import json
 

@@ -120,7 +120,7 @@ class MAX30102Model:
 
     def __init__(self, clock, scenario=None, addr=0x57, part_id=0x15, seed=1):
         if scenario is None:
-            from hardware.sim.scenario import ConstantScenario
+            from sim.hardware.scenario import ConstantScenario
             scenario = ConstantScenario()
         self.clock = clock
         self.scenario = scenario

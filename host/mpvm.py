@@ -2,7 +2,7 @@
 
 The VM is a child process (``host/mpvm.mjs``) that speaks one JSON line per request. Start-up
 costs about 30 ms, so tests may use a fresh VM each. The repository's ``firmware/`` and
-``hardware/`` trees are copied into the VM's ``/lib`` so that code imports them by package path.
+``sim/`` trees are copied into the VM's ``/lib`` so that code imports them by package path.
 
     with MicroPythonVM() as vm:
         vm.exec("import firmware.drivers.mlx90614")
@@ -54,7 +54,7 @@ class MicroPythonVM:
     """One MicroPython interpreter. ``heapsize`` in bytes (the ESP32 without PSRAM has ~100 KB free
     for Python; tests that measure memory set it small on purpose)."""
 
-    def __init__(self, heapsize: int = 1024 * 1024, trees: tuple[str, ...] = ("firmware", "hardware")):
+    def __init__(self, heapsize: int = 1024 * 1024, trees: tuple[str, ...] = ("firmware", "sim")):
         check_available()
         self.heapsize = heapsize
         self._proc = subprocess.Popen(

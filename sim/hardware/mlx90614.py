@@ -75,7 +75,7 @@ class MLX90614Model:
     def __init__(self, clock, scenario=None, addr=0x5A, offset_mc=0, gain_ppm=0, powered_ms=250,
                  target_emissivity=65535, unit=1):
         if scenario is None:
-            from hardware.sim.scenario import ConstantScenario
+            from sim.hardware.scenario import ConstantScenario
             scenario = ConstantScenario()
         self.clock = clock
         self.scenario = scenario

@@ -1,6 +1,6 @@
 """The virtual device: to every host tool, an ESP32 running nabd on a serial port.
 
-``VirtualDevice(state)`` opens a pseudo-terminal pair, starts ``host/vdev.mjs`` (the real
+``VirtualDevice(state)`` opens a pseudo-terminal pair, starts ``sim/virtual_device/repl.mjs`` (the real
 MicroPython, WebAssembly build under Node.js, running the firmware on the simulated board) and
 bridges bytes between the pty's master side and the interpreter. Host tools open the slave side,
 ``port`` (``/dev/pts/N``), exactly as they open ``/dev/ttyUSB0``::
@@ -14,9 +14,9 @@ bridges bytes between the pty's master side and the interpreter. Host tools open
 
 ``state`` is the device's flash (the same folder ``nabd sim run --state`` uses): it appears as
 ``/flash`` inside the device (the working directory, so ``mpremote fs cp x :x`` lands in it) and is
-written through after every command (see ``host/vdev.mjs``), so provisioning survives a soft
+written through after every command (see ``sim/virtual_device/repl.mjs``), so provisioning survives a soft
 reboot, a restart of this process and a SIGTERM. The serial protocol, soft reboot and Ctrl-C
-handling are documented in ``host/vdev.mjs``.
+handling are documented in ``sim/virtual_device/repl.mjs``.
 
 Like a UART nobody listens to, output that no client reads is dropped once the pty and a 64 KB
 buffer are full (and pyserial flushes stale input when a client opens the port).
@@ -33,7 +33,7 @@ import tty
 import zlib
 from pathlib import Path
 
-from host.vm import REPO, check_available, node_modules_dir
+from host.mpvm import REPO, check_available, node_modules_dir
 
 PENDING_MAX = 64 * 1024
 
@@ -52,8 +52,8 @@ def board_seed(state: Path) -> int:
 
 
 class VirtualDevice:
-    """One virtual device on a pty. ``faults``: names from ``hardware.sim.board.FAULTS``;
-    ``scenario_file``: a rendered scenario (``hardware.sim.physiology.write_scenario``) the
+    """One virtual device on a pty. ``faults``: names from ``sim.hardware.board.FAULTS``;
+    ``scenario_file``: a rendered scenario (``sim.physiology.write_scenario``) the
     sensors play back (None: a steady finger at 36.8 degC)."""
 
     def __init__(self, state: Path, faults: list[str] | tuple[str, ...] = (), scenario_file: Path | None = None,
@@ -81,7 +81,7 @@ class VirtualDevice:
                "instruments": str(instruments_path(self.state)),
                "scenario": str(self.scenario_file) if self.scenario_file else None}
         self.proc = subprocess.Popen(
-            ["node", str(REPO / "host" / "vdev.mjs"), json.dumps(cfg)],
+            ["node", str(Path(__file__).with_name("repl.mjs")), json.dumps(cfg)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(REPO),
             env={**os.environ, "NODE_PATH": str(node_modules_dir())})
         return self.port
@@ -160,9 +160,9 @@ def cmd_device(args) -> int:
     import sys
     import tempfile
 
-    from hardware.sim.board import FAULTS
     from host.cli import EXIT_DEVICE, EXIT_OK, EXIT_USAGE, CommandError, emit_json
-    from host.vm import VMUnavailable
+    from host.mpvm import VMUnavailable
+    from sim.hardware.board import FAULTS
 
     faults = list(args.fault or [])
     bad = [f for f in faults if f not in FAULTS]

@@ -1,9 +1,9 @@
 // The virtual device's interpreter: MicroPython (WebAssembly, npm
 // @micropython/micropython-webassembly-pyscript) speaking MicroPython's serial protocol on
-// stdin/stdout as raw bytes, like the UART of an ESP32. host/vdev.py puts a pseudo-terminal in
+// stdin/stdout as raw bytes, like the UART of an ESP32. sim/virtual_device/serial_bridge.py puts a pseudo-terminal in
 // front of it; nothing here knows about ptys.
 //
-//   node host/vdev.mjs '{"repo": "...", "flash": "DIR", "faults": [], "scenario": null, "seed": 1}'
+//   node sim/virtual_device/repl.mjs '{"repo": "...", "flash": "DIR", "faults": [], "scenario": null, "seed": 1}'
 //
 // Serial protocol (what mpremote and pyboard.py use):
 //   friendly REPL   MicroPython's own event-driven REPL (line editing, Ctrl-E paste mode, Ctrl-B
@@ -17,13 +17,13 @@
 //                   raw REPL blocks forever on this sequence, hence the raw REPL here.
 //   Ctrl-C          while code runs: a KeyboardInterrupt at the next `vdev.poll()` call, which the
 //                   simulated board's clock makes on every sleep, and time.sleep/sleep_ms/sleep_us
-//                   every 20 ms (hardware/sim/vdevice.py). Pure Python loops that never sleep
+//                   every 20 ms (sim/virtual_device/vm_boot.py). Pure Python loops that never sleep
 //                   cannot be interrupted.
 // Output is "cooked" as on the ESP32 (a lone \n becomes \r\n).
 //
 // Soft reboot = a fresh interpreter (a new WebAssembly instance: empty heap, modules, globals),
-// then the boot step: firmware/ and hardware/ (*.py, read once at start: the "frozen" image) in
-// /lib, the flash folder copied to /.flashfs, hardware.sim.vdevice.boot() (that folder mounted at
+// then the boot step: firmware/ and sim/ (*.py, read once at start: the "frozen" image) in
+// /lib, the flash folder copied to /.flashfs, sim.hardware.vm_boot.boot() (that folder mounted at
 // /flash with the ESP32's errno numbers, SimBoard on /flash made current, cwd /flash), then
 // /flash/boot.py and, in the friendly REPL only, /flash/main.py.
 //
@@ -99,7 +99,7 @@ async function runDevice(cfg, sab) {
       else if (ent.name.endsWith(".py")) frozen.push([d, fs.readFileSync(s)]);
     }
   };
-  for (const t of ["firmware", "hardware"]) freeze(path.join(repo, t), "/lib/" + t);
+  for (const t of ["firmware", "sim"]) freeze(path.join(repo, t), "/lib/" + t);
   const scenario = cfg.scenario ? fs.readFileSync(cfg.scenario) : null;
 
   // --- output ---------------------------------------------------------------------------------
@@ -248,7 +248,7 @@ async function runDevice(cfg, sab) {
       "store='" + STORE + "'",
       "instruments=" + (() => { instMtime = -1; const j = readInstruments(); return j ? "__import__('json').loads(" + JSON.stringify(j) + ")" : "None"; })(),
     ].join(", ");
-    emit(run("import hardware.sim.vdevice as _vd\n_vd.boot(" + args + ")\ndel _vd\n"));
+    emit(run("import sim.virtual_device.vm_boot as _vd\n_vd.boot(" + args + ")\ndel _vd\n"));
     for (const f of mode === "friendly" ? ["boot.py", "main.py"] : ["boot.py"]) {
       let exists = true;
       try { mp.FS.stat(STORE + "/" + f); } catch (e) { exists = false; }

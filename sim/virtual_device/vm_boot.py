@@ -1,11 +1,11 @@
 """The virtual device's boot step: what the ESP32's frozen firmware does before ``boot.py``, on the
-simulated board. Runs inside the MicroPython VM that ``host/vdev.mjs`` drives, at power-on and
+simulated board. Runs inside the MicroPython VM that ``sim/virtual_device/repl.mjs`` drives, at power-on and
 after every soft reboot:
 
-    from hardware.sim import vdevice
-    vdevice.boot(faults=["mlx90614:pec"], scenario_path="/scenario.bin", seed=7)
+    from sim.virtual_device import vm_boot
+    vm_boot.boot(faults=["mlx90614:pec"], scenario_path="/scenario.bin", seed=7)
 
-mounts the flash at ``/flash`` (``FlashVfs``: the files ``vdev.mjs`` mirrors from the host folder
+mounts the flash at ``/flash`` (``FlashVfs``: the files ``repl.mjs`` mirrors from the host folder
 into ``/.flashfs``, with errors numbered as on the ESP32), builds the ``SimBoard`` on it, makes it
 the board ``firmware.boards.current()`` returns, makes ``/flash`` the working directory (the root
 filesystem of a real board, where ``mpremote fs cp x :x`` writes), and lets ``board.clock``'s
@@ -171,7 +171,7 @@ class Instruments:
         self.sim = None
 
     def apply(self, settings):
-        from hardware.sim.scenario import PulseScenario
+        from sim.hardware.scenario import PulseScenario
 
         bb = settings.get("blackbody_c")
         self.blackbody_mc = None if bb is None else int(round(bb * 1000))
@@ -204,17 +204,17 @@ def boot(faults=(), scenario_path=None, seed=1, unix_time=None, storage_root="/f
     file for ``ArrayScenario.load`` (None: the default steady finger); ``unix_time``: host wall
     clock in Unix seconds at boot (None: never synced)."""
     from firmware import boards
-    from hardware.sim.board import SimBoard
+    from sim.hardware.board import SimBoard
 
     if store:
         mount_flash(store, storage_root)
 
     if scenario_path:
-        from hardware.sim.scenario import ArrayScenario
+        from sim.hardware.scenario import ArrayScenario
 
         scenario = ArrayScenario.load(scenario_path)
     else:
-        from hardware.sim.scenario import PulseScenario
+        from sim.hardware.scenario import PulseScenario
 
         scenario = PulseScenario()
     inst = Instruments(scenario)
@@ -234,7 +234,7 @@ def hook_interrupts(board):
     firmware sleeps (virtual time only advances there or on the bus, so every firmware loop passes
     through it). No-op outside the device."""
     try:
-        import vdev  # the JS module host/vdev.mjs registers
+        import vdev  # the JS module sim/virtual_device/repl.mjs registers
     except ImportError:
         return
     poll = vdev.poll

@@ -2,7 +2,7 @@
 
 CPython + numpy only (host side: tests and benchmarks). It renders a :class:`Physiology` (the
 parameters of one subject and session) into a :class:`Recording`: the optical world in the units of
-``hardware.sim.scenario`` (photocurrent in **pA per mA of LED drive** for red and IR, ambient light in
+``sim.hardware.scenario`` (photocurrent in **pA per mA of LED drive** for red and IR, ambient light in
 **pA**, temperatures in **milli-°C**) plus the ground truth sample by sample (heart rate, SpO2,
 perfusion index, finger on/off, motion, expected withholding). Two ways out:
 
@@ -597,7 +597,7 @@ def suite(n: int = 200, seed: int = 2025, duration_s: float = 35.0, rhythm: bool
 # -- output --------------------------------------------------------------------------------------
 
 def write_scenario(path, rec: Recording | Physiology) -> Path:
-    """Write the binary file ``hardware.sim.scenario.ArrayScenario.load`` reads: one JSON header line
+    """Write the binary file ``sim.hardware.scenario.ArrayScenario.load`` reads: one JSON header line
     (``n``, ``rate_hz``, ``object_mc``, ``ambient_mc``, plus ``truth``), then little-endian int32
     red and IR (pA per mA of LED drive) and ambient (pA), then one byte per sample: finger flag.
     Temperatures are written as a constant or as a 1 Hz list (which ``ArrayScenario`` stretches

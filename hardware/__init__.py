@@ -1,1 +1,0 @@
-"""Reference hardware (docs) and its stand-ins (``hardware.sim``)."""
