@@ -108,7 +108,7 @@ class Forwarder:
         return stats
 
     def _publish_pending(self) -> None:
-        """Set G-core's ``nabd_forward_pending`` gauge (rows not yet accepted)."""
+        """Set the ``nabd_forward_pending`` gauge (rows not yet accepted)."""
         try:
             from gateway.metrics import REGISTRY
         except ImportError:

@@ -1,4 +1,4 @@
-"""Read-side helpers over G-core's schema (gateway/db.py, gateway/migrations/) used by the API, the
+"""Read-side helpers over the gateway's schema (gateway/db.py, gateway/migrations/) used by the API, the
 forwarder and the observatory: configuration access, time values, and the record queries.
 
 Written against the schema contract only (table and column names), on both dialects: SQL uses the
@@ -14,7 +14,7 @@ UTC = dt.timezone.utc
 
 
 def cfg(config: Any, section: str, key: str, default: Any = None) -> Any:
-    """``config.section.key`` for G-core's Config (attributes) or plain dicts (tests, TOML)."""
+    """``config.section.key`` for the gateway's Config (attributes) or plain dicts (tests, TOML)."""
     if config is None:
         return default
     sec = config.get(section) if isinstance(config, dict) else getattr(config, section, None)
