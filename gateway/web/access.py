@@ -32,12 +32,35 @@ def authenticate(request: Request) -> auth.Principal | None:
     return auth.authenticate_bearer(st.db, bearer(request), st.settings.token_sha256)
 
 
+def record_target(request: Request) -> str:
+    """What a records request is about, for the audit log: ``Patient/ID`` when the path or the
+    ``patient``/``subject`` parameter names one, else ``Device/ID``, else the path."""
+    path, q = request.url.path, request.query_params
+    if path.startswith("/fhir/Patient/"):
+        return "Patient/" + path.split("/", 3)[3]
+    for name in ("patient", "subject"):
+        if q.get(name):
+            return "Patient/" + q.get(name, "").removeprefix("Patient/")
+    if path.startswith("/fhir/Device/"):
+        return "Device/" + path.split("/", 3)[3]
+    if q.get("device"):
+        return "Device/" + q.get("device", "").removeprefix("Device/")
+    return path
+
+
 def check(request: Request, permission: str) -> auth.Principal:
+    """The principal, when its role has ``permission``. Every access to patients' records
+    (``records.read``) and every refusal of a known principal is written to the audit log."""
     p = authenticate(request)
     if p is None:
         raise ApiError(401, "login", "bearer token required", {"WWW-Authenticate": 'Bearer realm="nabd"'})
+    db = request.app.state.db
+    what = (request.method + " " + request.url.path + ("?" + request.url.query if request.url.query else ""))[:500]
     if not p.can(permission):
+        auth.audit_access(db, p, "auth.denied", request.url.path[:200], f"{what} needs {permission}")
         raise ApiError(403, "forbidden", f"role {p.role} may not use this ({permission})")
+    if permission == "records.read":
+        auth.audit_access(db, p, "records.read", record_target(request)[:200], what)
     request.state.principal = p
     return p
 
