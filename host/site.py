@@ -217,6 +217,36 @@ class Site:
             body = r.read().decode()
         return json.loads(body) if "json" in accept else body
 
+    # -- the console (gateway/web/console.py) -------------------------------------------------------
+    @property
+    def console(self) -> str:
+        return self.api + "/console/"
+
+    def add_user(self, name: str, role: str, password: str) -> None:
+        """``nabd-gateway users add`` with the password on standard input (never in argv)."""
+        p = subprocess.run(_tool("nabd-gateway") + ["users", "add", name, "--role", role, "--config",
+                                                    str(self.gw_config)], input=password + "\n",
+                           capture_output=True, text=True, timeout=120, cwd=REPO)
+        if p.returncode != 0:
+            raise SiteError(f"nabd-gateway users add {name} exited {p.returncode}: {p.stderr.strip()}")
+
+    def console_page(self, user: str, password: str, path: str) -> str:
+        """Log in to the console as a browser does (login form, its CSRF cookie) and GET ``path``."""
+        import http.cookiejar
+        import re
+        import urllib.parse
+
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        with opener.open(self.api + "/console/login", timeout=10) as r:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', r.read().decode()).group(1)
+        body = urllib.parse.urlencode({"csrf": csrf, "username": user, "password": password}).encode()
+        with opener.open(self.api + "/console/login", data=body, timeout=30) as r:
+            if "/console/login" in r.url:
+                raise SiteError(f"console login as {user} refused")
+        with opener.open(self.api + path, timeout=10) as r:
+            return r.read().decode()
+
     def observations(self) -> list[dict]:
         bundle = self.get(f"/fhir/Observation?device={self.device_id}&_count=100")
         return [e["resource"] for e in bundle.get("entry", [])]

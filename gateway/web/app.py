@@ -72,10 +72,21 @@ class Guard:
             self.inflight -= 1
 
 
-def build_app(settings: Settings, db, metrics: Callable[[], str]) -> Starlette:
-    """The application; ``metrics()`` returns the Prometheus text to serve at ``/metrics``."""
+def build_app(settings: Settings, db, metrics: Callable[[], str], config: Any = None) -> Starlette:
+    """The application; ``metrics()`` returns the Prometheus text to serve at ``/metrics``. With the
+    gateway's ``config`` (broker, key-encryption key, ``[console]``) it also serves the console
+    under ``/console`` (gateway/web/console.py)."""
+    routes: list = [*fhir_api.ROUTES, *ops.ROUTES]
+    if config is not None:
+        from starlette.responses import RedirectResponse
+        from starlette.routing import Route
+
+        from gateway.web.console import Console
+
+        routes += [*Console(config, db).routes(),
+                   Route("/", lambda request: RedirectResponse("/console/", status_code=303), methods=["GET"])]
     app = Starlette(
-        routes=[*fhir_api.ROUTES, *ops.ROUTES],
+        routes=routes,
         middleware=[Middleware(Guard, max_inflight=settings.max_inflight)],
         exception_handlers={errors.ApiError: errors.api_error, HTTPException: errors.http_error,
                             Exception: errors.server_error},

@@ -13,6 +13,8 @@ OLED printed as text (``run_demo()``).
 """
 from __future__ import annotations
 
+import secrets
+import sys
 from pathlib import Path
 
 from host import screenshot
@@ -156,7 +158,8 @@ def _print_report(r: dict) -> None:
     print(f"screenshot: {r['screen_png']}")
 
 
-def run_site_demo(out_dir: Path = DEFAULT_OUT, readings: int = 2, scenario: str = "normal", say=print) -> dict:
+def run_site_demo(out_dir: Path = DEFAULT_OUT, readings: int = 2, scenario: str = "normal", say=print,
+                  keep: bool = False) -> dict:
     """Self-test, then broker + gateway + virtual device; returns what the records and the
     observatory show."""
     from host import site as site_mod
@@ -189,20 +192,30 @@ def run_site_demo(out_dir: Path = DEFAULT_OUT, readings: int = 2, scenario: str 
                          "effective": o.get("effectiveDateTime")})
             say(f"   {rows[-1]['effective']}  {rows[-1]['display'][:34]:<34} {q.get('value')!s:>6} {q.get('code', ''):<5}"
                 f" {rows[-1]['subject'] or '(no patient yet)'}")
+        say("6. the site console: a clinician account, and the patient's page as the clinician sees it")
+        clinician, password = "clinicien", secrets.token_urlsafe(12)
+        s.add_user(clinician, "clinician", password)
+        page = s.console_page(clinician, password, "/console/patients/p-demo01")
+        shown = page.count("data-reading=")
+        say(f"   console {s.console}  clinician login: {clinician} / {password}")
+        say(f"   patient p-demo01: {shown} reading(s) on the clinician's page")
         counts = s.observatory()
-        say("6. observatory (device counts; cells with fewer than "
+        say("7. observatory (device counts; cells with fewer than "
             f"{counts.get('suppress_below')} patients suppressed):")
         for r in counts.get("rows", []):
             say(f"   {r['date']} {r['region']} {r.get('facility') or '(region total)'}: registered "
                 f"{r['devices_registered']}, active {r['devices_active']}, firmware {r['firmware']}"
                 + (" [suppressed]" if r.get("suppressed") else ""))
+        if keep:   # an interactive `make demo`: leave the console up until the user is done with it
+            input(f"   the site keeps running: open {s.console} (Enter stops it) ")
     shot = sim.screenshot(scenario, out_dir / "screen.png", at="result")
-    say("7. the device's result screen (" + shot["out"] + "):")
+    say("8. the device's result screen (" + shot["out"] + "):")
     say(shot["ascii"])
-    ok = bool(first["ok"] and rest["ok"] and bench["ok"] and obs)
+    ok = bool(first["ok"] and rest["ok"] and bench["ok"] and obs and shown == len(rest["seqs"]))
     return {"ok": ok, "device_id": s.device_id, "selftest": bench["selftest"], "readings": first["seqs"] + rest["seqs"],
             "command": {k: cmd.get(k) for k in ("cmd", "n", "args")}, "observations": rows,
-            "observatory": counts, "screen_png": shot["out"]}
+            "observatory": counts, "screen_png": shot["out"],
+            "console": {"url": s.console, "user": clinician, "readings_shown": shown}}
 
 
 def cmd_demo(args) -> int:
@@ -217,7 +230,7 @@ def cmd_demo(args) -> int:
 
     try:
         r = run_site_demo(Path(args.out), readings=args.readings, scenario=args.scenario,
-                          say=None if args.json else print)
+                          say=None if args.json else print, keep=not args.json and sys.stdin.isatty())
     except SiteError as e:
         raise CommandError(str(e), EXIT_DEVICE) from None
     if args.json:

@@ -33,6 +33,8 @@ def test_demo_files_signed_readings_into_fhir_records(tmp_path):
     # one patient in the facility: every reading cell is suppressed, registrations still counted
     rows = out["observatory"]["rows"]
     assert rows and all(r["suppressed"] and r["devices_registered"] == 1 for r in rows)
+    # the console: a clinician account, and the readings filed under the patient on their page
+    assert out["console"]["url"].endswith("/console/") and out["console"]["readings_shown"] == 2
     assert Path(out["screen_png"]).stat().st_size > 1000
     # no secret reaches the output: the device key and passwords are only in the site's files
     site = tmp_path / "site"

@@ -1,0 +1,298 @@
+"""The site console in a real browser: Debian's chromium driven by Playwright (executable_path, no
+downloaded browser) against a whole site built from the real parts (host/site.py: Mosquitto with
+per-device passwords and the ACL, `nabd-gateway serve`, the virtual device running the firmware).
+
+One site for the module, the steps in order (each test needs the state the previous one left):
+a clinician logs in; a reading the virtual device takes before any assignment lands in the inbox
+and is attached to a patient (audited); the clinician assigns the device to the patient (a signed
+command through the broker), the device measures a feverish patient and the reading appears on the
+patient's page with the fever alert; the clinician is refused the admin pages and the other roles'
+API, a forged admin form post and a post without CSRF token are refused and audited; wrong
+passwords are rate-limited; an expired session goes back to the login page; the administrator sees
+the device, the quarantine, users, the audit log and the observatory charts, rotates the device's
+key and revokes it. Every page is saved as a screenshot under build/console/ (a test artefact).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.broker, pytest.mark.xdist_group("console-browser")]
+REPO = Path(__file__).resolve().parents[2]
+SHOTS = REPO / "build" / "console"
+CHROMIUM = "/usr/bin/chromium"
+PATIENT = "p-brw001"
+USERS = {"amina": ("clinician", "amina-passw0rd!"), "root": ("admin", "root-passw0rd!"),
+         "obs": ("observatory", "obs-passw0rd!"), "karim": ("clinician", "karim-passw0rd!")}
+T0 = time.monotonic()
+
+
+def _gw(site, *args, stdin: str = "") -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "gateway.cli", *args, "--config", str(site.gw_config)], input=stdin,
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    return p
+
+
+def _audit(site, action: str) -> list[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(site.dir / "gateway" / "records.db") as c:
+        return c.execute("SELECT actor, action, target, detail FROM audit_log WHERE action = ? ORDER BY id",
+                         (action,)).fetchall()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Debian's chromium is not installed: `make setup` installs it (apt-get install chromium)")
+    from host.site import Site
+
+    s = Site(tmp_path_factory.mktemp("console") / "site")
+    s.setup()
+    s.start()
+    for name, (role, pw) in USERS.items():
+        _gw(s, "users", "add", name, "--role", role, stdin=pw + "\n")
+    s.tokens = {name: json.loads(_gw(s, "users", "token", name, "--json").stdout)["token"]
+                for name in ("amina", "obs")}
+    if SHOTS.exists():
+        shutil.rmtree(SHOTS)
+    SHOTS.mkdir(parents=True)
+    yield s
+    s.stop()
+    print(f"\nconsole browser tests: {time.monotonic() - T0:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def browser(site):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def clinician(browser, site):
+    """A tablet-sized page logged in as the clinician."""
+    ctx = browser.new_context(viewport={"width": 820, "height": 1180}, locale="fr-FR")
+    page = ctx.new_page()
+    _login(page, site, "amina")
+    yield page
+    ctx.close()
+
+
+def _console(site) -> str:
+    return site.api + "/console"
+
+
+def _login(page, site, name: str, password: str | None = None):
+    page.goto(_console(site) + "/login")
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", password or USERS[name][1])
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    return page
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def _api(site, path: str, token: str) -> int:
+    req = urllib.request.Request(site.api + path, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_clinician_logs_in_and_sees_the_patient_list(clinician, site):
+    assert clinician.url.endswith("/console/patients")
+    assert clinician.locator("html").get_attribute("lang") == "fr"
+    assert clinician.locator("h1").inner_text() == "Patients"
+    shot(clinician, "clinician-patients-empty")
+
+
+def test_unassigned_reading_lands_in_the_inbox_and_is_attached(clinician, site):
+    first = site.measure(1, scenario="normal")
+    assert first["ok"], first
+    clinician.goto(_console(site) + "/inbox")
+    rows = clinician.locator("tr[data-reading]")
+    assert rows.count() == 1 and site.device_id in rows.first.inner_text()
+    shot(clinician, "clinician-inbox")
+    rows.first.locator("input[name=patient]").fill(PATIENT)
+    with clinician.expect_navigation():
+        rows.first.locator("button").click()
+    assert "?done=attached" in clinician.url and clinician.locator("tr[data-reading]").count() == 0
+    [row] = _audit(site, "readings.attach")
+    assert row[0] == "user:amina" and row[2] == f"Patient/{PATIENT}" and f"device={site.device_id}" in row[3]
+
+
+def test_assign_device_then_the_devices_reading_appears_on_the_patient_page(clinician, site):
+    clinician.goto(f"{_console(site)}/patients/{PATIENT}")
+    before = clinician.locator("tr[data-reading]").count()
+    assert before == 1                                           # the attached one
+    clinician.select_option("form[action$='/assign'] select[name=device]", site.device_id)
+    with clinician.expect_navigation():
+        clinician.click("form[action$='/assign'] button")
+    assert "?done=assigned" in clinician.url
+    assert site.device_id in clinician.locator("form[action$='/unassign']").inner_text()
+    # the signed command waits in the device's broker session; the device then measures a fever
+    later = site.measure(1, scenario="fever", seed=3)
+    assert later["ok"], later
+    clinician.reload()
+    rows = clinician.locator("tr[data-reading]")
+    assert rows.count() == before + 1
+    newest = rows.first
+    assert f"#{later['seqs'][0]}" in newest.inner_text() and "has-alert" in newest.get_attribute("class")
+    assert "Fièvre" in clinician.locator("h1").inner_text()
+    clinician.wait_for_selector(".chart[data-drawn]")
+    assert clinician.locator(".chart[data-drawn] canvas").count() == 3    # temperature, SpO2, pulse
+    shot(clinician, "clinician-patient")
+    reads = [r for r in _audit(site, "records.read") if r[2] == f"Patient/{PATIENT}"]
+    assert reads and all(r[0] == "user:amina" for r in reads)
+    commands = _audit(site, "devices.command")
+    assert commands and commands[-1][0] == "user:amina" and PATIENT in commands[-1][3]
+
+
+def test_patient_page_in_arabic_is_right_to_left(clinician, site):
+    clinician.goto(f"{_console(site)}/lang/ar?next=/console/patients/{PATIENT}")
+    assert clinician.locator("html").get_attribute("dir") == "rtl"
+    assert clinician.locator("html").get_attribute("lang") == "ar"
+    clinician.wait_for_selector(".chart[data-drawn]")
+    shot(clinician, "clinician-patient-ar")
+    clinician.goto(f"{_console(site)}/lang/en?next=/console/patients")
+    assert clinician.locator("h1").inner_text() == "Patients" and "Sign out" in clinician.content()
+    shot(clinician, "clinician-patients-en")
+    clinician.goto(f"{_console(site)}/lang/fr?next=/console/patients")
+    assert clinician.locator("html").get_attribute("lang") == "fr"
+
+
+def test_clinician_cannot_open_admin_pages_or_other_roles_api(clinician, site):
+    for path in ("/admin/devices", "/admin/users", "/admin/quarantine", "/admin/audit", "/observatory"):
+        resp = clinician.goto(_console(site) + path)
+        assert resp.status == 403, path
+    shot(clinician, "clinician-forbidden")
+    denied = _audit(site, "auth.denied")
+    assert {r[2] for r in denied} >= {"/console/admin/devices", "/console/observatory"}
+    assert all(r[0] == "user:amina" for r in denied)
+    # API: the clinician's token reads records, not the observatory or metrics; and the other way round
+    tok, obs = site.tokens["amina"], site.tokens["obs"]
+    assert _api(site, f"/fhir/Observation?patient={PATIENT}", tok) == 200
+    assert _api(site, "/observatory/device-counts?from=2026-01-01&to=2026-01-02", tok) == 403
+    assert _api(site, "/metrics", tok) == 403
+    assert _api(site, "/observatory/device-counts?from=2026-01-01&to=2026-01-02", obs) == 200
+    assert _api(site, f"/fhir/Observation?patient={PATIENT}", obs) == 403
+    assert _api(site, f"/fhir/Observation?patient={PATIENT}", "nabd_not-a-token") == 401
+    assert any(r[0].startswith("user:amina (token") and r[2] == f"Patient/{PATIENT}"
+               for r in _audit(site, "records.read"))
+
+
+def test_forged_admin_post_and_missing_csrf_are_refused_and_audited(clinician, site):
+    clinician.goto(_console(site) + "/patients")
+    csrf = clinician.locator("input[name=csrf]").first.get_attribute("value")
+    # a clinician forging the admin's add-user form, with their own valid CSRF token
+    forged = clinician.evaluate("""async ([url, csrf]) => {
+        const r = await fetch(url, {method: "POST", body: new URLSearchParams({csrf, username: "mallory",
+                                    role: "admin", password: "mallory-passw0rd"})});
+        return r.status; }""", [_console(site) + "/admin/users/add", csrf])
+    assert forged == 403
+    assert [r for r in _audit(site, "auth.denied") if r[2] == "/console/admin/users/add"]
+    assert "mallory" not in _gw(site, "users", "list").stdout
+    # the clinician's own form without the CSRF token
+    missing = clinician.evaluate("""async (url) => {
+        const r = await fetch(url, {method: "POST", body: new URLSearchParams({patient: "p-evil01",
+                                    device: "nabd-x"})});
+        return [r.status, await r.text()]; }""", _console(site) + "/assign")
+    assert missing[0] == 403 and "jeton" in missing[1]
+    [refused] = [r for r in _audit(site, "csrf.refused") if r[2] == "/console/assign"]
+    assert refused[0] == "user:amina"
+    clinician.set_content(missing[1])
+    shot(clinician, "clinician-csrf-refused")
+
+
+def test_wrong_passwords_are_rate_limited(browser, site):
+    ctx = browser.new_context(viewport={"width": 1024, "height": 768})
+    page = ctx.new_page()
+    statuses = []
+    for i in range(6):
+        page.goto(_console(site) + "/login")
+        page.fill("input[name=username]", "karim")
+        page.fill("input[name=password]", f"wrong-guess-{i}")
+        with page.expect_navigation() as nav:
+            page.click("button[type=submit]")
+        statuses.append(nav.value.status)
+    assert statuses == [401] * 5 + [429]
+    assert "réessayez dans" in page.locator(".error").inner_text()
+    shot(page, "login-rate-limited")
+    _login(page, site, "karim")                           # the right password is refused too, for now
+    assert page.url.endswith("/login") or "/login?" in page.url
+    assert len(_audit(site, "auth.login-failed")) == 5 and len(_audit(site, "auth.login-throttled")) == 2
+    ctx.close()
+
+
+def test_expired_session_goes_back_to_login(browser, site):
+    import sqlite3
+
+    ctx = browser.new_context()
+    page = _login(ctx.new_page(), site, "amina")
+    assert page.url.endswith("/console/patients")
+    with sqlite3.connect(site.dir / "gateway" / "records.db") as c:   # a session idle past its expiry
+        c.execute("UPDATE sessions SET expires_at = '2000-01-01T00:00:00.000000+00:00'")
+    page.goto(_console(site) + "/patients")
+    assert "/console/login?next=/console/patients" in page.url
+    shot(page, "login-after-expiry")
+    ctx.close()
+
+
+def test_admin_pages(browser, site):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = _login(ctx.new_page(), site, "root")
+    assert page.url.endswith("/console/admin/devices")
+    row = page.locator(f"tr[data-device='{site.device_id}']")
+    text = row.inner_text()
+    assert "0.1" in text and ("Hors ligne" in text or "En ligne" in text)   # firmware and state shown
+    shot(page, "admin-devices")
+    for name in ("quarantine", "users", "audit"):
+        assert page.goto(f"{_console(site)}/admin/{name}").status == 200
+        shot(page, f"admin-{name}")
+    assert "auth.denied" in page.content() and "csrf.refused" in page.content()
+    page.goto(_console(site) + "/observatory")
+    page.wait_for_selector(".chart[data-drawn]")
+    shot(page, "admin-observatory")
+    # rotate the device key (old version valid 72 h) and revoke the device, from the console
+    page.goto(_console(site) + "/admin/devices")
+    row = page.locator(f"tr[data-device='{site.device_id}']")
+    row.locator("summary").click()
+    row.locator("input[name=key]").fill("ab" * 32)
+    with page.expect_navigation():
+        row.locator("form[action$='/rotate'] button").click()
+    assert "?done=rotated" in page.url
+    assert [r for r in _audit(site, "devices.rotate-key") if r[0] == "user:root"]
+    with page.expect_navigation():
+        page.locator(f"tr[data-device='{site.device_id}'] form[action$='/revoke'] button").click()
+    assert "?done=revoked" in page.url
+    listed = json.loads(_gw(site, "devices", "list", "--json").stdout)
+    assert [d["status"] for d in listed if d["id"] == site.device_id] == ["revoked"]
+    ctx.close()
+
+
+def test_observatory_user_sees_counts_only(browser, site):
+    ctx = browser.new_context()
+    page = _login(ctx.new_page(), site, "obs")
+    assert page.url.endswith("/console/observatory")
+    assert page.goto(f"{_console(site)}/patients/{PATIENT}").status == 403
+    assert page.goto(f"{_console(site)}/inbox").status == 403
+    ctx.close()
