@@ -7,12 +7,12 @@
   function data(id) { var el = document.getElementById(id); return el ? JSON.parse(el.textContent) : null; }
   // times are shown in UTC, 24 h, like the tables
   function utc(ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); }
-  var hhmm = null, ddmm = null;
-  function xaxis(days) {
-    hhmm = hhmm || uPlot.fmtDate("{HH}:{mm}"); ddmm = ddmm || uPlot.fmtDate("{DD}/{MM}");
+  function xaxis(days) {       // 24 h clock; seconds when the readings are minutes apart, dates past 2 days
+    var hms = uPlot.fmtDate("{HH}:{mm}:{ss}"), hm = uPlot.fmtDate("{HH}:{mm}"), dm = uPlot.fmtDate("{DD}/{MM}");
     return { values: function (u, splits) {
       var span = splits.length > 1 ? splits[splits.length - 1] - splits[0] : 0;
-      return splits.map(function (s) { var d = utc(s); return days || span > 2 * 86400 ? ddmm(d) : hhmm(d); });
+      var f = days || span > 2 * 86400 ? dm : span < 600 ? hms : hm;
+      return splits.map(function (s) { return f(utc(s)); });
     } };
   }
   function width(el) { return Math.max(240, el.clientWidth || 300); }
