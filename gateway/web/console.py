@@ -263,10 +263,7 @@ class Console:
                            series_json=json.dumps(d["series"], separators=(",", ":")))
 
     def _send_assign(self, principal: auth.Principal, device: str, patient: str | None) -> int:
-        try:
-            from gateway.device_commands import CommandRefused, PublishError, send_command
-        except ImportError:  # before the layout change (issue 13)
-            from gateway.commands_out import CommandRefused, PublishError, send_command  # type: ignore
+        from gateway.device_commands import CommandRefused, PublishError, send_command
 
         try:
             p = send_command(self.config, self.db, self.config.security.kek(), device, "assign_patient",
