@@ -31,13 +31,14 @@ _COMMANDS = {
     "ports": "host.commands.ports",
     "info": "host.commands.info",
     "provision": "host.commands.provision",
+    "calibrate": "host.commands.calibrate",
     "selftest": "host.commands.selftest",
     "analyze": "host.commands.analyze",
     "sim": "host.commands.sim",
     "demo": "host.commands.demo",
 }
 
-DESCRIPTION = ("nabd device tools: list ports, provision a device, read its state, test the sensors, analyse recordings, "
+DESCRIPTION = ("nabd device tools: list ports, provision and calibrate a device, read its state, test the sensors, analyse recordings, "
                "run the virtual device and the demo.")
 
 

@@ -27,13 +27,16 @@ def folder() -> Path:
     return Path(f"/tmp/nabd-virtual-ports-{os.getuid()}")
 
 
-def register(port: str, kind: str, description: str = "") -> Path:
-    """Record ``port`` (this process's); returns the entry's file (give it to ``unregister``)."""
+def register(port: str, kind: str, description: str = "", **extra) -> Path:
+    """Record ``port`` (this process's); returns the entry's file (give it to ``unregister``).
+    ``extra``: more fields (a virtual device gives ``state``, its flash folder, so that
+    ``nabd calibrate`` can drive its reference instruments)."""
     d = folder()
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = d / f"{os.getpid()}-{Path(port).name}.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"port": port, "kind": kind, "pid": os.getpid(), "description": description}))
+    tmp.write_text(json.dumps({"port": port, "kind": kind, "pid": os.getpid(), "description": description,
+                               **extra}))
     os.replace(tmp, path)
     return path
 
@@ -44,6 +47,15 @@ def unregister(path: Path | None) -> None:
             path.unlink()
         except FileNotFoundError:
             pass
+
+
+def lookup(port: str) -> dict | None:
+    """The live entry of ``port`` (compared by real path), or None: not a virtual port."""
+    real = os.path.realpath(port)
+    for e in entries():
+        if os.path.realpath(e["port"]) == real:
+            return e
+    return None
 
 
 def _alive(pid: int) -> bool:

@@ -236,7 +236,11 @@ def cmd_provision(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("provision", help="give a device its identity, key and broker, and register it at the gateway",
-                       description=__doc__.split("\n\n")[0])
+                       description="Give a device its identity (id, signing key, broker password, made on "
+                       "this machine) and register it at the site's gateway in the same step: through the "
+                       "gateway's configuration (--gateway) or a registration file (--registration) that "
+                       "`nabd-gateway devices add --from FILE` imports. Re-provisioning rotates the key at both "
+                       "ends. The Wi-Fi password comes from $NABD_WIFI_PSK or a prompt.")
     add_common(p)
     p.add_argument("--facility", required=True, help="health facility the device serves")
     p.add_argument("--region", required=True, help="ISO 3166-2 region, MA-01..MA-12")

@@ -244,6 +244,7 @@ async function runDevice(cfg, sab) {
       "faults=" + JSON.stringify(cfg.faults || []),
       "scenario_path=" + (scenario ? "'/scenario.bin'" : "None"),
       "seed=" + (cfg.seed | 0),
+      "unit_errors=" + (cfg.unit_errors ? "True" : "False"),
       "unix_time=" + Math.floor(Date.now() / 1000),
       "store='" + STORE + "'",
       "instruments=" + (() => { instMtime = -1; const j = readInstruments(); return j ? "__import__('json').loads(" + JSON.stringify(j) + ")" : "None"; })(),

@@ -57,8 +57,9 @@ class VirtualDevice:
     sensors play back (None: a steady finger at 36.8 degC)."""
 
     def __init__(self, state: Path, faults: list[str] | tuple[str, ...] = (), scenario_file: Path | None = None,
-                 heapsize: int = 1024 * 1024):
+                 heapsize: int = 1024 * 1024, unit_errors: bool = False):
         self.state = Path(state)
+        self.unit_errors = unit_errors
         self.faults = list(faults)
         self.scenario_file = scenario_file
         self.heapsize = heapsize
@@ -78,7 +79,7 @@ class VirtualDevice:
         self.port = os.ttyname(self._slave)
         cfg = {"repo": str(REPO), "flash": str(self.state.resolve()), "faults": self.faults,
                "seed": board_seed(self.state), "heapsize": self.heapsize,
-               "instruments": str(instruments_path(self.state)),
+               "instruments": str(instruments_path(self.state)), "unit_errors": self.unit_errors,
                "scenario": str(self.scenario_file) if self.scenario_file else None}
         self.proc = subprocess.Popen(
             ["node", str(Path(__file__).with_name("repl.mjs")), json.dumps(cfg)],
@@ -177,7 +178,7 @@ def cmd_device(args) -> int:
             from host.commands.sim import write_scenario
 
             scenario_file = write_scenario(args.scenario, args.seed, args.duration, Path(tmp) / "scenario.bin")
-        dev = VirtualDevice(state, faults=faults, scenario_file=scenario_file)
+        dev = VirtualDevice(state, faults=faults, scenario_file=scenario_file, unit_errors=args.unit_errors)
         try:
             port = dev.start()
         except VMUnavailable as e:
@@ -186,7 +187,8 @@ def cmd_device(args) -> int:
             signal.signal(sig, lambda *_: dev.stop())
         from host import virtual_ports
 
-        entry = virtual_ports.register(port, "virtual device", f"nabd sim device --state {state}")
+        entry = virtual_ports.register(port, "virtual device", f"nabd sim device --state {state}",
+                                       state=str(state.resolve()))
         if args.json:
             emit_json({"port": port, "pid": os.getpid(), "state": str(state.resolve()), "faults": faults,
                        "scenario": args.scenario, "instruments": str(instruments_path(state))})
@@ -220,6 +222,9 @@ def add_device_parser(sub) -> None:
     d.add_argument("--scenario", default=None, help="physiology scenario the sensors see (default: a steady finger)")
     d.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")
     d.add_argument("--duration", type=float, default=120.0, help="scenario length in seconds (default 120)")
+    d.add_argument("--unit-errors", action="store_true",
+                   help="give this unit a thermometer gain/offset error and an optical R error, fixed by its "
+                   "flash folder (what `nabd calibrate` corrects)")
     d.set_defaults(func=cmd_device)
 
     i = sub.add_parser("instrument", help="set the virtual device's reference instruments (blackbody, SpO2 simulator)",
@@ -229,6 +234,8 @@ def add_device_parser(sub) -> None:
     i.add_argument("--state", required=True, help="the virtual device's flash folder")
     i.add_argument("--blackbody", metavar="DEGC|off", help="blackbody calibrator temperature in degC, or off")
     i.add_argument("--spo2", metavar="PCT|off", help="SpO2 simulator setpoint in %%, or off")
+    i.add_argument("--blackbody-error", metavar="DEGC", type=float,
+                   help="make the blackbody out of tolerance: its cavity this far from its setpoint (0: fine)")
     i.add_argument("--bpm", type=int, help="SpO2 simulator pulse rate (default 72)")
     i.add_argument("--pi", type=int, metavar="PERMILLE", help="SpO2 simulator IR perfusion, per mille (default 20)")
     i.set_defaults(func=cmd_instrument)
@@ -248,6 +255,21 @@ def _setting(value: str, lo: float, hi: float, name: str) -> float | None:
     return v
 
 
+def set_instruments(state: Path, **changes) -> dict:
+    """Update the virtual device's reference instruments (``blackbody_c``, ``spo2``, ``bpm``,
+    ``pi_pm``; None turns one off) in ``<state>.instruments.json``, atomically; the settings."""
+    path = instruments_path(Path(state))
+    settings: dict = {}
+    if path.exists():
+        settings = json.loads(path.read_text())
+    settings.update(changes)
+    settings = {k: v for k, v in settings.items() if v is not None}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(settings, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return settings
+
+
 def cmd_instrument(args) -> int:
     """Update ``<state>.instruments.json`` (atomically) and print the settings."""
     from host.cli import EXIT_DATA, EXIT_OK, EXIT_USAGE, CommandError, emit_json
@@ -263,6 +285,10 @@ def cmd_instrument(args) -> int:
         settings["blackbody_c"] = _setting(args.blackbody, -20, 120, "blackbody")
     if args.spo2 is not None:
         settings["spo2"] = _setting(args.spo2, 50, 100, "spo2")
+    if args.blackbody_error is not None:
+        if not -10 <= args.blackbody_error <= 10:
+            raise CommandError("--blackbody-error: -10..10 degC", EXIT_USAGE)
+        settings["blackbody_error_c"] = args.blackbody_error or None
     if args.bpm is not None:
         if not 20 <= args.bpm <= 250:
             raise CommandError("--bpm: 20..250", EXIT_USAGE)

@@ -165,21 +165,27 @@ class Instruments:
     ``apply(settings)`` takes the dict ``nabd sim instrument`` writes; absent keys turn an
     instrument off."""
 
-    def __init__(self, base):
+    def __init__(self, base, errors=None):
         self.base = base
         self.blackbody_mc = None
         self.sim = None
+        # this unit's own errors before calibration (``unit_errors``): the thermometer reads
+        # T·gain + offset of what is in front of it; the optical path turns R into R·r_gain
+        self.gain_ppm, self.offset_mc, self.r_ppm = errors or (1000000, 0, 1000000)
 
     def apply(self, settings):
         from sim.hardware.scenario import PulseScenario
 
         bb = settings.get("blackbody_c")
-        self.blackbody_mc = None if bb is None else int(round(bb * 1000))
+        # blackbody_error_c: a blackbody out of tolerance, its cavity that far from its setpoint
+        bb_err = settings.get("blackbody_error_c") or 0
+        self.blackbody_mc = None if bb is None else int(round((bb + bb_err) * 1000))
         spo2 = settings.get("spo2")
         if spo2 is None:
             self.sim = None
             return
         r_pm = (110000 - int(round(spo2 * 1000))) // 25          # R × 1000
+        r_pm = r_pm * self.r_ppm // 1000000                      # this unit's optical path
         ir_ac_pm = int(settings.get("pi_pm", 20))
         sim = PulseScenario(bpm=int(settings.get("bpm", 72)), ir_ac_pm=ir_ac_pm)
         sim.red_ac = sim.red * ir_ac_pm * r_pm // 1000000
@@ -189,7 +195,8 @@ class Instruments:
         (self.sim or self.base).optical(t_us, out)
 
     def object_mc(self, t_us):
-        return self.blackbody_mc if self.blackbody_mc is not None else self.base.object_mc(t_us)
+        v = self.blackbody_mc if self.blackbody_mc is not None else self.base.object_mc(t_us)
+        return v + v * (self.gain_ppm - 1000000) // 1000000 + self.offset_mc
 
     def ambient_mc(self, t_us):
         return self.base.ambient_mc(t_us)
@@ -198,11 +205,36 @@ class Instruments:
         return True if self.sim is not None else self.base.finger(t_us)
 
 
+def unit_errors(seed):
+    """A unit's errors before calibration, fixed by its ``seed`` (so by its flash folder):
+    thermometer gain 1 ± 1.0–2.5 % and offset ± 0.3–0.7 °C (same sign), optical R gain
+    1 ± 4–8 %. Returns
+    ``(temp_gain_ppm, temp_offset_mc, r_gain_ppm)``; the same under CPython and MicroPython."""
+    x = [seed & 0x7FFFFFFF]
+
+    def nxt():
+        x[0] = (1103515245 * x[0] + 12345) & 0x7FFFFFFF
+        return x[0] >> 8                    # 23 random bits
+
+    def mag(lo, hi):                        # a magnitude in [lo, hi)
+        return lo + nxt() * (hi - lo) // (1 << 23)
+
+    # gain and offset err the same way (a unit reading high reads high across the range, as a
+    # mis-set emissivity or a warm lens does), so the error shows at every temperature
+    sign = 1 if nxt() & 1 else -1
+    r_sign = 1 if nxt() & 1 else -1
+    return (1000000 + sign * mag(10000, 25000), sign * mag(300, 700), 1000000 + r_sign * mag(40000, 80000))
+
+
+_unit_errors = unit_errors
+
+
 def boot(faults=(), scenario_path=None, seed=1, unix_time=None, storage_root="/flash", store=None,
-         instruments=None):
+         instruments=None, unit_errors=False):
     """Build the simulated board and make it current; returns it. ``scenario_path``: a scenario
     file for ``ArrayScenario.load`` (None: the default steady finger); ``unix_time``: host wall
-    clock in Unix seconds at boot (None: never synced)."""
+    clock in Unix seconds at boot (None: never synced); ``unit_errors``: give the unit the errors
+    of ``unit_errors(seed)`` (what calibration corrects)."""
     from firmware import boards
     from sim.hardware.board import SimBoard
 
@@ -217,7 +249,7 @@ def boot(faults=(), scenario_path=None, seed=1, unix_time=None, storage_root="/f
         from sim.hardware.scenario import PulseScenario
 
         scenario = PulseScenario()
-    inst = Instruments(scenario)
+    inst = Instruments(scenario, _unit_errors(seed) if unit_errors else None)
     if instruments:
         inst.apply(instruments)
     board = SimBoard(scenario=inst, faults=list(faults), storage_root=storage_root, seed=seed,
