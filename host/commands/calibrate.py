@@ -106,7 +106,7 @@ class Instrument:
 
     def set(self, value: float) -> None:
         if self.virtual:
-            from host.vdev import set_instruments
+            from sim.virtual_device.serial_bridge import set_instruments
 
             if self.kind == "temp":
                 set_instruments(Path(self.entry["state"]), blackbody_c=value)
@@ -124,7 +124,7 @@ class Instrument:
 
     def off(self) -> None:
         if self.virtual:
-            from host.vdev import set_instruments
+            from sim.virtual_device.serial_bridge import set_instruments
 
             set_instruments(Path(self.entry["state"]), **({"blackbody_c": None} if self.kind == "temp"
                                                          else {"spo2": None}))
