@@ -123,8 +123,8 @@ def spo2_arms(d) -> tuple[float, dict]:
 
 
 def test_calibration_brings_the_unit_within_tolerance(unit, tmp_path):
-    from sim.virtual_device.vm_boot import unit_errors
     from sim.virtual_device.serial_bridge import board_seed
+    from sim.virtual_device.vm_boot import unit_errors
 
     gain_ppm, offset_mc, r_ppm = unit_errors(board_seed(unit.state))
     before = temp_errors(unit)
