@@ -46,6 +46,7 @@ from gateway.config import Config
 from gateway.db import Database
 from gateway.status import STATUS_SUBSCRIPTION, StatusWorker, is_status_topic
 from gateway.store import BatchResult, Message, Store
+from gateway.worker import take_batch, wait_drained
 from gateway.writer import ProcessWriter
 
 log = logging.getLogger("nabd.gateway.ingest")
@@ -144,8 +145,7 @@ class Ingest:
         """Graceful: stop taking messages, drain the queue (commit + ack), disconnect."""
         self._closing.set()
         end = time.monotonic() + timeout
-        while not self.queue.empty() and time.monotonic() < end and self._writer and self._writer.is_alive():
-            time.sleep(0.02)
+        wait_drained(self.queue, self._writer, end)
         self._stopped.set()
         if self._writer:
             self._writer.join(timeout=max(1.0, end - time.monotonic()))
@@ -161,31 +161,9 @@ class Ingest:
             self.client.ack(m.mid, m.qos)
 
     # -- writer ----------------------------------------------------------------------------------
-    def _take_batch(self) -> list[Message]:
-        try:
-            first = self.queue.get(timeout=0.1)
-        except queue.Empty:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + self.batch_ms / 1000.0
-        while len(batch) < self.batch_max:
-            try:
-                batch.append(self.queue.get_nowait())
-                continue
-            except queue.Empty:
-                pass
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                batch.append(self.queue.get(timeout=left))
-            except queue.Empty:
-                break
-        return batch
-
     def _write_loop(self) -> None:
         while not (self._stopped.is_set() and self.queue.empty()):
-            batch = self._take_batch()
+            batch = take_batch(self.queue, self.batch_max, self.batch_ms / 1000.0)
             metrics.QUEUE_DEPTH.set(self.queue.qsize())
             if batch:
                 self.writer.submit(batch)  # blocks while the store process has enough in hand

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.db import Database
+from gateway.recordstore import parse_time
 from gateway.secrets import DeviceKey, decrypt_key
-
-UTC = dt.timezone.utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,16 +22,6 @@ class KeyRecord:
     key: DeviceKey
     revoked: bool = False
     why: str = ""
-
-
-def as_utc(v: Any) -> dt.datetime | None:
-    """A timestamp column's value as an aware UTC datetime: PostgreSQL gives datetimes (naive ones
-    are UTC), SQLite ISO text; None stays None."""
-    if v is None:
-        return None
-    if isinstance(v, dt.datetime):
-        return v if v.tzinfo else v.replace(tzinfo=UTC)
-    return dt.datetime.fromisoformat(str(v))
 
 
 class KeyRing:
@@ -61,7 +50,7 @@ class KeyRing:
             key = self._decrypted.get(ck)
             if key is None:
                 key = self._decrypted[ck] = decrypt_key(self._kek, dev, ver, enc)
-            ra = as_utc(revoked_at)
+            ra = parse_time(revoked_at)
             if status != "active":
                 out[(dev, ver)] = KeyRecord(key, True, f"device {dev} is {status}")
             elif ra is not None and ra <= now:

@@ -71,9 +71,9 @@ from gateway import metrics
 from gateway.db import Database
 from gateway.keys import KeyRecord, KeyRing
 from gateway.secrets import KeyDecryptError
-from gateway.store import BatchResult, Message
+from gateway.store import INSERT_EVENT, INSERT_QUARANTINE, RAW_LIMIT, BatchResult, Message
 from gateway.verify import FUTURE_SKEW_S, Verdict, authenticate, parse, reject, topic_device
-from gateway.worker import BatchWorker
+from gateway.worker import BatchWorker, take_batch, wait_drained
 
 log = logging.getLogger("nabd.gateway.status")
 
@@ -81,7 +81,6 @@ UTC = dt.timezone.utc
 SHARE_GROUP = "nabd-gateway"
 STATUS_FILTER = "nabd/v1/dev/+/status"
 STATUS_SUBSCRIPTION = f"$share/{SHARE_GROUP}/{STATUS_FILTER}"
-RAW_LIMIT = 4096
 STATES = ("online", "offline")
 
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -204,9 +203,8 @@ class StatusStore:
         self._upd_device = q("UPDATE devices SET fw = ?, cal_due = ? WHERE id = ?")
         self._upd_seen = q("UPDATE devices SET last_seen_at = ? WHERE id = ? AND "
                            "(last_seen_at IS NULL OR last_seen_at < ?)")
-        self._ins_quarantine = q("INSERT INTO quarantine (received_at, reason, topic, device_hint, raw, detail) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)")
-        self._ins_event = q("INSERT INTO security_events (at, device_id, kind, detail) VALUES (?, ?, ?, ?)")
+        self._ins_quarantine = q(INSERT_QUARANTINE)
+        self._ins_event = q(INSERT_EVENT)
 
     def _ts(self, t: dt.datetime) -> Any:
         return t if self.db.dialect == "postgresql" else t.astimezone(UTC).isoformat(timespec="microseconds")
@@ -336,8 +334,7 @@ class StatusWorker(BatchWorker):
     def stop(self, timeout: float = 10.0) -> None:
         """Store and acknowledge what is queued (up to ``timeout``), then stop."""
         end = time.monotonic() + timeout
-        while not self.queue.empty() and time.monotonic() < end and self._thread and self._thread.is_alive():
-            time.sleep(0.02)
+        wait_drained(self.queue, self._thread, end)
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=max(1.0, end - time.monotonic()))
@@ -346,16 +343,8 @@ class StatusWorker(BatchWorker):
     def _loop(self) -> None:
         self._refresh_gauge()
         while not (self._stop.is_set() and self.queue.empty()):
-            try:
-                batch = [self.queue.get(timeout=0.1)]
-            except queue.Empty:
-                continue
-            while len(batch) < self.batch_max:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            if self.commit(batch, self._stop.is_set) is None:
+            batch = take_batch(self.queue, self.batch_max)
+            if not batch or self.commit(batch, self._stop.is_set) is None:
                 continue  # shutting down: the broker redelivers them to the next session
             self.processed += len(batch)
             for m in batch:

@@ -38,7 +38,11 @@ from gateway.keys import KeyRing
 from gateway.verify import FUTURE_SKEW_S, Verdict, parse, reject, verify
 
 UTC = dt.timezone.utc
-RAW_LIMIT = 4096
+RAW_LIMIT = 4096   # bytes of a quarantined message kept
+# shared with gateway/status.py and gateway/writer.py
+INSERT_QUARANTINE = ("INSERT INTO quarantine (received_at, reason, topic, device_hint, raw, detail) "
+                     "VALUES (?, ?, ?, ?, ?, ?)")
+INSERT_EVENT = "INSERT INTO security_events (at, device_id, kind, detail) VALUES (?, ?, ?, ?)"
 
 
 @dataclass(slots=True)
@@ -80,9 +84,8 @@ class Store:
         self._ins_patient = q("INSERT INTO patients (id, created_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING")
         self._ins_outbox = q("INSERT INTO outbox (kind, partition_key, body, created_at, attempts, next_attempt_at) "
                              "VALUES ('fhir', ?, ?, ?, 0, ?)")
-        self._ins_quarantine = q("INSERT INTO quarantine (received_at, reason, topic, device_hint, raw, detail) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)")
-        self._ins_event = q("INSERT INTO security_events (at, device_id, kind, detail) VALUES (?, ?, ?, ?)")
+        self._ins_quarantine = q(INSERT_QUARANTINE)
+        self._ins_event = q(INSERT_EVENT)
         self._upd_device = q("UPDATE devices SET last_seen_at = ?, fw = ?, cal_id = ?, cal_date = ? WHERE id = ?")
         self._sel_digest = q("SELECT sha256 FROM readings WHERE device_id = ? AND seq = ?")
         self._sel_id = q("SELECT id FROM readings WHERE device_id = ? AND seq = ?")

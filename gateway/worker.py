@@ -1,5 +1,8 @@
 """The batch worker: stores batches of MQTT messages on one long-lived database connection.
 
+``take_batch`` and ``wait_drained`` are how the ingest's writer thread (gateway/ingest.py) and the
+status thread collect batches from their queues and let them empty at a graceful stop.
+
 Used by the readings' store process (``writer.BatchStore``) and the status thread
 (``status.StatusWorker``). A subclass says how a batch is stored (``store_batch``: one
 transaction, committed on return) and how one message that breaks the store is quarantined
@@ -14,6 +17,8 @@ transaction, committed on return) and how one message that breaks the store is q
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from typing import Any, Callable
 
@@ -35,6 +40,39 @@ def db_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     return tuple(errs)
+
+
+def take_batch(q: queue.Queue, batch_max: int, wait_s: float = 0.0) -> list:
+    """Up to ``batch_max`` messages from ``q``: the first within 0.1 s (else an empty list, so
+    the caller can look at its stop flag), then what is queued, waiting for more up to ``wait_s``
+    after the first arrived."""
+    try:
+        first = q.get(timeout=0.1)
+    except queue.Empty:
+        return []
+    batch = [first]
+    deadline = time.monotonic() + wait_s
+    while len(batch) < batch_max:
+        try:
+            batch.append(q.get_nowait())
+            continue
+        except queue.Empty:
+            pass
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            batch.append(q.get(timeout=left))
+        except queue.Empty:
+            break
+    return batch
+
+
+def wait_drained(q: queue.Queue, thread: threading.Thread | None, end: float) -> None:
+    """Wait until ``thread`` has taken everything from ``q``, until ``end`` (time.monotonic()), or
+    until the thread has died, whichever comes first."""
+    while not q.empty() and time.monotonic() < end and thread is not None and thread.is_alive():
+        time.sleep(0.02)
 
 
 class BatchWorker:

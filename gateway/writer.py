@@ -33,7 +33,7 @@ import time
 from typing import Any, Callable
 
 from gateway.db import Database
-from gateway.store import BatchResult, Message, Store
+from gateway.store import INSERT_QUARANTINE, RAW_LIMIT, BatchResult, Message, Store
 from gateway.verify import Verdict, reject
 from gateway.worker import BatchWorker
 
@@ -95,9 +95,8 @@ class BatchStore(BatchWorker):
     def quarantine_error(self, conn: Any, m: Message) -> BatchResult:
         v = reject("malformed", "gateway error while storing this message (see the gateway log)")
         self.db.begin(conn)
-        conn.execute(self.db.sql("INSERT INTO quarantine (received_at, reason, topic, device_hint, raw, detail) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)"),
-                     (m.received_at, v.reason, m.topic[:512], None, m.raw[:4096], v.detail))
+        conn.execute(self.db.sql(INSERT_QUARANTINE),
+                     (m.received_at, v.reason, m.topic[:512], None, m.raw[:RAW_LIMIT], v.detail))
         conn.commit()
         return BatchResult([v], [])
 
