@@ -37,6 +37,7 @@ from typing import Any
 from gateway import jws
 from gateway.config import Config
 from gateway.db import Database, audit, utcnow
+from gateway.recordstore import parse_time
 from gateway.secrets import decrypt_key
 
 COMMANDS = ("assign_patient", "identify", "settings")
@@ -124,16 +125,6 @@ class Prepared:
         return topic(self.device_id)
 
 
-def _as_utc(v: Any):
-    import datetime as dt
-
-    if v is None:
-        return None
-    if isinstance(v, dt.datetime):
-        return v if v.tzinfo else v.replace(tzinfo=dt.timezone.utc)
-    return dt.datetime.fromisoformat(str(v))
-
-
 def prepare(db: Database, kek: bytes, device_id: str, cmd: str, args: dict, actor: str,
             ttl_s: int = DEFAULT_TTL_S, now: float | None = None) -> Prepared:
     """Steps 1 and 2 of the module docstring: the committed ``n`` and the signed command."""
@@ -152,7 +143,7 @@ def prepare(db: Database, kek: bytes, device_id: str, cmd: str, args: dict, acto
             raise CommandRefused(f"device {device_id} is {row[0]}: it accepts no commands")
         keys = conn.execute(db.sql("SELECT key_version, key_enc, revoked_at FROM device_keys WHERE device_id = ? "
                                    "ORDER BY key_version DESC"), (device_id,)).fetchall()
-        current = next(((int(v), bytes(e)) for v, e, r in keys if r is None or _as_utc(r) > at), None)
+        current = next(((int(v), bytes(e)) for v, e, r in keys if r is None or parse_time(r) > at), None)
         if current is None:
             raise CommandRefused(f"device {device_id} has no key version in force")
         n = conn.execute(db.sql("UPDATE devices SET cmd_n = cmd_n + 1 WHERE id = ? AND status = 'active' "
