@@ -32,14 +32,15 @@ _COMMANDS = {
     "info": "host.commands.info",
     "provision": "host.commands.provision",
     "calibrate": "host.commands.calibrate",
+    "monitor": "host.commands.monitor",
     "selftest": "host.commands.selftest",
     "analyze": "host.commands.analyze",
     "sim": "host.commands.sim",
     "demo": "host.commands.demo",
 }
 
-DESCRIPTION = ("nabd device tools: list ports, provision and calibrate a device, read its state, test the sensors, analyse recordings, "
-               "run the virtual device and the demo.")
+DESCRIPTION = ("nabd device tools: list ports, provision and calibrate a device, read its state, monitor it, "
+               "test the sensors, analyse recordings, run the virtual device and the demo.")
 
 
 def add_common(p: argparse.ArgumentParser, port: bool = True) -> None:
