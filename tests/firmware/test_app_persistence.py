@@ -6,6 +6,8 @@ An invalid stored value is ignored with a log line; a failed write (flash full) 
 in effect in RAM, logs and counts it, and leaves config.json as it was."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from host.commands.sim import vm_device
 
 # a restart: RAM gone, the flash folder kept (SteppedDevice.reboot); the session names follow it
@@ -15,42 +17,8 @@ board, cfg, peer, dev, app = sd.board, sd.cfg, sd.peer, sd.dev, sd.app
 steps(3)
 """
 
-# config.save calls counted; ``full`` makes the temp file's write fail half-way with ENOSPC
-SPY = """
-import errno
-saves = []
-_save = config.save
-def counting_save(b, d):
-    saves.append(sorted(d.get('settings', {})))
-    return _save(b, d)
-config.save = counting_save
-
-class FullFile:
-    def __init__(self, f):
-        self.f = f
-    def __enter__(self):
-        return self
-    def __exit__(self, *a):
-        self.f.close()
-    def write(self, s):
-        self.f.write(s[:len(s) // 2])
-        raise OSError(errno.ENOSPC)
-
-def full_open(path, mode='r'):
-    f = open(path, mode)
-    return FullFile(f) if path.endswith('.tmp') else f
-
-def flash_full(on):
-    if on:
-        config.open = full_open
-    else:
-        del config.open
-
-def stored():
-    import json
-    with open('/flash/config.json') as f:
-        return json.load(f).get('settings')
-"""
+# config.save calls counted, a full flash on demand (tests/firmware/_flashspy.py)
+SPY = Path(__file__).with_name("_flashspy.py").read_text()
 
 
 def device(vm):

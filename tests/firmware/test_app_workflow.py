@@ -4,45 +4,20 @@ broker and gateway (signed acks), and the screen is read back from the SSD1306 m
 compared with the expected text rendered by framebuf into a scratch buffer."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from host.commands.sim import vm_device
 from sim import physiology
 
-# expected-text comparison inside the VM: render with the same font into a scratch SSD1306
-# buffer (no bus) and compare the region pixel by pixel with what the panel model shows
-SCREEN = """
-from firmware.drivers.ssd1306 import SSD1306
-from firmware import ui as U
-scratch = SSD1306(None, init=False)
-
-def shows(text, x, y, big=False, inv=False):
-    scratch.fill(1 if inv else 0)
-    c = 0 if inv else 1
-    if big:
-        scratch.big_text(text, x, y, 2, c)
-    else:
-        scratch.text(text, x, y, c)
-    w = len(text) * (16 if big else 8)
-    h = 16 if big else 8
-    for yy in range(y, y + h):
-        for xx in range(x, min(x + w, 128)):
-            if board.oled.pixel(xx, yy) != scratch.pixel(xx, yy):
-                return False
-    return True
-
-def lit(x, y, w, h):
-    n = 0
-    for yy in range(y, y + h):
-        for xx in range(x, x + w):
-            n += board.oled.pixel(xx, yy)
-    return n
-"""
+# expected-text comparison inside the VM (tests/firmware/_screen.py)
+SCREEN = Path(__file__).with_name("_screen.py").read_text()
 
 
 def device(vm, scenario="normal", seed=1):
     vm_device(vm, scenario, seed, duration_s=60)
-    vm.exec(SCREEN)
+    vm.exec(SCREEN + "panel = board.oled\n")
     vm.exec("steps(3)")
     return physiology.scenario(scenario, seed=seed, duration_s=60)
 

@@ -3,115 +3,20 @@
 /lib so that the board's own logic runs (pin map, I2C speed, button polarity, PWM buzzer, lazy
 watchdog, 2000-epoch conversion only after NTP, TLS with CERT_REQUIRED and client credentials).
 What the real ESP32 does with those calls is not tested here."""
+from pathlib import Path
+
 import pytest
 
 from host.mpvm import MicroPythonError
 
-STANDINS = {
-    "/lib/machine.py": """
-calls = []
-levels = {}
-class Pin:
-    IN = 1; OUT = 3; PULL_UP = 2
-    def __init__(self, id, mode=-1, pull=-1, value=None):
-        self.id = id
-        calls.append(("Pin", id, mode, pull, value))
-        if value is not None:
-            levels[id] = value
-    def value(self, v=None):
-        if v is None:
-            return levels.get(self.id, 1)
-        levels[self.id] = v
-class I2C:
-    def __init__(self, id, scl=None, sda=None, freq=400000):
-        calls.append(("I2C", id, scl.id, sda.id, freq))
-class PWM:
-    def __init__(self, pin, freq=0, duty_u16=0):
-        self.f = freq; self.d = duty_u16
-        calls.append(("PWM", pin.id, freq, duty_u16))
-    def freq(self, f):
-        self.f = f
-    def duty_u16(self, d):
-        self.d = d
-class WDT:
-    made = []
-    def __init__(self, timeout=5000):
-        self.timeout = timeout; self.feeds = 0
-        WDT.made.append(self)
-    def feed(self):
-        self.feeds += 1
-def unique_id():
-    return b"\\x24\\x0a\\xc4\\x01\\x02\\x03"
-def reset():
-    raise SystemExit("reset")
-""",
-    "/lib/network.py": """
-STA_IF = 0
-class WLAN:
-    def __init__(self, i):
-        self.up = False; self.conn = False; self.ssid = None
-    def active(self, v=None):
-        if v is not None:
-            self.up = bool(v)
-        return self.up
-    def connect(self, ssid, psk):
-        self.ssid = ssid
-        self.conn = ssid == "clinic"
-    def isconnected(self):
-        return self.conn
-    def disconnect(self):
-        self.conn = False
-    def status(self, p=None):
-        return -61
-""",
-    "/lib/ntptime.py": """
-host = None
-reachable = True
-def settime():
-    if not reachable:
-        raise OSError(110)
-""",
-    "/lib/socket.py": """
-AF_INET = 2; SOCK_STREAM = 1
-last = []
-def getaddrinfo(host, port, af=0, type=0):
-    return [(AF_INET, SOCK_STREAM, 0, "", ("10.0.0.9", port))]
-class socket:
-    def __init__(self, af, t):
-        self.timeout = None; self.addr = None; self.closed = False
-        last.append(self)
-    def settimeout(self, s):
-        self.timeout = s
-    def connect(self, a):
-        self.addr = a
-    def close(self):
-        self.closed = True
-""",
-    "/lib/ssl.py": """
-PROTOCOL_TLS_CLIENT = 0; CERT_NONE = 0; CERT_REQUIRED = 2
-contexts = []
-class SSLContext:
-    def __init__(self, proto):
-        self.proto = proto; self.verify_mode = CERT_NONE; self.ca = None; self.chain = None
-        self.hostname = None
-        contexts.append(self)
-    def load_verify_locations(self, cafile=None, cadata=None):
-        self.ca = cadata
-    def load_cert_chain(self, cert, key):
-        self.chain = (cert, key)
-    def wrap_socket(self, sock, server_hostname=None):
-        if self.verify_mode != CERT_REQUIRED:
-            raise ValueError("would not verify")
-        self.hostname = server_hostname
-        return sock
-""",
-}
+# the stand-ins, real modules in tests/firmware/esp32_standins/, copied into the VM's /lib
+STANDINS = Path(__file__).with_name("esp32_standins")
 
 
 @pytest.fixture
 def board_vm(vm):
-    for path, src in STANDINS.items():
-        vm.write_file(path, src)
+    for f in sorted(STANDINS.glob("*.py")):
+        vm.write_file("/lib/" + f.name, f.read_text())
     vm.exec("import machine, ntptime, socket, ssl\nfrom firmware.boards.esp32 import Esp32Board, epoch_offset\n"
             "b = Esp32Board()")
     return vm
