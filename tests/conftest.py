@@ -17,10 +17,22 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# in-VM helpers: real modules under tests/ (linted like the rest), copied into every VM so that
+# they import there by the same name as on CPython (``from tests.firmware._commsboard import ...``)
+VM_HELPERS = sorted((REPO / "tests" / "firmware").glob("_*.py"))
+
+
+def install_vm_helpers(m: MicroPythonVM) -> None:
+    for p in VM_HELPERS:
+        m.write_file("/lib/" + p.relative_to(REPO).as_posix(), p.read_bytes())
+
+
 @pytest.fixture
 def vm():
-    """A fresh MicroPython interpreter with firmware/ and sim/ on its path."""
+    """A fresh MicroPython interpreter with firmware/ and sim/ on its path, and the in-VM
+    helpers of tests/firmware/ (``_*.py``) importable as ``tests.firmware._name``."""
     with MicroPythonVM() as m:
+        install_vm_helpers(m)
         yield m
 
 

@@ -3,38 +3,10 @@ on the MicroPython VM, plus one Uplink.submit there."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-SETUP = """
-import os, json
-from firmware import config as C, reading as R
-from firmware.log import Log
-from sim.hardware.clock import VirtualClock
-from sim.hardware.board import SimNetwork
-class B:
-    storage_root = '/flash'
-    clock = VirtualClock(1795430400)
-    network = SimNetwork()
-    def urandom(self, n):
-        return bytes(range(7, 7 + n))
-    def unique_id(self):
-        return b'\\x24\\x0a\\xc4\\x00\\x00\\x2a'
-    def free_heap(self):
-        return 1
-try:
-    os.mkdir('/flash')
-except OSError:
-    pass
-board = B()
-def why(data):
-    f = open('/flash/config.json', 'w')
-    f.write(data if isinstance(data, str) else json.dumps(data))
-    f.close()
-    try:
-        C.load(board)
-        return 'ok'
-    except C.ConfigError as e:
-        return str(e)
-"""
+# the shared test board and a config checker, run in the VM (tests/firmware/_configdev.py)
+SETUP = Path(__file__).with_name("_configdev.py").read_text()
 
 GOOD = {"device_id": "nabd-240ac400002a", "key": "ab" * 32, "key_version": 1, "mqtt_password": "pw-12345678",
         "broker": "mqtts://gw.example:8883", "ca": "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n",

@@ -1,5 +1,5 @@
 """The connection number in device statuses (firmware/uplink.py ``conn``, firmware/seq.py) on the
-real MicroPython VM, against the in-memory peer (sim/hardware/loopback.py), which also keeps the
+real MicroPython VM, against the in-memory peer (hardware/sim/loopback.py), which also keeps the
 Last Will of each CONNECT: the will and the statuses of one connection carry the same ``conn``;
 every connection, also after a reboot or a power cut, carries a larger one than any before."""
 from __future__ import annotations
@@ -7,42 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# the minimal board the communication tests share (tests/firmware/_commsboard.py), run in the VM
-COMMS_BOARD = (Path(__file__).with_name("_commsboard.py")).read_text()
-
-SETUP = COMMS_BOARD + """
-import os, json
-from firmware import config as C, jws
-from firmware.log import Log
-from firmware.outbox import Outbox
-from firmware.seq import SeqCounter
-from firmware.uplink import Uplink
-from sim.hardware.loopback import Loopback
-cfg = None
-def boot():
-    # a (re)boot: RAM gone, the flash folder kept
-    global board, cfg, up, peer
-    board = CommsBoard('/flash', 1795430400, seed=0x2a)
-    cfg = C.create_identity(board, broker='mqtt://10.0.0.2:1883') if cfg is None else C.load(board)
-    peer = Loopback(cfg.key, cfg.kid)
-    board.network.stream_factory = peer.open
-    box = Outbox(board)
-    up = Uplink(board, cfg, box, SeqCounter(board, floor=box.max_seq), Log(board))
-def connect():
-    # one connection: up, then (after some time) an online status, then the link drops
-    up.step()
-    assert up.state == 'online', up.last_error
-    board.clock.sleep_ms(5000)
-    up.publish_status()
-    up.step()
-    peer.down = True
-    up.step()
-    peer.down = False
-    board.clock.sleep_ms(70000)
-def statuses(items):
-    return [json.loads(jws.verify(cfg.key, m, 'nabd-status+jws', kid=cfg.kid)) for t, m in items
-            if t.endswith('/status')]
-"""
+# the device's communication layer on the shared test board (tests/firmware/_uplinkdev.py)
+SETUP = Path(__file__).with_name("_uplinkdev.py").read_text()
 
 
 def _run(vm, code: str) -> list[dict]:
