@@ -367,26 +367,14 @@ def test_status_flags(vm):
 
 # --- allocation ----------------------------------------------------------------------------------
 
-ALLOC = """
+READS = """
+from tests.firmware._heap import locked
 def reads(k, ms):
     tot = 0
     for _ in range(k):
         c.sleep_ms(ms)
         tot += d.read_fifo()
     return tot
-reads(5, 50)
-tot = 0
-locked = None        # globals made before the lock: creating one may grow the module's dict
-gc.collect()
-a0 = gc.mem_alloc()
-micropython.heap_lock()
-try:
-    tot = reads({k}, {ms})
-    locked = 'ok'
-except MemoryError:
-    locked = 'allocated'
-micropython.heap_unlock()
-a1 = gc.mem_alloc()
 """
 
 
@@ -398,15 +386,16 @@ a1 = gc.mem_alloc()
 ])
 def test_read_fifo_allocates_nothing(vm, setup_code):
     setup(vm, configure="d.check(); d.reset(); " + setup_code)
-    vm.exec(ALLOC.format(k=300, ms=50))
-    assert vm.eval("locked") == "ok"
-    assert vm.eval("a1 - a0") == 0
-    assert vm.eval("tot") >= 300 * 4
+    vm.exec(READS + "reads(5, 50)")
+    tot, state, allocated = vm.eval("locked(lambda: reads(300, 50))")
+    assert (state, allocated) == ("ok", 0)
+    assert tot >= 300 * 4
 
 
 def test_read_fifo_allocates_nothing_on_the_full_and_empty_paths(vm):
     setup(vm)
     vm.exec("""
+from tests.firmware._heap import locked
 def full_reads(k):
     tot = 0
     for _ in range(k):
@@ -416,21 +405,10 @@ def full_reads(k):
         tot += d.read_fifo()          # at once: WR == RD, empty
     return tot
 full_reads(2)
-tot = 0
-locked = None
-gc.collect()
-a0 = gc.mem_alloc()
-micropython.heap_lock()
-try:
-    tot = full_reads(10)
-    locked = 'ok'
-except MemoryError:
-    locked = 'allocated'
-micropython.heap_unlock()
-a1 = gc.mem_alloc()
 """)
-    assert vm.eval("[locked, a1 - a0, m.lost]") == ["ok", 0, 0]
-    assert vm.eval("tot") >= 10 * 32
+    tot, state, allocated = vm.eval("locked(lambda: full_reads(10))")
+    assert [state, allocated, vm.eval("m.lost")] == ["ok", 0, 0]
+    assert tot >= 10 * 32
 
 
 # --- CPython -------------------------------------------------------------------------------------

@@ -127,8 +127,8 @@ def test_show_allocates_nothing(vm):
     """show() sends from preallocated buffers: proven with the heap locked (any allocation raises
     MemoryError). The bus here is a byte-counting sink so that only the driver's code runs."""
     vm.exec("""
-import micropython
 from firmware.drivers.ssd1306 import SSD1306
+from tests.firmware._heap import locked
 class Sink:
     def __init__(self): self.n = 0; self.writes = 0
     def writeto(self, addr, buf, stop=True): self.n += len(buf); self.writes += 1; return len(buf)
@@ -136,16 +136,13 @@ sink = Sink()
 d = SSD1306(sink)
 d.text('x', 0, 0)
 sink.n = 0; sink.writes = 0
-def frames(n):
+def frames():
+    n = 10
     while n:
         d.show()
         n -= 1
-micropython.heap_lock()
-try:
-    frames(10)
-finally:
-    micropython.heap_unlock()
 """)
+    assert vm.eval("locked(frames)") == [None, "ok", 0]
     assert vm.eval("[sink.n, sink.writes]") == [10 * (7 + 1025), 20]
 
 
