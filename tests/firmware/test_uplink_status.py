@@ -1,5 +1,5 @@
 """The connection number in device statuses (firmware/uplink.py ``conn``, firmware/seq.py) on the
-real MicroPython VM, against the in-memory peer (hardware/sim/loopback.py), which also keeps the
+real MicroPython VM, against the in-memory peer (sim/hardware/loopback.py), which also keeps the
 Last Will of each CONNECT: the will and the statuses of one connection carry the same ``conn``;
 every connection, also after a reboot or a power cut, carries a larger one than any before."""
 from __future__ import annotations
