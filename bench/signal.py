@@ -270,6 +270,8 @@ def synthetic_figures(jobs: list[dict]) -> tuple[dict, dict]:
         f[f"{key}_windows"] = len(lp)
         f[f"{key}_hr_mae_bpm"] = mae(*zip(*lh, strict=False)) if lh else None
         f[f"{key}_spo2_arms_pct"] = arms(*zip(*ls, strict=False)) if ls else None
+        qs = [r["q"] for r in lp if fin(r["hr"]) and r["q"] is not None]
+        f[f"{key}_q_median"] = float(np.median(qs)) if qs else None
     # gross errors: readings off by more than 15 bpm or 5 SpO2 points, every window with a finger
     f["gross_errors_synthetic"] = sum(
         1 for r in rows if (fin(r["hr"]) and fin(r["ref_hr"]) and abs(r["hr"] - r["ref_hr"]) > GROSS_HR_BPM)

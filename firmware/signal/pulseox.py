@@ -77,6 +77,8 @@ _EARLY2_MIN_Q8 = const(20480)  # a first reading from 2 intervals: slower than 7
 _AGREE2 = const(8)
 _SHIFT_OUT = const(2)
 _EARLY_N = const(5)
+_Q_PA_FULL = const(50)         # band-passed pulse (% of DC × 100) below which q is capped
+_Q_PA_OFFSET = const(20)       # at pa + 20: 40 at the 0.20 % floor, 70 at 0.5 %
 _IRR_PA_MIN = const(50)        # band-passed pulse, % of DC × 100, for an irregular rhythm's rate
 _NB = const(8)
 _RING = const(256)
@@ -450,6 +452,7 @@ class PulseOx:
                     w = SETTLING if m < _IRR_MIN else IRREGULAR_RHYTHM
                 elif self.irr and not self._pulses_confirmed(n):
                     w = IRREGULAR_RHYTHM
+        pa = -1
         if w == NONE:
             pa = self._median_beats(n, self.b_pa)
             if pa >= 0 and pa < PI_MIN_X100:
@@ -469,6 +472,10 @@ class PulseOx:
             q = 0
         if w == NONE and q < Q_MIN:
             w = MOTION
+        if w == NONE and 0 <= pa < _Q_PA_FULL and q > pa + _Q_PA_OFFSET:
+            # low perfusion: reported (the pulse is detectable) but q says so, 40 at the 0.20 %
+            # floor rising to 70 at 0.5 % (band-passed pulse, % of DC)
+            q = pa + _Q_PA_OFFSET
         if w != NONE:
             hr = -1
             spo2 = -1
