@@ -4,8 +4,8 @@ Peak/valley detection with hysteresis: while rising, follow the maximum; a peak 
 the signal has fallen ``hyst`` below it; while falling, follow the minimum; a valley is confirmed
 when the signal has risen ``hyst`` above it. ``hyst`` = 3/8 of the tracked beat amplitude (never
 below ``HYST_MIN``): large enough to ignore the dicrotic notch and noise, small enough to follow
-a halving of the amplitude from one beat to the next. With no peak for 1.5 s the tracked amplitude
-decays (halves every ~0.5 s) so that the detector finds a pulse that became much weaker.
+a halving of the amplitude from one beat to the next. With no peak for 1.5 s (or 1.5 beats of a slower pulse) the
+tracked amplitude decays (halves every ~0.4 s) so that the detector finds a pulse that became much weaker.
 
 The beat's time is where the upstroke crosses 50 % of its valley-to-peak rise, linearly
 interpolated between samples (Q8 = 1/256 sample): the steepest, least noise-sensitive point of
@@ -33,6 +33,7 @@ _RING = const(256)
 _RMASK = const(255)
 _RANGE_N = const(128)          # samples over which settled() measures the pulse's range
 _DECAY_AFTER = const(150)      # samples without a peak before the amplitude estimate decays
+_DECAY_MAX = const(320)        # ... or 1.5 beat intervals, at most 3.2 s
 _DECAY_SHIFT = const(2)        # by 1/4 every 16 samples (halves in ~0.4 s)
 _TMASK = const(0x3FFFFFFF)
 
@@ -54,6 +55,7 @@ class BeatDetector:
         self.slope = 0
         self.hyst = HYST_MIN
         self.since = 0
+        self.wait = _DECAY_AFTER
         self.t_q8 = 0
         self.amp = 0
         self.peak = 0
@@ -98,7 +100,7 @@ class BeatDetector:
         self.buf[n & _RMASK] = y
         s = self.since + 1
         self.since = s
-        if s > _DECAY_AFTER and not (s & 15):
+        if s > self.wait and not (s & 15):
             a = self.amp_est
             a -= a >> _DECAY_SHIFT
             self.amp_est = a
@@ -145,6 +147,10 @@ class BeatDetector:
         self.amp_est = a
         h = (a * 3) >> 3
         self.hyst = h if h > HYST_MIN else HYST_MIN
+        # the decay waits 1.5 s, or 1.5 beats of a slower pulse (at 30–40 bpm a beat takes 1.5–2 s:
+        # decaying within it would let the diastolic wave pass for a beat)
+        w = self.since + (self.since >> 1)
+        self.wait = w if _DECAY_AFTER < w < _DECAY_MAX else _DECAY_AFTER if w <= _DECAY_AFTER else _DECAY_MAX
         self.since = 0
         # 50 % crossing of the upstroke, searched backwards from the peak
         buf = self.buf

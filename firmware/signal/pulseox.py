@@ -56,7 +56,7 @@ CLIP_LO = const(0)
 FLAT_RUN = const(12)           # both channels stuck for 12 samples: saturated/frozen ADC
 AMBIENT_DC = const(229376)     # both DCs above 7/8 full scale and within 1/16 of each other
 AMBIENT_DIFF = const(16384)
-PI_MIN_X100 = const(20)        # 0.20 %: below, withheld (low perfusion)
+PI_MIN_X100 = const(20)        # 0.20 % (band-passed pulse): below, withheld (low perfusion)
 Q_MIN = const(40)
 STALE_MS = const(30000)
 
@@ -77,6 +77,9 @@ _EARLY2_MIN_Q8 = const(20480)  # a first reading from 2 intervals: slower than 7
 _AGREE2 = const(8)
 _SHIFT_OUT = const(2)
 _EARLY_N = const(5)
+_SPO2_MIN_BEATS = const(3)     # beats with an R in the last 5 s for an SpO2
+_SPO2_PA_FULL = const(30)      # band-passed pulse (% of DC × 100) below which SpO2 needs
+_SPO2_LOW_DISP = const(10)     # R within 10 % (mean abs. deviation) over the last 8 beats
 _Q_PA_FULL = const(50)         # band-passed pulse (% of DC × 100) below which q is capped
 _Q_PA_OFFSET = const(20)       # at pa + 20: 40 at the 0.20 % floor, 70 at 0.5 %
 _IRR_PA_MIN = const(50)        # band-passed pulse, % of DC × 100, for an irregular rhythm's rate
@@ -130,6 +133,7 @@ class PulseOx:
         self.last_red = -1
         self.flat = 0
         self.hr_q = 0
+        self.mb_cnt = 0
         self.irr = 0
         self.iv_old = 0
         self.k_q8 = 0           # red/IR pulse amplitude ratio (counts), × 256
@@ -461,7 +465,12 @@ class PulseOx:
                 pi = self._median_beats(n, self.b_pi)
         if w == NONE and self.red_mode:
             rq = self._median_beats(n, self.b_r)
-            if rq > 0:
+            if rq > 0 and self.mb_cnt >= _SPO2_MIN_BEATS and (
+                    pa >= _SPO2_PA_FULL or self._disp_beats(n, self.b_r, rq, _TMASK) <= _SPO2_LOW_DISP):
+                # (near the floor a few consistent beats can be noise that happens to agree: the
+                # last 8 beats must agree, not only those of the last 5 s)
+                # (the median of one or two beats is one beat's R: one motion beat that came
+                # before the motion test fired would be read as the SpO2)
                 spo2 = self.cal.spo2_x10(rq)
                 # consistency of R between beats lowers the quality
                 disp = self._disp_beats(n, self.b_r, rq)
@@ -558,7 +567,7 @@ class PulseOx:
             return -1                     # two intervals only: slow rates, agreeing within 12 %
         # the means with and without the rhythm's outliers (× k × k_r: no division), ≤ 5 % apart
         d = (tot_r >> 4) * k - (tot >> 4) * k_r
-        if (m - k) * 3 <= m and cv <= 80 and k >= 2 and (m >= _EARLY_N or k == m or (k == m - 1 and not -tol <= self.iv_old - med <= tol)) \
+        if (m - k) * 3 <= m and cv <= 80 and k >= 2 and (m >= _EARLY_N or self._early_ok(m, k, med, tol, hi)) \
                 and (m - k < _SHIFT_OUT or -((tot >> 4) * k_r) <= d * 20 <= (tot >> 4) * k_r):
             return (_HR_NUM * k + (tot >> 1)) // tot     # rounded (a floor reads 0.05 bpm low)
         # irregular: the scatter is physiology, not noise (q lowered at most as the regular
@@ -567,11 +576,41 @@ class PulseOx:
             self.hr_q = 73
         if m < _IRR_MIN or (m - k_r) * 8 > m:
             return -1
-        self.irr = 1
+        # lost beats at a steady rate make two groups, one twice the other (the median falls
+        # between them): intervals near twice the lower quartile are not a rhythm
+        q1 = s1[m >> 2]
+        d2 = 0
+        for i in range(m):
+            v = s1[i] - (q1 << 1)
+            if -(q1 >> 2) < v < (q1 >> 2):
+                d2 += 1
+        if d2 * 8 > m:
+            return -1
         tot = 0
         for i in range(m):
             tot += s1[i]
+        self.irr = 1
         return (_HR_NUM * m + (tot >> 1)) // tot
+
+    def _early_ok(self, m, k, med, tol, hi):
+        """With fewer than ``_EARLY_N`` intervals (sorted in ``s1``), a rate only from intervals
+        within 1/8 of each other, leaving out at most the oldest, when the landing cut it short
+        or a beat was lost: in an irregular rhythm a few intervals are no estimate of the mean
+        rate, and an outlier among them may be the rhythm rather than a lost beat."""
+        s1 = self.s1
+        a = 0
+        b = m - 1
+        if k == m - 1:
+            o = self.iv_old
+            if not (o < med - tol or o > hi):
+                return False
+            if o == s1[0]:
+                a = 1
+            else:
+                b = m - 2
+        elif k != m:
+            return False
+        return (s1[b] - s1[a]) * 8 <= med
 
     def _pulses_confirmed(self, n):
         """Irregular intervals are a rhythm, not motion or missed beats, only when the beats are
@@ -595,18 +634,20 @@ class PulseOx:
             if n - bn[i] <= _SPO2_WIN_N and arr[i] >= 0:
                 s2[m] = arr[i]
                 m += 1
+        self.mb_cnt = m
         if m == 0:
             return -1
         stats.sort(s2, m)
         return stats.median_sorted(s2, m)
 
-    def _disp_beats(self, n, arr, med):
-        """Mean absolute deviation of ``arr`` from ``med`` over the last 5 s, % of ``med``."""
+    def _disp_beats(self, n, arr, med, win=_SPO2_WIN_N):
+        """Mean absolute deviation of ``arr`` from ``med`` over the last ``win`` samples, % of
+        ``med``."""
         bn = self.b_n
         tot = 0
         m = 0
         for i in range(self.b_cnt):
-            if n - bn[i] <= _SPO2_WIN_N and arr[i] >= 0:
+            if n - bn[i] <= win and arr[i] >= 0:
                 d = arr[i] - med
                 tot += d if d >= 0 else -d
                 m += 1
