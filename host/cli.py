@@ -29,6 +29,7 @@ from nabd_cli import main as _main
 # One line per command, in the order --help lists them.
 _COMMANDS = {
     "ports": "host.commands.ports",
+    "flash": "host.commands.flash",
     "info": "host.commands.info",
     "provision": "host.commands.provision",
     "calibrate": "host.commands.calibrate",
@@ -39,7 +40,7 @@ _COMMANDS = {
     "demo": "host.commands.demo",
 }
 
-DESCRIPTION = ("nabd device tools: list ports, provision and calibrate a device, read its state, monitor it, "
+DESCRIPTION = ("nabd device tools: list ports, flash, provision and calibrate a device, read its state, monitor it, "
                "test the sensors, analyse recordings, run the virtual device and the demo.")
 
 

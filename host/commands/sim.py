@@ -320,6 +320,10 @@ def register(subparsers) -> None:
 
     add_device_parser(sub)
 
+    from sim.bootloader import add_parser as add_bootloader_parser
+
+    add_bootloader_parser(sub)
+
     def no_sub(args) -> int:
         p.print_help()
         return EXIT_USAGE
