@@ -14,6 +14,12 @@ to last commit for the gateway, polled in its database), (4) its session is dele
 - ``scale_2_workers``: two gateway processes sharing the subscription (PostgreSQL: two SQLite writers
   would serialise on the file lock) ÷ ``postgres_ingest_per_s``;
 - ``p99_latency_ms``: publish -> signed ack received (sent after the commit), steady 1,000 readings/s.
+- ``ack_p99_ms_under_slow_clients``: the same latency (200 readings/s for 5 s) from a gateway
+  serving its API, while ``SLOW_CLIENTS`` (1,000) connections hold half-sent requests against the
+  API (tests/support/slow_clients.py, in a process of its own, reconnecting when dropped);
+  ``healthz_max_ms_under_slow_clients``: the slowest ``/healthz`` polled meanwhile (every 0.2 s);
+  ``half_sent_requests_held_after_15s``: of 1,000 half-sent requests (not reopened when closed),
+  how many connections the API still holds 15 s later.
 """
 from __future__ import annotations
 
@@ -42,6 +48,8 @@ REPO = Path(__file__).resolve().parent.parent
 N = int(os.environ.get("NABD_BENCH_N", "10000"))
 REPEAT = int(os.environ.get("NABD_BENCH_REPEAT", "5"))
 DEVICES = 200
+SLOW_CLIENTS = 1000
+SLOW_LIFETIME_S = 5.0     # each slow connection is dropped and reopened after ~5 s: ~200 new connections/s
 UTC = dt.timezone.utc
 
 
@@ -188,6 +196,14 @@ def _drain_gateway(url: str, cfg_path: Path, db_url: str, msgs, workers: int = 1
     return (len(msgs) - n_first) / (t_last - t_first)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _latency(url: str, cfg_path: Path, devs: list[SimDevice], rate: int = 1000, seconds: float = 5.0) -> float:
     sent: dict[tuple[str, int], float] = {}
     lat: list[float] = []
@@ -241,6 +257,59 @@ def _latency(url: str, cfg_path: Path, devs: list[SimDevice], rate: int = 1000, 
     return lat[int(0.99 * (len(lat) - 1))] * 1000.0
 
 
+def _under_slow_clients(url: str, cfg_path: Path, devs: list[SimDevice], port: int) -> dict:
+    import urllib.request
+
+    from tests.support.slow_clients import SlowClientsProcess, ack_latencies
+
+    api = f"http://127.0.0.1:{port}"
+    health: list[tuple[bool, float]] = []
+    stop = threading.Event()
+
+    def healthz(timeout: float) -> tuple[bool, float]:
+        t0 = time.monotonic()
+        try:
+            with urllib.request.urlopen(api + "/healthz", timeout=timeout) as r:
+                r.read()
+                return r.status == 200, time.monotonic() - t0
+        except OSError:
+            return False, time.monotonic() - t0
+
+    def poll():
+        while not stop.is_set():
+            health.append(healthz(30))
+            stop.wait(0.2)
+
+    gw = GatewayProcess(cfg_path, client_id="bench-gw-slow", api=True).start()
+    try:
+        end = time.monotonic() + 30
+        while not healthz(5)[0] and time.monotonic() < end:
+            time.sleep(0.1)
+        from tests.support.slow_clients import SlowClients
+
+        with SlowClients("127.0.0.1", port, SLOW_CLIENTS, reconnect=False) as held:
+            end = time.monotonic() + 30
+            while held.connects + held.refused < SLOW_CLIENTS and time.monotonic() < end:
+                time.sleep(0.05)
+            time.sleep(15)
+            still_held = held.open
+        with SlowClientsProcess("127.0.0.1", port, SLOW_CLIENTS, lifetime_s=SLOW_LIFETIME_S):
+            poller = threading.Thread(target=poll, daemon=True)
+            poller.start()
+            try:
+                lat = ack_latencies(url, devs, rate=200, seconds=5, settle_s=120)
+            finally:
+                stop.set()
+                poller.join(timeout=60)
+    finally:
+        gw.terminate()
+        _drop_session(url, "bench-gw-slow")
+    return {"ack_p99_ms_under_slow_clients": round(lat[int(0.99 * (len(lat) - 1))] * 1000.0, 1),
+            "healthz_max_ms_under_slow_clients": round(max(t for _, t in health) * 1000.0, 1),
+            "healthz_failed_under_slow_clients": sum(not ok for ok, _ in health),
+            "half_sent_requests_held_after_15s": still_held, "slow_clients": SLOW_CLIENTS}
+
+
 def _pg_database() -> tuple[str, str, str]:
     import psycopg
 
@@ -266,13 +335,13 @@ def run(outdir) -> dict:
     msgs = _messages(devs, N)
     pg: list[tuple[str, str]] = []
 
-    def setup(name: str, kind: str) -> tuple[Path, str]:
+    def setup(name: str, kind: str, **kw) -> tuple[Path, str]:
         if kind == "sqlite":
             url = f"sqlite:///{tmp / name}.db"
         else:
             base, dbname, url = _pg_database()
             pg.append((base, dbname))
-        cfg = write_config(tmp / name, broker.url, url)
+        cfg = write_config(tmp / name, broker.url, url, **kw)
         register(cfg, devs)
         return cfg, url
 
@@ -298,6 +367,9 @@ def run(outdir) -> dict:
         out["scale_2_workers"] = round(two / out["postgres_ingest_per_s"], 2)
         cfg, url = setup("gw-lat", "sqlite")
         out["p99_latency_ms"] = round(_latency(broker.url, cfg, devs), 1)
+        port = _free_port()
+        cfg, url = setup("gw-slow", "sqlite", api={"listen": f"127.0.0.1:{port}"})
+        out.update(_under_slow_clients(broker.url, cfg, devs, port))
         out["ingest_over_raw"] = round(out["ingest_per_s"] / out["raw_drain_per_s"], 2)
         out["ingest_over_naive"] = round(out["ingest_per_s"] / out["naive_per_s"], 2)
     finally:

@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -76,7 +77,8 @@ class Site:
         self.mqtt_port = _free_port()
         self.api_port = _free_port()
         self.broker_url = f"mqtt://127.0.0.1:{self.mqtt_port}"
-        self.api = f"http://127.0.0.1:{self.api_port}"
+        self.api = f"https://127.0.0.1:{self.api_port}"   # HTTPS with a local CA (init --local-tls)
+        self.ca_file = self.dir / "gateway" / "api-ca.crt"
         self.gw_config = self.dir / "gateway" / "gateway.toml"
         self.device_state = self.dir / "device"
         self.token = ""
@@ -95,7 +97,8 @@ class Site:
         out = _run(_tool("nabd-gateway") + ["init", "--config", str(self.gw_config),
                                            "--db", f"sqlite:///{self.dir / 'gateway' / 'records.db'}",
                                            "--broker", self.broker_url,
-                                           "--listen", f"127.0.0.1:{self.api_port}", "--json"]).stdout
+                                           "--listen", f"127.0.0.1:{self.api_port}",
+                                           "--local-tls", "127.0.0.1,localhost", "--json"]).stdout
         self.token = json.loads(out)["admin_token"]
         gw_pass = secrets.token_urlsafe(24)
         pw_file = self.dir / "gateway" / "broker.password"
@@ -168,12 +171,16 @@ class Site:
                                            env={**os.environ, "PYTHONUNBUFFERED": "1"}))
         f.close()
 
+    def tls(self) -> ssl.SSLContext:
+        """A client context trusting the site's API certificate (and nothing else)."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
     def _healthy(self) -> bool:
         for p in self.procs:
             if p.poll() is not None:
                 raise SiteError(f"{p.args[0]} exited {p.returncode}; see the logs under {self.dir}")
         try:
-            with urllib.request.urlopen(self.api + "/healthz", timeout=1) as r:
+            with urllib.request.urlopen(self.api + "/healthz", timeout=1, context=self.tls()) as r:
                 return r.status == 200
         except OSError:
             return False
@@ -213,7 +220,7 @@ class Site:
     def get(self, path: str, accept: str = "application/fhir+json") -> dict | str:
         req = urllib.request.Request(self.api + path, headers={"Authorization": f"Bearer {self.token}",
                                                                "Accept": accept})
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10, context=self.tls()) as r:
             body = r.read().decode()
         return json.loads(body) if "json" in accept else body
 

@@ -1,4 +1,5 @@
-"""``nabd-gateway init --config FILE [--db URL] [--broker URL] [--listen HOST:PORT] [--json] [--force]``
+"""``nabd-gateway init --config FILE [--db URL] [--broker URL] [--listen HOST:PORT] [--local-tls HOST,...]
+[--json] [--force]``
 
 Writes a commented configuration with fresh secrets:
 - the admin (API) token: 32 random bytes, URL-safe; only its SHA-256 goes in the file, the token
@@ -6,6 +7,9 @@ Writes a commented configuration with fresh secrets:
 - the key-encryption key (KEK) that encrypts device keys at rest: 32 random bytes in hex, in a
   separate file ``<config>.kek`` created with 0600 permissions and referenced from the config
   (``NABD_KEK`` in the environment overrides it: keep the KEK off the disk where you can).
+- with ``--local-tls``, the API's TLS certificate for those host names/addresses, signed by a
+  one-off local CA (gateway/web/tls.py): ``api.crt``, ``api.key`` (0600) and ``api-ca.crt`` (what
+  clients trust) beside the configuration, which then serves HTTPS.
 Refuses to overwrite an existing configuration (or KEK file) unless ``--force``: a new KEK makes
 every stored device key unreadable.
 """
@@ -49,10 +53,21 @@ receive_maximum = 4096 # MQTT 5: unacknowledged messages the broker may send us 
 future_skew_s = 300    # readings further in the future than this (synced clock) are rejected
 
 [api]
+# A non-loopback address needs TLS (tls_cert + tls_key) or allow_plaintext = true (behind a TLS proxy).
 listen = "{listen}"
 # SHA-256 (hex) of the admin bearer token printed by `init`.
 token_sha256 = "{token_sha256}"
 metrics_open = false
+# Base of the links the API returns (Bundle.link, fullUrl); never taken from the Host header.
+# Empty: the listen address. Required when listening on every interface.
+public_url = ""
+tls_cert = "{tls_cert}"
+tls_key = "{tls_key}"
+allow_plaintext = false
+max_connections = 256   # past it a new connection evicts the slowest-to-send one
+header_timeout_s = 10.0 # a request must arrive whole within this
+keepalive_s = 5.0       # idle kept-alive connections are closed after this
+backlog = 1024
 
 [fhir_forward]
 # A national FHIR R4 server receiving transaction Bundles (retried until accepted).
@@ -98,9 +113,13 @@ def run(args) -> int:
                                "makes the stored device keys unreadable)", EXIT_USAGE)
     token = secrets.token_urlsafe(32)
     db = args.db or f"sqlite:///{cfg_path.stem}.db"
+    hosts = [h.strip() for h in (args.local_tls or "").split(",") if h.strip()]
+    if args.local_tls is not None and not hosts:
+        raise CommandError("--local-tls needs host names or addresses, e.g. 127.0.0.1,localhost", EXIT_USAGE)
     text = TEMPLATE.format(broker=args.broker, client_id=f"nabd-gateway-{secrets.token_hex(4)}", db=db,
                            listen=args.listen, token_sha256=hashlib.sha256(token.encode()).hexdigest(),
-                           kek_file=kek_path.name)
+                           kek_file=kek_path.name, tls_cert="api.crt" if hosts else "",
+                           tls_key="api.key" if hosts else "")
     import tomllib
 
     try:
@@ -110,10 +129,17 @@ def run(args) -> int:
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
     _write_private(kek_path, secrets.token_hex(32) + "\n", args.force)
     _write_private(cfg_path, text, args.force)
+    out = {"admin_token": token, "config": str(cfg_path), "kek_file": str(kek_path)}
+    if hosts:
+        from gateway.web.tls import make_local_tls
+
+        out["tls_ca"] = str(make_local_tls(cfg_path.parent, hosts)["ca"])
     if args.json:
-        emit_json({"admin_token": token, "config": str(cfg_path), "kek_file": str(kek_path)})
+        emit_json(out)
     else:
         print(f"wrote {cfg_path} and {kek_path} (0600)")
+        if hosts:
+            print(f"API TLS certificate for {', '.join(hosts)}; clients trust {out['tls_ca']}")
         print("admin token (shown once, store it safely):", file=sys.stderr)
         print(token)
     return 0
@@ -125,6 +151,9 @@ def register(sub) -> None:
     p.add_argument("--db", default=None, help="database URL (default sqlite:///<config name>.db beside it)")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL mqtt[s]://host:port")
     p.add_argument("--listen", default="127.0.0.1:8080", help="API listen address HOST:PORT")
+    p.add_argument("--local-tls", metavar="HOST,...", default=None,
+                   help="serve the API over HTTPS with a certificate for these names/addresses from a one-off "
+                        "local CA (api.crt, api.key, api-ca.crt beside the configuration)")
     p.add_argument("--force", action="store_true", help="overwrite an existing configuration and KEK")
     add_json(p)
     p.set_defaults(func=run)

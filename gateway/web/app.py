@@ -30,6 +30,7 @@ class Settings:
     metrics_open: bool = False
     suppress_below: int = observatory.DEFAULT_SUPPRESS_BELOW
     max_inflight: int = 64         # requests being handled at once; past it: 503
+    tls: bool = False              # served over HTTPS: responses carry Strict-Transport-Security
 
 
 def settings_from_config(config: Any, public_url: str) -> Settings:
@@ -37,15 +38,20 @@ def settings_from_config(config: Any, public_url: str) -> Settings:
                     token_sha256=rs.cfg(config, "api", "token_sha256") or None,
                     metrics_open=bool(rs.cfg(config, "api", "metrics_open", False)),
                     suppress_below=int(rs.cfg(config, "observatory", "suppress_below",
-                                              observatory.DEFAULT_SUPPRESS_BELOW)))
+                                              observatory.DEFAULT_SUPPRESS_BELOW)),
+                    tls=bool(rs.cfg(config, "api", "tls_cert", "")))
 
 
 class Guard:
     """Outermost middleware: bounded requests in flight (503 past ``max_inflight``), bounded query
     strings (414), and the headers every response carries."""
 
-    def __init__(self, app: ASGIApp, max_inflight: int):
+    def __init__(self, app: ASGIApp, max_inflight: int, tls: bool):
         self.app, self.max_inflight, self.inflight = app, max_inflight, 0
+        self.extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                      (b"x-frame-options", b"DENY")]
+        if tls:
+            self.extra.append((b"strict-transport-security", b"max-age=31536000"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,10 +65,7 @@ class Guard:
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-                            (b"x-frame-options", b"DENY")]
-                message = {**message, "headers": headers}
+                message = {**message, "headers": [*message.get("headers", []), *self.extra]}
             await send(message)
 
         self.inflight += 1
@@ -87,7 +90,7 @@ def build_app(settings: Settings, db, metrics: Callable[[], str], config: Any = 
                    Route("/", lambda request: RedirectResponse("/console/", status_code=303), methods=["GET"])]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(Guard, max_inflight=settings.max_inflight)],
+        middleware=[Middleware(Guard, max_inflight=settings.max_inflight, tls=settings.tls)],
         exception_handlers={errors.ApiError: errors.api_error, HTTPException: errors.http_error,
                             Exception: errors.server_error},
         max_body_size=MAX_BODY,

@@ -14,8 +14,9 @@ Limits (``[api]``, docs/operations.md "API"):
   connections: a client sending half a request line would otherwise hold its connection forever);
 - ``keepalive_s``: idle keep-alive connections are closed after it;
 - ``max_connections``: open connections at most; past it a new connection evicts the one that
-  has waited longest for its request (a slow client, never a request being answered), so
-  half-sent requests cannot lock out quick ones;
+  has waited longest for its request among those of the client address holding the most
+  connections: a slow client, never a request being answered, so half-sent requests from one
+  address cannot lock out another's quick ones;
 - requests being handled at once are bounded by ``app.Guard`` (503 past it) and the worker threads;
 - request heads at most 32 KiB (h11), query strings 8 KiB, bodies 64 KiB;
 - ``backlog``: the listen(2) queue;
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter, OrderedDict, defaultdict
 from typing import Any, Callable
 
 import h11
@@ -57,22 +59,33 @@ class Counters:
 
 def guarded_protocol(header_timeout: float, max_connections: int) -> type:
     """An H11Protocol subclass with a request deadline and a connection cap (see the module doc)."""
+    # Per client address: its open connections, and those waiting for a request, oldest first
+    # (arming moves one to the end). Past the cap, the victim is the longest-waiting connection of
+    # the address holding the most connections: a slow client flooding from one address evicts
+    # its own connections, never the one request another client is sending, even when a burst of
+    # accepts comes in before any of their requests is read.
+    waiting: dict[str, OrderedDict] = defaultdict(OrderedDict)
+    open_by: Counter = Counter()
 
     class GuardedH11(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
-        waiting_since: float | None = None
+        _addr: str = ""
 
         def connection_made(self, transport):  # type: ignore[override]
             super().connection_made(transport)
+            self._addr = self.client[0] if self.client else ""
+            open_by[self._addr] += 1
             self._arm()
             if len(self.connections) > max_connections:
-                waiting = [c for c in self.connections if getattr(c, "waiting_since", None) is not None]
-                victim = min(waiting, key=lambda c: c.waiting_since) if waiting else self
                 Counters.evicted += 1
-                victim._drop()
+                candidates = [a for a in waiting if waiting[a]]
+                if not candidates:
+                    return self._drop()
+                top = max(candidates, key=open_by.__getitem__)
+                next(iter(waiting[top]))._drop()
 
         def connection_lost(self, exc):
-            self._disarm()
+            self._forget()
             super().connection_lost(exc)
 
         def handle_events(self) -> None:
@@ -87,23 +100,37 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type:
 
         def _arm(self) -> None:
             self._disarm()
-            self.waiting_since = self.loop.time()
+            waiting[self._addr][self] = None
             self._deadline = self.loop.call_later(header_timeout, self._timed_out)
 
         def _disarm(self) -> None:
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
-            self.waiting_since = None
+            w = waiting.get(self._addr)
+            if w is not None:
+                w.pop(self, None)
+                if not w:
+                    del waiting[self._addr]
+
+        def _forget(self) -> None:
+            self._disarm()
+            if self._addr in open_by:
+                open_by[self._addr] -= 1
+                if open_by[self._addr] <= 0:
+                    del open_by[self._addr]
+                self._addr = "\0gone"        # counted down once
 
         def _timed_out(self) -> None:
             self._deadline = None
             if self.conn.their_state not in _REQUEST_DONE:
                 Counters.timed_out += 1
                 self._drop()
+            else:
+                self._disarm()
 
         def _drop(self) -> None:
-            self._disarm()
+            self._forget()
             self.connections.discard(self)
             if not self.transport.is_closing():
                 self.transport.abort()   # no lingering: the client gets a reset

@@ -19,7 +19,8 @@ from gateway.db import Database
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write_config(folder: Path, broker_url: str, db_url: str, *, forward_url: str = "", **ingest) -> Path:
+def write_config(folder: Path, broker_url: str, db_url: str, *, forward_url: str = "", api: dict | None = None,
+                 **ingest) -> Path:
     """A configuration (and its 0600 KEK file) in ``folder``; returns the config path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -30,7 +31,7 @@ def write_config(folder: Path, broker_url: str, db_url: str, *, forward_url: str
         "broker": {"url": broker_url, "client_id": "nabd-gateway-test", "session_expiry_s": 3600},
         "database": {"url": db_url},
         "ingest": {"batch_max": 1024, "batch_ms": 5, "queue_max": 4096, "receive_maximum": 4096, **ingest},
-        "api": {"listen": "127.0.0.1:0"},
+        "api": {"listen": "127.0.0.1:0", **(api or {})},
         "security": {"kek_file": str(kek)},
     }
     if forward_url:
@@ -53,8 +54,10 @@ def register(config_path: Path, devices) -> None:
 class GatewayProcess:
     """``nabd-gateway serve`` in a subprocess; its log is collected in ``.log``."""
 
-    def __init__(self, config_path: Path, client_id: str = "nabd-gateway-test", extra: tuple[str, ...] = ()):
+    def __init__(self, config_path: Path, client_id: str = "nabd-gateway-test", extra: tuple[str, ...] = (),
+                 api: bool = False):
         self.config_path = Path(config_path)
+        self.api = api          # also serve the HTTP API (its own process; [api] listen)
         self.client_id = client_id
         self.extra = extra
         self.proc: subprocess.Popen | None = None
@@ -65,8 +68,8 @@ class GatewayProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.log = ""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path), "--no-api",
-             "--client-id", self.client_id, *self.extra],
+            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path),
+             *(() if self.api else ("--no-api",)), "--client-id", self.client_id, *self.extra],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
