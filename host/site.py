@@ -244,7 +244,8 @@ class Site:
         import urllib.parse
 
         jar = http.cookiejar.CookieJar()
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar),
+                                             urllib.request.HTTPSHandler(context=self.tls()))
         with opener.open(self.api + "/console/login", timeout=10) as r:
             csrf = re.search(r'name="csrf" value="([^"]+)"', r.read().decode()).group(1)
         body = urllib.parse.urlencode({"csrf": csrf, "username": user, "password": password}).encode()

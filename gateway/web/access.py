@@ -48,6 +48,12 @@ def record_target(request: Request) -> str:
     return path
 
 
+def _printable(text: str, n: int = 500) -> str:
+    """Client text bound for the audit log: bounded, control characters (NUL, which PostgreSQL
+    refuses in text, and terminal escapes) replaced."""
+    return "".join(c if c.isprintable() else "?" for c in text[:n])
+
+
 def check(request: Request, permission: str) -> auth.Principal:
     """The principal, when its role has ``permission``. Every access to patients' records
     (``records.read``) and every refusal of a known principal is written to the audit log."""
@@ -55,12 +61,12 @@ def check(request: Request, permission: str) -> auth.Principal:
     if p is None:
         raise ApiError(401, "login", "bearer token required", {"WWW-Authenticate": 'Bearer realm="nabd"'})
     db = request.app.state.db
-    what = (request.method + " " + request.url.path + ("?" + request.url.query if request.url.query else ""))[:500]
+    what = _printable(request.method + " " + request.url.path + ("?" + request.url.query if request.url.query else ""))
     if not p.can(permission):
-        auth.audit_access(db, p, "auth.denied", request.url.path[:200], f"{what} needs {permission}")
+        auth.audit_access(db, p, "auth.denied", _printable(request.url.path, 200), f"{what} needs {permission}")
         raise ApiError(403, "forbidden", f"role {p.role} may not use this ({permission})")
     if permission == "records.read":
-        auth.audit_access(db, p, "records.read", record_target(request)[:200], what)
+        auth.audit_access(db, p, "records.read", _printable(record_target(request), 200), what)
     request.state.principal = p
     return p
 

@@ -175,6 +175,7 @@ def run_site_demo(out_dir: Path = DEFAULT_OUT, readings: int = 2, scenario: str 
         s.setup()
         s.start()
         say(f"   broker {s.broker_url} (no anonymous access), gateway API {s.api}, device {s.device_id}")
+        say(f"   the API speaks HTTPS; its certificate is signed by the site's one-off CA {s.ca_file}")
         say(f"3. the device measures {readings} patient(s) and publishes; the gateway acknowledges each")
         first = s.measure(1, scenario=scenario)
         say(f"   first reading: seq {first['seqs']} acknowledged: {first['ok']}")
@@ -207,7 +208,8 @@ def run_site_demo(out_dir: Path = DEFAULT_OUT, readings: int = 2, scenario: str 
                 f"{r['devices_registered']}, active {r['devices_active']}, firmware {r['firmware']}"
                 + (" [suppressed]" if r.get("suppressed") else ""))
         if keep:   # an interactive `make demo`: leave the console up until the user is done with it
-            input(f"   the site keeps running: open {s.console} (Enter stops it) ")
+            input(f"   the site keeps running: open {s.console} (the browser asks about the site's own "
+                  f"certificate: accept it, or import {s.ca_file}) (Enter stops it) ")
     shot = sim.screenshot(scenario, out_dir / "screen.png", at="result")
     say("8. the device's result screen (" + shot["out"] + "):")
     say(shot["ascii"])

@@ -85,11 +85,16 @@ def browser(site):
 @pytest.fixture(scope="module")
 def clinician(browser, site):
     """A tablet-sized page logged in as the clinician."""
-    ctx = browser.new_context(viewport={"width": 820, "height": 1180}, locale="fr-FR")
+    ctx = browser.new_context(viewport={"width": 820, "height": 1180}, locale="fr-FR", **HTTPS)
     page = ctx.new_page()
     _login(page, site, "amina")
     yield page
     ctx.close()
+
+
+# The site's API speaks HTTPS with a certificate from its one-off local CA (nabd-gateway init
+# --local-tls); Chromium takes no CA file, so the browser contexts accept that certificate.
+HTTPS = {"ignore_https_errors": True}
 
 
 def _console(site) -> str:
@@ -112,7 +117,7 @@ def shot(page, name: str) -> None:
 def _api(site, path: str, token: str) -> int:
     req = urllib.request.Request(site.api + path, headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10, context=site.tls()) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -225,7 +230,7 @@ def test_forged_admin_post_and_missing_csrf_are_refused_and_audited(clinician, s
 
 
 def test_wrong_passwords_are_rate_limited(browser, site):
-    ctx = browser.new_context(viewport={"width": 1024, "height": 768})
+    ctx = browser.new_context(viewport={"width": 1024, "height": 768}, **HTTPS)
     page = ctx.new_page()
     statuses = []
     for i in range(6):
@@ -247,7 +252,7 @@ def test_wrong_passwords_are_rate_limited(browser, site):
 def test_expired_session_goes_back_to_login(browser, site):
     import sqlite3
 
-    ctx = browser.new_context()
+    ctx = browser.new_context(**HTTPS)
     page = _login(ctx.new_page(), site, "amina")
     assert page.url.endswith("/console/patients")
     with sqlite3.connect(site.dir / "gateway" / "records.db") as c:   # a session idle past its expiry
@@ -259,7 +264,7 @@ def test_expired_session_goes_back_to_login(browser, site):
 
 
 def test_admin_pages(browser, site):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, **HTTPS)
     page = _login(ctx.new_page(), site, "root")
     assert page.url.endswith("/console/admin/devices")
     row = page.locator(f"tr[data-device='{site.device_id}']")
@@ -291,7 +296,7 @@ def test_admin_pages(browser, site):
 
 
 def test_observatory_user_sees_counts_only(browser, site):
-    ctx = browser.new_context()
+    ctx = browser.new_context(**HTTPS)
     page = _login(ctx.new_page(), site, "obs")
     assert page.url.endswith("/console/observatory")
     assert page.goto(f"{_console(site)}/patients/{PATIENT}").status == 403
