@@ -1,4 +1,4 @@
-"""``nabd-gateway init --config FILE [--db URL] [--broker URL] [--listen HOST:PORT] [--local-tls HOST,...]
+"""``nabd-gateway init --config FILE [--db URL] [--broker URL] [--listen HOST:PORT] [--local-tls HOSTS]
 [--json] [--force]``
 
 Writes a commented configuration with fresh secrets:
@@ -151,9 +151,9 @@ def register(sub) -> None:
     p.add_argument("--db", default=None, help="database URL (default sqlite:///<config name>.db beside it)")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL mqtt[s]://host:port")
     p.add_argument("--listen", default="127.0.0.1:8080", help="API listen address HOST:PORT")
-    p.add_argument("--local-tls", metavar="HOST,...", default=None,
-                   help="serve the API over HTTPS with a certificate for these names/addresses from a one-off "
-                        "local CA (api.crt, api.key, api-ca.crt beside the configuration)")
+    p.add_argument("--local-tls", metavar="HOSTS", default=None,
+                   help="serve the API over HTTPS with a certificate for HOSTS (comma-separated names, "
+                        "addresses) from a one-off local CA (api.crt, api.key, api-ca.crt beside the configuration)")
     p.add_argument("--force", action="store_true", help="overwrite an existing configuration and KEK")
     add_json(p)
     p.set_defaults(func=run)
