@@ -30,6 +30,7 @@ from nabd_cli import main as _main
 _COMMANDS = {
     "ports": "host.commands.ports",
     "flash": "host.commands.flash",
+    "deploy": "host.commands.deploy",
     "info": "host.commands.info",
     "provision": "host.commands.provision",
     "calibrate": "host.commands.calibrate",
@@ -40,7 +41,7 @@ _COMMANDS = {
     "demo": "host.commands.demo",
 }
 
-DESCRIPTION = ("nabd device tools: list ports, flash, provision and calibrate a device, read its state, monitor it, "
+DESCRIPTION = ("nabd device tools: list ports, flash, deploy, provision and calibrate a device, read its state, monitor it, "
                "test the sensors, analyse recordings, run the virtual device and the demo.")
 
 

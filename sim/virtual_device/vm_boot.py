@@ -235,11 +235,15 @@ def boot(faults=(), scenario_path=None, seed=1, unix_time=None, storage_root="/f
     file for ``ArrayScenario.load`` (None: the default steady finger); ``unix_time``: host wall
     clock in Unix seconds at boot (None: never synced); ``unit_errors``: give the unit the errors
     of ``unit_errors(seed)`` (what calibration corrects)."""
-    from firmware import boards
-    from sim.hardware.board import SimBoard
-
     if store:
         mount_flash(store, storage_root)
+        # the flash is the working directory before the firmware is imported, as on the ESP32
+        # (sys.path starts with ''): firmware deployed there (``nabd deploy``'s .mpy files)
+        # shadows the frozen image in /lib
+        os.chdir(storage_root)
+
+    from firmware import boards
+    from sim.hardware.board import SimBoard
 
     if scenario_path:
         from sim.hardware.scenario import ArrayScenario
