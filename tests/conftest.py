@@ -176,3 +176,13 @@ def pg_url(request):
         import warnings
 
         warnings.warn(f"could not drop test database {name}: {e}", stacklevel=1)
+
+
+def pytest_addoption(parser):
+    """The hardware-in-the-loop suite (tests/hil): by default it starts the virtual device and the
+    virtual bootloader itself; on a bench, point it at the board (docs/technician.md)."""
+    g = parser.getgroup("nabd hardware-in-the-loop (tests/hil)")
+    g.addoption("--port", default=None, help="serial port of a board running MicroPython (default: a virtual device)")
+    g.addoption("--bootloader-port", default=None,
+                help="serial port of a board in its ROM bootloader (default: a virtual bootloader)")
+    g.addoption("--image", default=None, help="MicroPython firmware image for `nabd flash` (default: a test image)")
