@@ -13,13 +13,19 @@ to last commit for the gateway, polled in its database), (4) its session is dele
 - ``postgres_ingest_per_s``: one gateway process, PostgreSQL;
 - ``scale_2_workers``: two gateway processes sharing the subscription (PostgreSQL: two SQLite writers
   would serialise on the file lock) ÷ ``postgres_ingest_per_s``;
-- ``p99_latency_ms``: publish -> signed ack received (sent after the commit), steady 1,000 readings/s.
+- ``p99_latency_ms``: publish -> signed ack received (sent after the commit), steady 1,000 readings/s;
 - ``ack_p99_ms_under_slow_clients``: the same latency (200 readings/s for 5 s) from a gateway
   serving its API, while ``SLOW_CLIENTS`` (1,000) connections hold half-sent requests against the
   API (tests/support/slow_clients.py, in a process of its own, reconnecting when dropped);
   ``healthz_max_ms_under_slow_clients``: the slowest ``/healthz`` polled meanwhile (every 0.2 s);
   ``half_sent_requests_held_after_15s``: of 1,000 half-sent requests (not reopened when closed),
-  how many connections the API still holds 15 s later.
+  how many connections the API still holds 15 s later;
+- ``flood_db_growth_mb_per_10k``: one device's broker password publishes ``FLOOD_N`` (10,000)
+  distinct junk messages as large as the site broker lets through (gateway/mosquitto/ its
+  max_packet_size, queue limits) on its own topic while 100 other devices send 10 readings each;
+  growth of the SQLite database (file + WAL) per 10,000 junk messages, MB;
+- ``flood_other_devices_delivered_ratio``: of those other devices' readings, the share stored
+  within 60 s after the flood ends (target 1.0).
 """
 from __future__ import annotations
 
@@ -309,6 +315,85 @@ def _under_slow_clients(url: str, cfg_path: Path, devs: list[SimDevice], port: i
             "healthz_failed_under_slow_clients": sum(not ok for ok, _ in health),
             "half_sent_requests_held_after_15s": still_held, "slow_clients": SLOW_CLIENTS}
 
+FLOOD_N = int(os.environ.get("NABD_BENCH_FLOOD_N", "10000"))
+
+
+def _site_limits() -> tuple[str, int]:
+    """The shipped broker's queue and packet limits (mosquitto.conf lines) and its max packet size."""
+    lines = [ln for ln in (REPO / "gateway" / "mosquitto" / "mosquitto.conf").read_text().splitlines()
+             if ln.split(" ")[0] in ("max_queued_messages", "max_queued_bytes", "max_packet_size",
+                                     "max_inflight_messages")]
+    size = next((int(ln.split()[1]) for ln in lines if ln.startswith("max_packet_size")), 1 << 20)
+    return "\n".join(lines) + "\n", size
+
+
+def flood(tmp: Path | None = None) -> dict:
+    """The flood phase alone (``python -c "from bench.gateway import flood; print(flood())"``)."""
+    tmp = tmp or Path(tempfile.mkdtemp(prefix="nabd-bench-flood-"))
+    limits, max_packet = _site_limits()
+    broker = MosquittoBroker(tmp / "flood-broker", "allow_anonymous true\n" + limits)
+    junk_bytes = min(8000, max_packet - 200)   # the largest junk the broker lets through
+    flooder = SimDevice("nabd-flood0001")
+    others = [SimDevice(f"nabd-calm{i:04d}") for i in range(100)]
+    url = f"sqlite:///{tmp / 'flood'}.db"
+    cfg = write_config(tmp / "flood", broker.url, url)
+    register(cfg, [flooder, *others])
+    db_path = tmp / "flood.db"
+
+    def size() -> int:
+        return sum(os.path.getsize(f) for f in (db_path, Path(str(db_path) + "-wal")) if f.exists())
+
+    gw = GatewayProcess(cfg, client_id="bench-gw-flood").start()
+    try:
+        time.sleep(1.0)
+        before = size()
+        pub = _client(broker.url, "bench-flood-" + os.urandom(3).hex(), clean=True, v5=False)
+        pub.connect(*pub._bench_addr)  # type: ignore[attr-defined]
+        pub.loop_start()
+        calm = _client(broker.url, "bench-calm-" + os.urandom(3).hex(), clean=True, v5=False)
+        calm.connect(*calm._bench_addr)  # type: ignore[attr-defined]
+        calm.loop_start()
+        every = max(1, FLOOD_N // 10)
+        infos = []
+        for i in range(FLOOD_N):
+            infos.append(pub.publish(topic(flooder.id), os.urandom(junk_bytes), qos=1))
+            if i % every == 0:
+                for d in others:
+                    infos.append(calm.publish(topic(d.id), d.next_reading()[1], qos=1))
+        for info in infos:
+            info.wait_for_publish(120)
+        t_end = time.monotonic()
+        want = sum(d.seq for d in others)
+        db = Database(url)
+        poll = db.open()
+        stored = 0
+        while time.monotonic() < t_end + 60:
+            stored = int(poll.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+            poll.rollback()
+            if stored >= want:
+                break
+            time.sleep(0.2)
+        # the flood's own backlog: wait until the gateway stops filing (the size settles)
+        last, settled = -1, time.monotonic()
+        while time.monotonic() < t_end + 180:
+            s = size()
+            if s != last:
+                last, settled = s, time.monotonic()
+            elif time.monotonic() - settled > 3.0:
+                break
+            time.sleep(0.5)
+        poll.close()
+        for c in (pub, calm):
+            c.disconnect()
+            c.loop_stop()
+        grown = size() - before
+    finally:
+        gw.terminate()
+        broker.stop()
+    return {"flood_messages": FLOOD_N, "flood_message_bytes": junk_bytes,
+            "flood_db_growth_mb_per_10k": round(grown / 1e6 * 10000 / FLOOD_N, 2),
+            "flood_other_devices_delivered_ratio": round(stored / want, 3)}
+
 
 def _pg_database() -> tuple[str, str, str]:
     import psycopg
@@ -372,6 +457,7 @@ def run(outdir) -> dict:
         out.update(_under_slow_clients(broker.url, cfg, devs, port))
         out["ingest_over_raw"] = round(out["ingest_per_s"] / out["raw_drain_per_s"], 2)
         out["ingest_over_naive"] = round(out["ingest_per_s"] / out["naive_per_s"], 2)
+        out.update(flood(tmp))
     finally:
         broker.stop()
         for base, name in pg:

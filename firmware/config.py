@@ -11,8 +11,9 @@
      "facility": "MA-01-cs-azrou",
      "calibration": {"id": "cal-2026-11-02", "date": "2026-11-02", "due": "2027-11-02",
                      "temp_gain": 1.0, "temp_offset_c": 0.0, "spo2": [110.0, -25.0, 0.0]},
-     "settings": {}}                              # kept by the app: "patient", "report_pi",
+     "settings": {},                              # kept by the app: "patient", "report_pi",
                                                   # "temp_site_offset_c" (firmware/app.py)
+     "production": false}                         # optional; true: REPL locked, crash -> reset
 
 ``load(board)`` returns a ``Config`` (attributes below) or raises ``ConfigError`` naming the
 field; ``save(board, data)`` validates then writes atomically (``config.json.tmp`` + rename);
@@ -23,7 +24,7 @@ field; ``save(board, data)`` validates then writes atomically (``config.json.tmp
 ``Config`` attributes: ``device_id``, ``key`` (bytes), ``key_version``, ``kid``
 (``"{device}/{version}"``), ``mqtt_password``, ``broker``, ``host``, ``port``, ``tls`` (None or
 the dict ``board.network.open`` takes), ``wifi_ssid``, ``wifi_psk``, ``facility``,
-``calibration`` (dict or None), ``settings`` (dict), ``data`` (the whole validated dict, which
+``calibration`` (dict or None), ``settings`` (dict), ``production`` (bool), ``data`` (the whole validated dict, which
 holds the key: never log it), ``topic(kind)``. ``repr(config)`` shows no secrets.
 """
 import binascii
@@ -47,6 +48,18 @@ def valid_device_id(s):
     for i in range(len(s)):
         c = s[i]
         if not (("a" <= c <= "z") or ("0" <= c <= "9") or (c == "-" and i > 0)):
+            return False
+    return True
+
+
+def valid_cal_id(s):
+    """The protocol's safe set for ``cal.id`` (docs/protocol.md): ^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$,
+    so the gateway never has to quarantine this device's readings for it."""
+    if not isinstance(s, str) or not 1 <= len(s) <= 64:
+        return False
+    for i in range(len(s)):
+        c = s[i]
+        if not (("a" <= c <= "z") or ("A" <= c <= "Z") or ("0" <= c <= "9") or (i > 0 and c in "._-")):
             return False
     return True
 
@@ -111,6 +124,7 @@ class Config:
         self.facility = data.get("facility")
         self.calibration = data.get("calibration")
         self.settings = data.get("settings") or {}
+        self.production = data.get("production", False) is True
 
     def topic(self, kind):
         """``nabd/v1/dev/{device}/{kind}`` for kind in reading, status, ack, cmd."""
@@ -164,8 +178,8 @@ def validate(data):
     if cal is not None:
         if not isinstance(cal, dict):
             raise ConfigError("calibration: must be an object or null")
-        if not isinstance(cal.get("id"), str) or not cal["id"]:
-            raise ConfigError("calibration.id: must be a non-empty string")
+        if not valid_cal_id(cal.get("id")):
+            raise ConfigError("calibration.id: must match ^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
         for k in ("date", "due"):
             if k in cal and cal[k] is not None and not _valid_date(cal[k]):
                 raise ConfigError("calibration." + k + ": must be YYYY-MM-DD")
@@ -181,6 +195,8 @@ def validate(data):
     st = data.get("settings")
     if st is not None and not isinstance(st, dict):
         raise ConfigError("settings: must be an object")
+    if not isinstance(data.get("production", False), bool):
+        raise ConfigError("production: must be true or false")
 
 
 def load(board):

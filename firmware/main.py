@@ -108,13 +108,27 @@ def _no_config(board, err):
 
 
 def start(board):
-    """Boot sequence: NTP when the network allows it, then ``run`` forever."""
+    """Boot sequence: NTP when the network allows it, then ``run`` forever. A production device
+    (``config.json`` ``"production": true``) locks the REPL first (``board.lock_repl()``: Ctrl-C
+    no longer breaks into it) and resets on a crash instead of stopping at the prompt, where
+    anyone with a USB cable could read ``config.json``."""
     try:
         cfg = config_mod.load(board)
     except config_mod.ConfigError as e:
         _no_config(board, e)
         return
-    run(board, cfg=cfg)
+    if not cfg.production:
+        run(board, cfg=cfg)
+        return
+    board.lock_repl()
+    try:
+        run(board, cfg=cfg)
+    except Exception as e:  # noqa: BLE001 - logged, then a reset: never the REPL
+        try:
+            Log(board).error("main", "crash, resetting: " + repr(e))
+        except Exception:  # noqa: BLE001
+            pass
+        board.reset()
 
 
 def _esp32():

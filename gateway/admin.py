@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from gateway import quarantine
 from gateway.config import REGIONS
 from gateway.db import Database, audit, utcnow
 from gateway.secrets import encrypt_key
@@ -83,6 +84,7 @@ def list_devices(db: Database) -> list[dict]:
             "(SELECT COUNT(*) FROM readings r WHERE r.device_id = d.id), d.cal_due, s.state, s.state_since, "
             "s.outbox, s.drops FROM devices d LEFT JOIN device_status s ON s.device_id = d.id "
             "ORDER BY d.id").fetchall()
+    flooding = {f["device"] for f in quarantine.floods(db) if f["flooding"]}
     out = []
     for r in rows:
         # state: the device's latest verified status (online / offline, its Last Will), "unknown"
@@ -90,7 +92,9 @@ def list_devices(db: Database) -> list[dict]:
         out.append({"id": r[0], "facility": r[1], "region": r[2], "status": r[3], "fw": r[4], "cal_id": r[5],
                     "cal_date": _txt(r[6]), "registered_at": _txt(r[7]), "last_seen_at": _txt(r[8]),
                     "key_version": r[9], "readings": r[10], "cal_due": _txt(r[11]), "state": r[12] or "unknown",
-                    "state_since": _txt(r[13]), "outbox": r[14], "drops": r[15]})
+                    "state_since": _txt(r[13]), "outbox": r[14], "drops": r[15],
+                    # an alert the administrator must see: rejected messages past the budget (gateway/quarantine.py)
+                    "alert": "quarantine flood" if r[0] in flooding else None})
     return out
 
 
@@ -150,7 +154,9 @@ def count_quarantine(db: Database) -> int:
 
 def list_quarantine(db: Database, limit: int = 100) -> list[dict]:
     with db.connect() as conn:
-        rows = conn.execute(db.sql("SELECT id, received_at, reason, topic, device_hint, detail, raw "
-                                   "FROM quarantine ORDER BY id DESC LIMIT ?"), (limit,)).fetchall()
+        rows = conn.execute(db.sql("SELECT id, received_at, reason, topic, device_hint, detail, raw, size, hits, "
+                                   "last_at FROM quarantine ORDER BY id DESC LIMIT ?"), (limit,)).fetchall()
+    # bytes: the message's size (a row keeps at most 4 KiB of it); hits: times these bytes came
     return [{"id": r[0], "received_at": _txt(r[1]), "reason": r[2], "topic": r[3], "device": r[4],
-             "detail": r[5], "bytes": len(bytes(r[6]))} for r in rows]
+             "detail": r[5], "bytes": int(r[7]) if r[7] is not None else len(bytes(r[6])), "hits": int(r[8]),
+             "last_at": _txt(r[9])} for r in rows]

@@ -29,9 +29,14 @@ class ConfigError(ValueError):
 @dataclass
 class BrokerConfig:
     url: str = "mqtt://127.0.0.1:1883"
-    client_id: str = ""            # default: nabd-gateway-<hostname>; fixed so the session survives restarts
+    client_id: str = ""            # default: the username, else nabd-gateway-<hostname>; fixed so the session survives restarts
     username: str = ""
     password_file: str = ""        # a file holding the broker password (never in this file)
+    # `devices command` publishes under a user of its own (it may only write commands): under the
+    # site broker's use_username_as_clientid, connecting as the serve process' user would take over
+    # that process' session. Empty: the gateway user (brokers that do not bind client ids).
+    command_username: str = ""
+    command_password_file: str = ""
     ca_file: str = ""              # TLS: CA that signed the broker's certificate (mqtts:// URLs)
     keepalive: int = 30
     session_expiry_s: int = 86400  # the broker keeps our subscription and unacked messages this long
@@ -52,6 +57,13 @@ class BrokerConfig:
         if not self.password_file:
             return None
         return Path(self.password_file).read_text().strip()
+
+    def command_credentials(self) -> tuple[str, str | None]:
+        """(username, password) for `devices command`: its own user when configured."""
+        if self.command_username:
+            pw = Path(self.command_password_file).read_text().strip() if self.command_password_file else None
+            return self.command_username, pw
+        return self.username, self.password()
 
 
 @dataclass
@@ -106,6 +118,14 @@ class ObservatoryConfig:
 
 
 @dataclass
+class QuarantineConfig:
+    """Limits of the quarantine (gateway/quarantine.py)."""
+    per_device_per_min: int = 60   # rejected messages kept with their bytes, per device and minute
+    max_mb: float = 256.0          # bytes of rejected messages kept at most (oldest rows deleted first)
+    retention_days: int = 30       # rows older than this are deleted
+
+
+@dataclass
 class SecurityConfig:
     kek_file: str = ""
     key_grace_hours: float = 72.0  # after rotate-key, the old key version stays valid this long
@@ -146,6 +166,7 @@ class Config:
     observatory: ObservatoryConfig = field(default_factory=ObservatoryConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
 
     def database_handle(self):
         from gateway.db import Database
@@ -157,7 +178,7 @@ _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "pa
 _CLASSES = {
     "broker": BrokerConfig, "database": DatabaseConfig, "ingest": IngestConfig, "api": ApiConfig,
     "fhir_forward": FhirForwardConfig, "observatory": ObservatoryConfig, "security": SecurityConfig,
-    "console": ConsoleConfig,
+    "console": ConsoleConfig, "quarantine": QuarantineConfig,
 }
 
 
@@ -217,6 +238,7 @@ def from_dict(data: dict, path: Path | None = None) -> Config:
         base = path.resolve().parent
         cfg.security.kek_file = _resolve(base, cfg.security.kek_file)
         cfg.broker.password_file = _resolve(base, cfg.broker.password_file)
+        cfg.broker.command_password_file = _resolve(base, cfg.broker.command_password_file)
         cfg.broker.ca_file = _resolve(base, cfg.broker.ca_file)
         cfg.api.tls_cert = _resolve(base, cfg.api.tls_cert)
         cfg.api.tls_key = _resolve(base, cfg.api.tls_key)
@@ -248,6 +270,9 @@ def _validate(cfg: Config) -> None:
     for fac, reg in cfg.observatory.facilities.items():
         if reg not in REGIONS:
             raise ConfigError(f"[observatory.facilities] {fac} = {reg!r}: region must be one of MA-01..MA-12")
+    qc = cfg.quarantine
+    if qc.per_device_per_min < 1 or qc.max_mb <= 0 or qc.retention_days < 1:
+        raise ConfigError("[quarantine] per_device_per_min, max_mb and retention_days must be positive")
     if cfg.observatory.suppress_below < 0:
         raise ConfigError("[observatory] suppress_below must be >= 0")
     if not 0 <= cfg.observatory.push_delay_hours <= 72:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import re
 import sqlite3
 from pathlib import Path
@@ -44,6 +45,21 @@ def _adapt_datetime(t: dt.datetime) -> str:
 
 sqlite3.register_adapter(dt.datetime, _adapt_datetime)
 sqlite3.register_adapter(dt.date, lambda d: d.isoformat())
+
+
+def _private_file(path: str) -> None:
+    """Create the SQLite file 0600 (readings, patient tokens, encrypted keys: the gateway's user
+    only), or tighten one that is group- or world-readable. SQLite gives its -wal and -shm files
+    the database file's mode, so they are 0600 too."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return  # sqlite3.connect reports it with the reason
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 class DatabaseError(Exception):
@@ -109,6 +125,7 @@ class Database:
         if self.dialect == "sqlite":
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                _private_file(self.path)
             try:
                 conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
             except sqlite3.Error as e:

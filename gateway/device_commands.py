@@ -175,11 +175,11 @@ def publish(cfg: Config, topic_name: str, token: bytes, ttl_s: int, timeout: flo
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{base}-cmd-{os.urandom(4).hex()}",
                     protocol=mqtt.MQTTv5)
     try:
-        password = bc.password()
+        username, password = bc.command_credentials()
     except OSError as e:
-        raise PublishError(f"broker.password_file: {e.strerror}") from None
-    if bc.username:
-        c.username_pw_set(bc.username, password)
+        raise PublishError(f"broker password file: {e.strerror}") from None
+    if username:  # its own user where the broker binds client ids to usernames ([broker] command_username)
+        c.username_pw_set(username, password)
     if bc.tls:
         c.tls_set(ca_certs=bc.ca_file or None)
     connected, acked = threading.Event(), threading.Event()

@@ -70,9 +70,13 @@ class Ingest:
         self.batch_max, self.batch_ms = ic.batch_max, ic.batch_ms
         self.queue: queue.Queue[Message] = queue.Queue(maxsize=ic.queue_max)
         self.writer = ProcessWriter(self.db.url, config.security.kek(), forward=config.fhir_forward.enabled,
-                                    skew=ic.future_skew_s, on_result=self._on_committed)
-        self.status = StatusWorker(self.db, config.security.kek(), self._ack_status, skew=ic.future_skew_s)
-        self.client_id = client_id or config.broker.client_id or default_client_id()
+                                    skew=ic.future_skew_s, on_result=self._on_committed,
+                                    quarantine=config.quarantine)
+        self.status = StatusWorker(self.db, config.security.kek(), self._ack_status, skew=ic.future_skew_s,
+                                   quarantine=config.quarantine)
+        # on the site broker the client id is the broker username (use_username_as_clientid):
+        # each process has its own user, and the id we send must match what the broker uses
+        self.client_id = client_id or config.broker.client_id or config.broker.username or default_client_id()
         self.on_batch = on_batch
         self.epoch = 0
         self.connected = threading.Event()
@@ -106,7 +110,10 @@ class Ingest:
             log.error("broker refused the connection: %s", reason_code)
             return
         self.epoch += 1
-        client.subscribe(SUBSCRIPTION, options=SubscribeOptions(qos=1))
+        # readings are never retained (docs/protocol.md): retain handling 2 keeps the broker from
+        # sending retained junk at every (re)subscription, retain-as-published shows a retained
+        # one published live, which the store refuses (gateway/store.py)
+        client.subscribe(SUBSCRIPTION, options=SubscribeOptions(qos=1, retainHandling=2, retainAsPublished=True))
         client.subscribe(STATUS_SUBSCRIPTION, options=SubscribeOptions(qos=1))  # gateway/status.py
         log.info("connected to %s:%s as %s (session present: %s)", self.config.broker.host,
                  self.config.broker.port, self.client_id, flags.session_present)
@@ -114,14 +121,18 @@ class Ingest:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
-        if not self._closing.is_set():
+        if getattr(reason_code, "value", None) == 0x8E:  # MQTT 5 "Session taken over"
+            log.error("another client connected with our client id %r and took over the session: give "
+                      "every gateway process its own broker user (docs/operations.md, Broker users)",
+                      self.client_id)
+        elif not self._closing.is_set():
             log.warning("disconnected from the broker (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, msg) -> None:
         if self._closing.is_set():
             return  # not acknowledged: the broker redelivers it to this session or another gateway
         m = Message(msg.topic, bytes(msg.payload), dt.datetime.now(UTC), msg.mid, msg.qos, self.epoch,
-                    time.monotonic())
+                    time.monotonic(), bool(msg.retain))
         if is_status_topic(m.topic):
             self.status.submit(m)  # device status: gateway/status.py (own queue, transaction, ack)
             return
@@ -171,6 +182,7 @@ class Ingest:
     def _on_committed(self, batch: list[Message], result: BatchResult) -> None:
         """After the commit (results thread): count, acknowledge to the broker, ack the devices."""
         Store.count(result.verdicts)
+        Store.count_suppressed(result.suppressed)
         self.committed += sum(1 for v in result.verdicts if v.kind == "accept")
         metrics.BATCHES.inc()
         epoch = self.epoch

@@ -33,6 +33,11 @@ class KeyRing:
         self.db = db
         self._kek = kek
         self._decrypted: dict[tuple[str, int, bytes], DeviceKey] = {}
+        self._registered: dict[str, float | None] = {}   # device -> registration time, Unix s
+
+    def registered_at(self, device: str) -> float | None:
+        """When ``device`` was registered (Unix s), as of its last ``load``."""
+        return self._registered.get(device)
 
     def load(self, conn: Any, devices: Iterable[str], now: dt.datetime) -> dict[tuple[str, int], KeyRecord]:
         """(device, key_version) -> KeyRecord for every key version of ``devices``, judged at ``now``."""
@@ -41,10 +46,12 @@ class KeyRing:
             return {}
         marks = ",".join("?" * len(devices))
         rows = conn.execute(self.db.sql(
-            "SELECT d.id, d.status, k.key_version, k.key_enc, k.revoked_at FROM devices d "
+            "SELECT d.id, d.status, k.key_version, k.key_enc, k.revoked_at, d.registered_at FROM devices d "
             f"JOIN device_keys k ON k.device_id = d.id WHERE d.id IN ({marks})"), devices).fetchall()
         out = {}
-        for dev, status, ver, enc, revoked_at in rows:
+        for dev, status, ver, enc, revoked_at, registered in rows:
+            reg = parse_time(registered)
+            self._registered[dev] = reg.timestamp() if reg is not None else None
             enc, ver = bytes(enc), int(ver)
             ck = (dev, ver, enc)
             key = self._decrypted.get(ck)

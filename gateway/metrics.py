@@ -107,6 +107,9 @@ READINGS_ACCEPTED = REGISTRY.counter("nabd_readings_accepted_total", "Readings v
 READINGS_DUPLICATE = REGISTRY.counter("nabd_readings_duplicate_total",
                                       "Readings received again with the same bytes (acknowledged, not stored)")
 QUARANTINE = REGISTRY.counter("nabd_quarantine_total", "Messages rejected into quarantine, by reason", ("reason",))
+QUARANTINE_SUPPRESSED = REGISTRY.counter(
+    "nabd_quarantine_suppressed_total",
+    "Rejected messages past their device's quarantine budget: counted, not kept (a device flooding)", ("device",))
 QUEUE_DEPTH = REGISTRY.gauge("nabd_ingest_queue_depth", "Messages waiting between the network thread and the writer")
 FORWARD_PENDING = REGISTRY.gauge("nabd_forward_pending", "Outbox rows not yet accepted by the national FHIR server")
 BATCHES = REGISTRY.counter("nabd_ingest_batches_total", "Transactions committed by the ingest writer")

@@ -35,6 +35,7 @@ import threading
 from collections import defaultdict
 
 from gateway import recordstore as rs
+from gateway.verify import TS_FLOOR
 
 KINDS = ("temp", "spo2", "hr", "pi")
 REGIONS = tuple(f"MA-{i:02d}" for i in range(1, 13))
@@ -91,7 +92,10 @@ def device_counts(db, date_from, date_to, suppress_below: int = DEFAULT_SUPPRESS
     k = int(suppress_below)
     if k < 1:
         raise ObservatoryError("suppress_below must be >= 1")
-    lo = rs.to_iso(dt.datetime(d0.year, d0.month, d0.day, tzinfo=rs.UTC))
+    # never a day before the earliest date a reading may carry (gateway/verify.py TS_FLOOR): rows
+    # filed at such dates before that check existed are not counted
+    lo = max(rs.to_iso(dt.datetime(d0.year, d0.month, d0.day, tzinfo=rs.UTC)),
+             rs.to_iso(dt.datetime.fromtimestamp(TS_FLOOR, rs.UTC)))
     hi_day = d1 + dt.timedelta(days=1)
     hi = rs.to_iso(dt.datetime(hi_day.year, hi_day.month, hi_day.day, tzinfo=rs.UTC))
     day = _day_expr(db, "r.effective_at")
@@ -204,8 +208,21 @@ def to_csv(report: dict) -> str:
         line["facility"] = r["facility"] if r["facility"] is not None else "(region total)"
         line["firmware"] = ";".join(f"{v}:{n}" for v, n in r["firmware"].items())
         line["suppressed"] = "true" if r["suppressed"] else "false"
-        w.writerow({k: ("" if v is None else v) for k, v in line.items()})
+        w.writerow({k: ("" if v is None else _csv_cell(v)) for k, v in line.items()})
     return out.getvalue()
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def _csv_cell(v):
+    """A text cell a spreadsheet would read as a formula (=, +, -, @, tab, CR first: OWASP's CSV
+    injection rule) gets a leading apostrophe, so it is shown as text; numbers pass unchanged.
+    Devices' firmware versions are checked at verification; facility names come from
+    administrators, and rows stored before the check are still read."""
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v
+    return v
 
 
 def to_text(report: dict) -> str:

@@ -70,9 +70,10 @@ from typing import Any, Callable
 from gateway import metrics
 from gateway.db import Database
 from gateway.keys import KeyRecord, KeyRing
+from gateway.quarantine import Quarantine, Rejected
 from gateway.secrets import KeyDecryptError
-from gateway.store import INSERT_EVENT, INSERT_QUARANTINE, RAW_LIMIT, BatchResult, Message
-from gateway.verify import FUTURE_SKEW_S, Verdict, authenticate, parse, reject, topic_device
+from gateway.store import BatchResult, Message, Store
+from gateway.verify import FUTURE_SKEW_S, FW_RE, Verdict, authenticate, parse, reject, topic_device
 from gateway.worker import BatchWorker, take_batch, wait_drained
 
 log = logging.getLogger("nabd.gateway.status")
@@ -84,6 +85,9 @@ STATUS_SUBSCRIPTION = f"$share/{SHARE_GROUP}/{STATUS_FILTER}"
 STATES = ("online", "offline")
 
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# free text shown again to administrators: safe sets only (docs/protocol.md, gateway/verify.py FW_RE)
+_SENSOR_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_SENSOR_STATE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:+-]{0,63}$")
 _FIELDS = frozenset(("v", "dev", "state", "conn", "ts", "ts_ok", "up", "fw", "rssi", "heap", "outbox", "drops",
                      "seq", "sensors", "cal_due", "errors"))
 _COUNTS = ("up", "heap", "outbox", "drops", "seq", "errors")
@@ -129,15 +133,16 @@ def check_values(p: dict, now: float, skew: int = FUTURE_SKEW_S) -> tuple[str, s
     for k in _COUNTS:
         if not _is_int(p[k]) or not 0 <= p[k] < _MAX_INT:
             return "invalid", f"{k} is not a non-negative integer"
-    if not isinstance(p["fw"], str) or not 1 <= len(p["fw"]) <= 32:
-        return "invalid", "fw is not a short string"
+    if not isinstance(p["fw"], str) or not FW_RE.fullmatch(p["fw"]):
+        return "invalid", f"fw is not a version {FW_RE.pattern}"
     if p["rssi"] is not None and (not _is_int(p["rssi"]) or not -200 <= p["rssi"] <= 50):
         return "invalid", "rssi is not null or an integer dBm in -200..50"
     s = p["sensors"]
     if not isinstance(s, dict) or len(s) > 8 or not all(
-            isinstance(k, str) and 1 <= len(k) <= 32 and isinstance(v, str) and 1 <= len(v) <= 64
+            isinstance(k, str) and _SENSOR_RE.fullmatch(k) and isinstance(v, str) and _SENSOR_STATE_RE.fullmatch(v)
             for k, v in s.items()):
-        return "invalid", "sensors is not an object of at most 8 sensor names to short state strings"
+        return "invalid", (f"sensors is not an object of at most 8 sensor names {_SENSOR_RE.pattern} to states "
+                           f"{_SENSOR_STATE_RE.pattern}")
     cd = p["cal_due"]
     if cd is not None:
         if not isinstance(cd, str) or not _DATE_RE.match(cd):
@@ -177,8 +182,9 @@ def _order_text(conn: Any, state: Any, up: Any) -> str:
 class StatusStore:
     """Verify and store status messages, one transaction per call (``process``)."""
 
-    def __init__(self, db: Database, kek: bytes, skew: int = FUTURE_SKEW_S):
+    def __init__(self, db: Database, kek: bytes, skew: int = FUTURE_SKEW_S, quarantine: Any = None):
         self.db = db
+        self.filer = Quarantine(db, quarantine)
         self.keys = KeyRing(db, kek)
         self.skew = skew
         q = db.sql
@@ -203,8 +209,6 @@ class StatusStore:
         self._upd_device = q("UPDATE devices SET fw = ?, cal_due = ? WHERE id = ?")
         self._upd_seen = q("UPDATE devices SET last_seen_at = ? WHERE id = ? AND "
                            "(last_seen_at IS NULL OR last_seen_at < ?)")
-        self._ins_quarantine = q(INSERT_QUARANTINE)
-        self._ins_event = q(INSERT_EVENT)
 
     def _ts(self, t: dt.datetime) -> Any:
         return t if self.db.dialect == "postgresql" else t.astimezone(UTC).isoformat(timespec="microseconds")
@@ -263,10 +267,13 @@ class StatusStore:
         return v
 
     def quarantine(self, conn: Any, m: Any, v: Verdict, now_dt: dt.datetime) -> None:
-        conn.execute(self._ins_quarantine, (self._ts(m.received_at), v.reason, m.topic[:512], v.device,
-                                            bytes(m.raw[:RAW_LIMIT]), v.detail))
-        if v.reason == "bad_signature":
-            conn.execute(self._ins_event, (self._ts(now_dt), v.device, "status_" + v.reason, v.detail))
+        """File through the quarantine's limits (gateway/quarantine.py): the same bytes again (a
+        retained status re-sent at every restart) only count; past the device's budget, no row."""
+        event = "status_" + v.reason if v.reason == "bad_signature" else None
+        got = self.filer.file(conn, [Rejected(m.received_at, v.reason, m.topic, v.device, bytes(m.raw), v.detail,
+                                              event)], now_dt.timestamp())
+        if got:
+            Store.count_suppressed(got)
 
     def online_count(self, conn: Any) -> int:
         row = conn.execute("SELECT COUNT(*) FROM device_status s JOIN devices d ON d.id = s.device_id "
@@ -313,9 +320,9 @@ class StatusWorker(BatchWorker):
     what = "status message(s)"
 
     def __init__(self, db: Database, kek: bytes, ack: Callable[[Any], None], *, skew: int = FUTURE_SKEW_S,
-                 queue_max: int = 1024, batch_max: int = 64):
+                 queue_max: int = 1024, batch_max: int = 64, quarantine: Any = None):
         super().__init__(db)
-        self.store = StatusStore(db, kek, skew)
+        self.store = StatusStore(db, kek, skew, quarantine)
         self.ack = ack
         self.batch_max = batch_max
         self.queue: queue.Queue = queue.Queue(maxsize=queue_max)

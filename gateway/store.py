@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import hmac
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,14 +36,15 @@ from typing import Any
 from gateway import jws, metrics
 from gateway.db import Database
 from gateway.keys import KeyRing
-from gateway.verify import FUTURE_SKEW_S, Verdict, parse, reject, verify
+from gateway.quarantine import Quarantine, Rejected
+from gateway.verify import FUTURE_SKEW_S, Verdict, check_time, parse, reject, topic_device, verify
 
 UTC = dt.timezone.utc
 RAW_LIMIT = 4096   # bytes of a quarantined message kept
-# shared with gateway/status.py and gateway/writer.py
+# shared with gateway/writer.py (a message that breaks the store)
 INSERT_QUARANTINE = ("INSERT INTO quarantine (received_at, reason, topic, device_hint, raw, detail) "
                      "VALUES (?, ?, ?, ?, ?, ?)")
-INSERT_EVENT = "INSERT INTO security_events (at, device_id, kind, detail) VALUES (?, ?, ?, ?)"
+log = logging.getLogger("nabd.gateway.store")
 
 
 @dataclass(slots=True)
@@ -54,6 +56,7 @@ class Message:
     qos: int = 1
     epoch: int = 0                 # connection generation: a mid is only valid on its own connection
     t0: float = 0.0                # time.monotonic() at arrival (latency metrics)
+    retain: bool = False           # published with the retain flag (readings never are)
 
 
 @dataclass(slots=True)
@@ -67,11 +70,14 @@ class _Prepared:
 class BatchResult:
     verdicts: list[Verdict] = field(default_factory=list)
     acks: list[tuple[str, bytes]] = field(default_factory=list)   # (topic, signed ack) to publish
+    suppressed: dict[str, int] = field(default_factory=dict)      # device -> rejects counted, not kept
 
 
 class Store:
-    def __init__(self, db: Database, kek: bytes, forward: bool = False, skew: int = FUTURE_SKEW_S):
+    def __init__(self, db: Database, kek: bytes, forward: bool = False, skew: int = FUTURE_SKEW_S,
+                 quarantine: Any = None):
         self.db = db
+        self.quarantine = Quarantine(db, quarantine)
         self.keys = KeyRing(db, kek)
         self.forward = forward
         self.skew = skew
@@ -84,8 +90,6 @@ class Store:
         self._ins_patient = q("INSERT INTO patients (id, created_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING")
         self._ins_outbox = q("INSERT INTO outbox (kind, partition_key, body, created_at, attempts, next_attempt_at) "
                              "VALUES ('fhir', ?, ?, ?, 0, ?)")
-        self._ins_quarantine = q(INSERT_QUARANTINE)
-        self._ins_event = q(INSERT_EVENT)
         self._upd_device = q("UPDATE devices SET last_seen_at = ?, fw = ?, cal_id = ?, cal_date = ? WHERE id = ?")
         self._sel_digest = q("SELECT sha256 FROM readings WHERE device_id = ? AND seq = ?")
         self._sel_id = q("SELECT id FROM readings WHERE device_id = ? AND seq = ?")
@@ -139,7 +143,9 @@ class Store:
         now_dt = dt.datetime.fromtimestamp(now, UTC)
         # Phase A, before the write lock: parse, look up, verify. Another process may commit the
         # same (device, seq) meanwhile: phase B's ON CONFLICT catches it.
-        parsed: list[jws.Compact | Verdict] = [parse(m.raw, m.topic) for m in messages]
+        parsed: list[jws.Compact | Verdict] = [
+            reject("invalid", "reading published with the retain flag (readings are never retained)",
+                   topic_device(m.topic)) if m.retain else parse(m.raw, m.topic) for m in messages]
         devices = {p.kid_device for p in parsed if isinstance(p, jws.Compact)}
         keys = self.keys.load(conn, devices, now_dt)
         # PostgreSQL: the stored digests of the whole batch in one round trip. SQLite: none looked
@@ -153,6 +159,10 @@ class Store:
         for i, (m, p) in enumerate(zip(messages, parsed, strict=True)):
             v = verify(m.raw, m.topic, lambda d, k: keys.get((d, k)), lambda d, s: seen.get((d, s)), now,
                        self.skew, parsed=p)
+            if v.kind == "accept":
+                bad = check_time(v.payload, self.keys.registered_at(v.device))
+                if bad:  # step 6, against the registry: a date no measurement can have
+                    v = reject(bad[0], bad[1], v.device, seq=v.seq, key_version=v.key_version, sha256=v.sha256)
             if v.kind == "accept":
                 prepared[i] = self._prepare(m, v)
                 seen[(v.device, v.seq)] = v.sha256
@@ -187,14 +197,15 @@ class Store:
 
         last: dict[str, dict] = {}
         ts_now = self._ts(now_dt)
+        rejected = []
         for m, v in zip(messages, verdicts, strict=True):
             if v.kind == "reject":
-                conn.execute(self._ins_quarantine, (self._ts(m.received_at), v.reason, m.topic[:512], v.device,
-                                                    bytes(m.raw[:RAW_LIMIT]), v.detail))
-                if v.reason in ("replay", "bad_signature"):
-                    conn.execute(self._ins_event, (ts_now, v.device, v.reason, v.detail))
+                rejected.append(Rejected(m.received_at, v.reason, m.topic, v.device, m.raw, v.detail,
+                                         v.reason if v.reason in ("replay", "bad_signature") else None))
             elif v.kind == "accept":
                 last[v.device] = v.payload
+        suppressed = self.quarantine.file(conn, rejected, now) if rejected else {}
+        self.quarantine.prune(conn, now)
         if last:
             rows = []
             for dev, p in last.items():
@@ -211,7 +222,7 @@ class Store:
             rec = keys[(dev, ver)]
             body = {"v": 1, "dev": dev, "seqs": sorted(set(seqs)), "ts": int(now)}
             out.append((f"nabd/v1/dev/{dev}/ack", jws.sign(rec.key.secret, jws.TYP_ACK, f"{dev}/{ver}", body)))
-        return BatchResult(verdicts, out)
+        return BatchResult(verdicts, out, suppressed)
 
     def _settle_rejects(self, conn: Any, verdicts: list[Verdict]) -> None:
         """SQLite: a signed message rejected for its values (step 6) whose (device, seq) is already
@@ -284,3 +295,17 @@ class Store:
                 metrics.READINGS_DUPLICATE.inc(k)
             else:
                 metrics.QUARANTINE.inc(k, reason=reason)
+
+    _flood_logged: dict[str, float] = {}
+
+    @classmethod
+    def count_suppressed(cls, suppressed: dict[str, int]) -> None:
+        """Count messages past their device's quarantine budget; log a device flooding (at most
+        every 10 minutes per device)."""
+        now = time.monotonic()
+        for dev, k in suppressed.items():
+            metrics.QUARANTINE_SUPPRESSED.inc(k, device=dev)
+            if now - cls._flood_logged.get(dev, -1e9) > 600:
+                cls._flood_logged[dev] = now
+                log.warning("device %s is flooding the quarantine: rejected messages past its budget are "
+                            "counted, not kept (nabd-gateway quarantine list)", dev)

@@ -36,6 +36,11 @@ PATIENT_RE = re.compile(r"^[A-Za-z0-9_-]{4,64}$")
 _TOPIC_RE = re.compile(r"^nabd/v1/dev/([^/]+)/(reading|status)$")
 _TYP = {"reading": jws.TYP_READING, "status": jws.TYP_STATUS}
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Free text from devices is stored and shown again (devices list, observatory CSV, FHIR Device):
+# only these safe sets pass (docs/protocol.md), so no control or bidi character, no formula
+# sign in first place, no markup reaches an administrator's terminal or a spreadsheet.
+FW_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}$")
+CAL_ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 
 # code -> (unit, low, high)
 RANGES = {"temp": ("Cel", 25.0, 45.0), "spo2": ("%", 50, 100), "hr": ("/min", 25, 250), "pi": ("%", 0.02, 20)}
@@ -136,13 +141,13 @@ def check_values(p: dict, now: float, skew: int = FUTURE_SKEW_S) -> tuple[str, s
         return "invalid", "ts_ok is not a boolean"
     if not _is_int(p["up"]) or not 0 <= p["up"] < _MAX_INT:
         return "invalid", "up is not a non-negative integer"
-    if not isinstance(p["fw"], str) or not 1 <= len(p["fw"]) <= 32:
-        return "invalid", "fw is not a short string"
+    if not isinstance(p["fw"], str) or not FW_RE.fullmatch(p["fw"]):
+        return "invalid", f"fw is not a version {FW_RE.pattern}"
     cal = p["cal"]
     if cal is not None:
         if not isinstance(cal, dict) or set(cal) != {"id", "date"} or not isinstance(cal["id"], str) \
-                or not 1 <= len(cal["id"]) <= 64 or not isinstance(cal["date"], str) or not _DATE_RE.match(cal["date"]):
-            return "invalid", "cal is not null or {id, date YYYY-MM-DD}"
+                or not CAL_ID_RE.fullmatch(cal["id"]) or not isinstance(cal["date"], str) or not _DATE_RE.match(cal["date"]):
+            return "invalid", f"cal is not null or {{id {CAL_ID_RE.pattern}, date YYYY-MM-DD}}"
         try:
             dt.date.fromisoformat(cal["date"])
         except ValueError:
@@ -182,6 +187,27 @@ def check_values(p: dict, now: float, skew: int = FUTURE_SKEW_S) -> tuple[str, s
             return "invalid", f"{code}: site {o['site']!r} not in {OBS_SITES}"
     if p["ts_ok"] and p["ts"] > now + skew:
         return "future_ts", f"ts {p['ts']} is {p['ts'] - now:.0f} s in the future (> {skew} s)"
+    return None
+
+
+# A synced ts before these is not a time of measurement (a clock set wrong, or a forged date):
+# quarantined invalid, never filed at that date (docs/protocol.md). The floor is before any nabd
+# device existed; the tolerance covers readings a device took before it was registered at this
+# gateway (stock, installation, weeks offline).
+TS_FLOOR = 1735689600                    # 2025-01-01T00:00:00Z
+REGISTRATION_TOLERANCE_S = 30 * 86400
+
+
+def check_time(p: dict, registered_at: float | None) -> tuple[str, str] | None:
+    """A synced ``ts`` before TS_FLOOR, or before registration minus the tolerance: (reason, detail)."""
+    if not p.get("ts_ok"):
+        return None  # unsynced: filed at receipt time already
+    ts = p["ts"]
+    if ts < TS_FLOOR:
+        return "invalid", f"ts {ts} is before {TS_FLOOR} (2025-01-01), the earliest date accepted"
+    if registered_at is not None and ts < registered_at - REGISTRATION_TOLERANCE_S:
+        return "invalid", (f"ts {ts} is {(registered_at - ts) / 86400:.0f} days before the device was registered "
+                           f"(tolerance {REGISTRATION_TOLERANCE_S // 86400} days)")
     return None
 
 

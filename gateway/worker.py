@@ -136,6 +136,8 @@ class BatchWorker:
                 r = self._process(conn, [m])
                 out.verdicts += r.verdicts
                 out.acks += r.acks
+                for dev, k in r.suppressed.items():
+                    out.suppressed[dev] = out.suppressed.get(dev, 0) + k
             return out
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ In a child process the two run on two cores.
   connection after a database error (locked, connection lost: nothing was committed, nothing is
   acknowledged meanwhile); a message that makes the store raise anything else is isolated and
   quarantined (``malformed``, "gateway error") instead of blocking the queue.
-- ``ProcessWriter`` (parent side) sends each batch ``(topic, bytes, receipt time)`` over a pipe to
+- ``ProcessWriter`` (parent side) sends each batch ``(topic, bytes, receipt time, retain flag)`` over a pipe to
   the child (``multiprocessing`` spawn context) and gets back, only after the commit, the verdict
   kinds and the signed device acks; its callback then acknowledges the messages to the broker on
   the connection they came from. At most ``max_inflight`` batches are in the child (the next one
@@ -80,9 +80,9 @@ class BatchStore(BatchWorker):
 
     log = log
 
-    def __init__(self, db_url: str, kek: bytes, forward: bool, skew: int):
+    def __init__(self, db_url: str, kek: bytes, forward: bool, skew: int, quarantine: Any = None):
         super().__init__(Database(db_url))
-        self.store = Store(self.db, kek, forward=forward, skew=skew)
+        self.store = Store(self.db, kek, forward=forward, skew=skew, quarantine=quarantine)
         self._checkpointer = Checkpointer(self.db).start() if self.db.dialect == "sqlite" else None
 
     def opened(self, conn: Any) -> None:
@@ -106,11 +106,11 @@ class BatchStore(BatchWorker):
             self._checkpointer.stop()
 
 
-def _child(conn, db_url: str, kek: bytes, forward: bool, skew: int, log_level: int) -> None:
+def _child(conn, db_url: str, kek: bytes, forward: bool, skew: int, quarantine: Any, log_level: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
-    bs = BatchStore(db_url, kek, forward, skew)
+    bs = BatchStore(db_url, kek, forward, skew, quarantine)
     try:
         while True:
             try:
@@ -120,10 +120,10 @@ def _child(conn, db_url: str, kek: bytes, forward: bool, skew: int, log_level: i
             if msg is None:
                 return
             n, items = msg
-            res = bs.commit([Message(t, raw, at) for t, raw, at in items])
+            res = bs.commit([Message(t, raw, at, retain=r) for t, raw, at, r in items])
             assert res is not None  # commit gives up only when told the process is stopping
             try:
-                conn.send((n, [(v.kind, v.reason) for v in res.verdicts], res.acks))
+                conn.send((n, [(v.kind, v.reason) for v in res.verdicts], res.acks, res.suppressed))
             except OSError:
                 return
     finally:
@@ -134,8 +134,9 @@ class ProcessWriter:
     """Parent side. ``on_result(batch, BatchResult)`` runs on the reader thread after each commit."""
 
     def __init__(self, db_url: str, kek: bytes, *, forward: bool, skew: int,
-                 on_result: Callable[[list[Message], BatchResult], None], max_inflight: int = 3):
-        self._args = (db_url, kek, forward, skew)
+                 on_result: Callable[[list[Message], BatchResult], None], max_inflight: int = 3,
+                 quarantine: Any = None):
+        self._args = (db_url, kek, forward, skew, quarantine)
         self.on_result = on_result
         self._ctx = multiprocessing.get_context("spawn")
         self._slots = threading.Semaphore(max_inflight)
@@ -174,7 +175,7 @@ class ProcessWriter:
 
     def _send(self, n: int, batch: list[Message]) -> None:
         try:
-            self._pipe.send((n, [(m.topic, m.raw, m.received_at) for m in batch]))
+            self._pipe.send((n, [(m.topic, m.raw, m.received_at, m.retain) for m in batch]))
         except OSError:
             pass  # the child is gone: the reader restarts it and re-sends what is in flight
 
@@ -182,7 +183,7 @@ class ProcessWriter:
         while True:
             pipe = self._pipe
             try:
-                n, kinds, acks = pipe.recv()
+                n, kinds, acks, suppressed = pipe.recv()
             except (EOFError, OSError):
                 if self._closing:
                     return
@@ -194,7 +195,7 @@ class ProcessWriter:
             self._slots.release()
             verdicts = [Verdict(k, r) for k, r in kinds]
             try:
-                self.on_result(batch, BatchResult(verdicts, acks))
+                self.on_result(batch, BatchResult(verdicts, acks, suppressed))
             except Exception:
                 log.exception("acknowledging a committed batch failed")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -25,6 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 GATEWAY_USER = "nabd.gateway"     # a '.' never appears in a device id (docs/protocol.md)
+COMMAND_USER = "nabd.gateway.cmd"  # `devices command`: may only write commands
 
 
 class SiteError(RuntimeError):
@@ -54,8 +56,8 @@ def _listening(port: int) -> bool:
         return False
 
 
-def _run(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+def _run(args: list[str], timeout: float = 180, stdin: str | None = None) -> subprocess.CompletedProcess:
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, input=stdin)
     if p.returncode != 0:
         raise SiteError(f"{' '.join(args[:4])} ... exited {p.returncode}:\n{p.stderr.strip()[-2000:]}")
     return p
@@ -100,13 +102,20 @@ class Site:
                                            "--listen", f"127.0.0.1:{self.api_port}",
                                            "--local-tls", "127.0.0.1,localhost", "--json"]).stdout
         self.token = json.loads(out)["admin_token"]
-        gw_pass = secrets.token_urlsafe(24)
+        gw_pass, cmd_pass = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         pw_file = self.dir / "gateway" / "broker.password"
-        pw_file.write_text(gw_pass + "\n")
-        pw_file.chmod(0o600)
+        cmd_pw_file = self.dir / "gateway" / "broker-cmd.password"
+        for f, pw in ((pw_file, gw_pass), (cmd_pw_file, cmd_pass)):
+            f.touch(mode=0o600)
+            f.write_text(pw + "\n")
         text = self.gw_config.read_text()
-        text = text.replace('username = ""', f'username = "{GATEWAY_USER}"', 1)
-        text = text.replace('password_file = ""', f'password_file = "{pw_file}"', 1)
+        # the broker binds client ids to usernames: the serve process' client id is its user
+        text = re.sub(r'^client_id = ".*"$', 'client_id = ""', text, count=1, flags=re.M)
+        text = re.sub(r'^username = ""$', f'username = "{GATEWAY_USER}"', text, count=1, flags=re.M)
+        text = re.sub(r'^password_file = ""$', f'password_file = "{pw_file}"', text, count=1, flags=re.M)
+        text = re.sub(r'^command_username = ""$', f'command_username = "{COMMAND_USER}"', text, count=1, flags=re.M)
+        text = re.sub(r'^command_password_file = ""$', f'command_password_file = "{cmd_pw_file}"', text,
+                      count=1, flags=re.M)
         self.gw_config.write_text(text)
 
         # the device's identity (made on the device's own flash; printed once for registration)
@@ -118,6 +127,7 @@ class Site:
         passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
         pwdb = self.broker_dir / "passwd"
         _run([passwd, "-c", "-b", str(pwdb), GATEWAY_USER, gw_pass])
+        _run([passwd, "-b", str(pwdb), COMMAND_USER, cmd_pass])
         _run([passwd, "-b", str(pwdb), self.device_id, ident["mqtt_password"]])
         acl = self.broker_dir / "acl"
         shutil.copy(REPO / "gateway" / "mosquitto" / "acl", acl)
@@ -125,7 +135,8 @@ class Site:
             "per_listener_settings false\nallow_anonymous false\n"
             f"password_file {pwdb}\nacl_file {acl}\n"
             f"persistence true\npersistence_location {self.dir / 'broker'}/\nautosave_interval 10\n"
-            f"listener {self.mqtt_port} 127.0.0.1\n"
+            "max_packet_size 2560\n"
+            f"listener {self.mqtt_port} 127.0.0.1\nuse_username_as_clientid true\n"
             f"log_dest file {self.dir / 'broker' / 'mosquitto.log'}\n")
         for p in (pwdb, acl):
             p.chmod(0o600)
@@ -141,9 +152,10 @@ class Site:
                 pass
 
         # the device in the gateway's registry (its signing key, encrypted at rest there)
-        _run(_tool("nabd-gateway") + ["devices", "add", self.device_id, "--key", ident["key"],
+        _run(_tool("nabd-gateway") + ["devices", "add", self.device_id, "--key", "-",
                                       "--key-version", str(ident["key_version"]), "--facility", self.facility,
-                                      "--region", self.region, "--config", str(self.gw_config)])
+                                      "--region", self.region, "--config", str(self.gw_config)],
+             stdin=ident["key"] + "\n")  # on stdin: a key in argv is visible to every user (ps)
 
     def _broker_folder(self) -> Path:
         """Mosquitto started as root runs as the ``mosquitto`` user, who must reach its files; where

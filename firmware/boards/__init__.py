@@ -28,6 +28,9 @@ same attributes on virtual parts. The contract, attribute by attribute:
 ``urandom(n)``      n bytes from the hardware RNG.
 ``free_heap()``     bytes free on the heap (``gc.mem_free()``).
 ``reset()``         hard reset.
+``lock_repl()``     production devices (``config.json`` ``"production": true``): Ctrl-C no longer
+                    interrupts the application, so the serial port does not reach the REPL while
+                    it runs (docs/operations.md, "A production device").
 """
 
 _current = None

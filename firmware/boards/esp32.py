@@ -18,6 +18,7 @@ import ssl
 import time
 
 import machine
+import micropython
 import network
 
 from firmware.boards import pins
@@ -258,3 +259,10 @@ class Esp32Board:
 
     def reset(self):
         machine.reset()
+
+    def lock_repl(self):
+        """Ctrl-C (0x03) on the USB serial port stops interrupting the program, so nobody with a
+        cable breaks into the REPL (and reads config.json) while the application runs; a crash
+        resets instead of falling to the prompt (firmware/main.py). The REPL stays reachable only
+        on a build without it on the UART (docs/operations.md)."""
+        micropython.kbd_intr(-1)

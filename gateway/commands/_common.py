@@ -41,3 +41,16 @@ def kek(cfg: Config) -> bytes:
 def actor() -> str:
     """Who performs an admin action, for the audit log."""
     return os.environ.get("NABD_ADMIN") or f"cli:{getpass.getuser()}"
+
+
+def terminal_safe(value) -> str:
+    """``value`` as text for a terminal: characters Python does not call printable (controls such
+    as ESC, which start terminal escape sequences; format characters such as the bidi overrides
+    and zero-width joiners; separators other than the space) are shown as ``\\xNN``/``\\uNNNN``.
+    Devices' strings are checked at verification (gateway/verify.py); this also covers rows stored
+    before that check and anything an administrator typed."""
+    s = str(value)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+                   for c in s)

@@ -19,10 +19,22 @@ Every action is written to the audit log with the acting user (``NABD_ADMIN`` or
 """
 from __future__ import annotations
 
+import getpass
 import json
+import sys
+from pathlib import Path
 
 from gateway import admin
-from gateway.commands._common import EXIT_DATA, EXIT_USAGE, CommandError, actor, add_config, kek, open_config
+from gateway.commands._common import (
+    EXIT_DATA,
+    EXIT_USAGE,
+    CommandError,
+    actor,
+    add_config,
+    kek,
+    open_config,
+    terminal_safe,
+)
 from gateway.secrets import parse_key_hex
 
 
@@ -31,6 +43,33 @@ def _key(text: str) -> bytes:
         return parse_key_hex(text)
     except ValueError as e:
         raise CommandError(f"--key: {e}", EXIT_USAGE) from None
+
+
+ARGV_KEY_WARNING = ("warning: a key on the command line is visible to every user of this machine (ps, "
+                    "/proc, shell history); give it on stdin (--key -), in a file (--key-file FILE) or at the prompt")
+
+
+def _read_key(args) -> bytes:
+    """The signing key from a file (--key-file), stdin (--key -), the prompt (a terminal and no
+    --key), or, with a warning, the command line."""
+    if getattr(args, "key_file", None):
+        if args.key:
+            raise CommandError("give --key or --key-file, not both", EXIT_USAGE)
+        try:
+            text = Path(args.key_file).read_text()
+        except OSError as e:
+            raise CommandError(f"--key-file {args.key_file}: {e.strerror}", EXIT_USAGE) from None
+    elif args.key == "-":
+        text = sys.stdin.readline()
+    elif args.key:
+        print(ARGV_KEY_WARNING, file=sys.stderr)
+        text = args.key
+    elif sys.stdin.isatty():
+        text = getpass.getpass("signing key (64 hex digits, not echoed): ")
+    else:
+        raise CommandError("no key: give it on stdin (--key -), in a file (--key-file FILE) or at the prompt",
+                           EXIT_USAGE)
+    return _key(text)
 
 
 def _admin(fn, *a, **kw):
@@ -43,10 +82,11 @@ def _admin(fn, *a, **kw):
 def cmd_add(args) -> int:
     if args.from_file:
         return cmd_add_from(args)
-    if not args.id or not args.key or not args.facility or not args.region:
-        raise CommandError("give ID --key HEX --facility F --region MA-xx, or --from FILE", EXIT_USAGE)
+    if not args.id or not args.facility or not args.region:
+        raise CommandError("give ID --facility F --region MA-xx and the key (--key -, --key-file FILE or the "
+                           "prompt), or --from FILE", EXIT_USAGE)
+    key = _read_key(args)
     cfg, db = open_config(args)
-    key = _key(args.key)
     _admin(admin.add_device, db, kek(cfg), args.id, key, args.facility, args.region, args.key_version, actor())
     _out(args, {"ok": True, "id": args.id, "key_version": args.key_version}, f"added {args.id} (key version {args.key_version})")
     return 0
@@ -55,7 +95,7 @@ def cmd_add(args) -> int:
 def cmd_add_from(args) -> int:
     from gateway import registration
 
-    if args.id or args.key:
+    if args.id or args.key or args.key_file:
         raise CommandError("--from FILE takes the device id and key from the file: give neither ID nor --key",
                            EXIT_USAGE)
     try:
@@ -90,9 +130,9 @@ def cmd_list(args) -> int:
     if args.json:
         print(json.dumps(rows, separators=(",", ":")))
         return 0
-    cols = ("id", "facility", "region", "status", "state", "key_version", "fw", "cal_due", "last_seen_at",
+    cols = ("id", "facility", "region", "status", "state", "alert", "key_version", "fw", "cal_due", "last_seen_at",
             "readings", "outbox", "drops")
-    table = [cols] + [tuple("" if r[c] is None else str(r[c]) for c in cols) for r in rows]
+    table = [cols] + [tuple("" if r[c] is None else terminal_safe(r[c]) for c in cols) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     for row in table:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
@@ -107,8 +147,8 @@ def cmd_revoke(args) -> int:
 
 
 def cmd_rotate(args) -> int:
+    key = _read_key(args)
     cfg, db = open_config(args)
-    key = _key(args.key)
     grace = cfg.security.key_grace_hours if args.grace_hours is None else args.grace_hours
     new = _admin(admin.rotate_key, db, kek(cfg), args.id, key, grace, actor())
     _out(args, {"ok": True, "id": args.id, "key_version": new, "old_valid_hours": grace},
@@ -127,7 +167,9 @@ def register(sub) -> None:
     a = s.add_parser("add", help="register a device and its signing key (or import a registration file)")
     add_config(a)
     a.add_argument("id", nargs="?")
-    a.add_argument("--key", help="signing key, 64 hex digits (32 bytes)")
+    a.add_argument("--key", metavar="-", help="'-': read the signing key (64 hex digits) from stdin; without "
+                   "--key or --key-file it is asked at the prompt (a key given here is visible in ps: warned)")
+    a.add_argument("--key-file", metavar="FILE", help="read the signing key (64 hex digits) from FILE")
     a.add_argument("--facility")
     a.add_argument("--region", help="ISO 3166-2 region MA-01..MA-12")
     a.add_argument("--from", dest="from_file", metavar="FILE",
@@ -152,7 +194,8 @@ def register(sub) -> None:
     k = s.add_parser("rotate-key", help="store a new key version")
     add_config(k)
     k.add_argument("id")
-    k.add_argument("--key", required=True, help="new signing key, 64 hex digits")
+    k.add_argument("--key", metavar="-", help="'-': read the new signing key from stdin (default: the prompt)")
+    k.add_argument("--key-file", metavar="FILE", help="read the new signing key from FILE")
     k.add_argument("--grace-hours", type=float, default=None,
                    help="how long the old version stays valid (default [security] key_grace_hours)")
     k.add_argument("--json", action="store_true")

@@ -32,11 +32,17 @@ TEMPLATE = '''# nabd-gateway configuration (TOML), written by `nabd-gateway init
 # MQTT broker; mqtts://host:8883 for TLS (then set ca_file).
 url = "{broker}"
 # Fixed client id: the broker keeps this session (subscription + unacknowledged messages)
-# across restarts. Give every gateway process sharing the subscription its own id.
+# across restarts. Give every gateway process sharing the subscription its own id. On the site
+# broker (gateway/mosquitto/, use_username_as_clientid) the client id IS the username: leave
+# client_id empty there and give every gateway process its own broker user.
 client_id = "{client_id}"
 # Gateway broker account (may read readings/status, write ack/cmd); the password lives in a file.
 username = ""
 password_file = ""
+# `devices command` connects under its own user (write nabd/v1/dev/+/cmd only), so that it never
+# takes over the serve process' session; empty: the account above.
+command_username = ""
+command_password_file = ""
 ca_file = ""
 keepalive = 30
 session_expiry_s = 86400
@@ -87,6 +93,13 @@ suppress_below = 5
 # deliver their stored readings first; days missed while the gateway was down are caught up.
 push_delay_hours = 6.0
 push_catch_up_days = 7
+
+[quarantine]
+# Rejected messages kept with (up to 4 KiB of) their bytes, per device and minute; past that they
+# are only counted (`nabd-gateway quarantine list` shows the device as flooding).
+per_device_per_min = 60
+max_mb = 256.0         # bytes of rejected messages kept at most; the oldest go first
+retention_days = 30
 
 [security]
 # 64 hex digits, file mode 0600; NABD_KEK in the environment takes precedence.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 
-from gateway.commands._common import add_config, open_config
+from gateway.commands._common import add_config, open_config, terminal_safe
 from nabd_cli import EXIT_USAGE, CommandError, add_json, emit_json
 
 
@@ -45,7 +45,8 @@ def _report(args) -> int:
     elif args.csv:
         sys.stdout.write(observatory.to_csv(report))
     else:
-        sys.stdout.write(observatory.to_text(report))
+        text = observatory.to_text(report)
+        sys.stdout.write("\n".join(terminal_safe(line) for line in text.split("\n")))
     return 0
 
 

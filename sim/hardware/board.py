@@ -289,6 +289,7 @@ class SimBoard:
             _makedirs(self.storage_root)
         self.wdt_feeds = 0
         self.resets = 0
+        self.repl_locked = False      # lock_repl() called (production config)
         self.faults = []
         for f in faults:
             self.inject(f)
@@ -342,3 +343,8 @@ class SimBoard:
     def reset(self):
         self.resets += 1
         raise SimReset("hard reset requested")
+
+    def lock_repl(self):
+        """As the ESP32's (Ctrl-C no longer interrupts the program), recorded for tests: the
+        simulator's own REPL stays usable."""
+        self.repl_locked = True

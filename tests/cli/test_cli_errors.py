@@ -165,7 +165,7 @@ def test_quarantine_list_has_a_header_and_says_what_it_leaves_out(tmp_path):
     p = run("nabd-gateway", "quarantine", "list", "--config", str(conf), "--limit", "2")
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
-    assert lines[0].split() == ["ID", "RECEIVED_AT", "REASON", "DEVICE", "BYTES", "TOPIC", "DETAIL"]
+    assert lines[0].split() == ["ID", "RECEIVED_AT", "REASON", "DEVICE", "BYTES", "HITS", "TOPIC", "DETAIL"]
     assert [ln.split()[0] for ln in lines[1:3]] == ["3", "2"]          # newest first
     assert lines[3] == "(2 newest of 3 shown; --limit N for more)" and len(lines) == 4
     p = run("nabd-gateway", "quarantine", "list", "--config", str(conf), "--limit", "0")

@@ -67,10 +67,13 @@ def site_broker(tmp_path):
     proc.wait(timeout=10)
 
 
-def client(broker, user, password, port_kind="tls", v5=False):
+def client(broker, user, password, port_kind="tls", v5=False, client_id=None, clean=True):
     msgs: queue.Queue = queue.Queue()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user or f"anon-{uuid.uuid4().hex[:6]}",
-                    protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+    cid = client_id or user or f"anon-{uuid.uuid4().hex[:6]}"
+    if v5:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+    else:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv311, clean_session=clean)
     if user is not None:
         c.username_pw_set(user, password)
     if port_kind == "tls":
@@ -78,7 +81,17 @@ def client(broker, user, password, port_kind="tls", v5=False):
     result: queue.Queue = queue.Queue()
     c.on_connect = lambda cl, ud, flags, rc, props=None: result.put(rc)
     c.on_message = lambda cl, ud, m: msgs.put((m.topic, m.payload))
-    c.connect("127.0.0.1", broker[port_kind])
+    c.disconnects = []
+    c.on_disconnect = lambda cl, ud, *a: c.disconnects.append(a)
+    if v5:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0 if clean else 3600
+        c.connect("127.0.0.1", broker[port_kind], clean_start=clean, properties=props)
+    else:
+        c.connect("127.0.0.1", broker[port_kind])
     c.loop_start()
     rc = result.get(timeout=10)
     c.msgs = msgs
@@ -150,3 +163,50 @@ def test_plaintext_client_cannot_use_tls_listener(site_broker):
                 break
         assert not c.is_connected()
         raise ConnectionError("not connected")
+
+
+def _stop(*clients):
+    for c in clients:
+        c.loop_stop()
+        c.disconnect()
+
+
+def test_client_id_takeover_refused(site_broker):
+    """Device A's password, connecting with device B's client id (clean session) or the gateway's,
+    neither kicks that client nor wipes its session: the broker takes the client id from the
+    username (use_username_as_clientid). B's command queued while it was away still arrives."""
+    b_id, a_id = "nabd-0000000000b2", "nabd-0000000000a1"
+    gw = client(site_broker, "nabd.gateway", USERS["nabd.gateway"], v5=True, clean=False)
+    assert not gw.rc.is_failure
+    b = client(site_broker, b_id, USERS[b_id], clean=False)
+    b.subscribe(f"nabd/v1/dev/{b_id}/cmd", qos=1)
+    time.sleep(0.3)
+    _stop(b)                                    # B goes away; its session keeps the subscription
+    gw.publish(f"nabd/v1/dev/{b_id}/cmd", b"cmd-for-B", qos=1).wait_for_publish(5)
+    for cid in (b_id, "nabd.gateway"):          # A's credentials, someone else's client id
+        thief = client(site_broker, a_id, USERS[a_id], client_id=cid, clean=True)
+        assert not thief.rc.is_failure         # A may connect (as itself) ...
+        time.sleep(0.3)
+        _stop(thief)
+    time.sleep(0.3)
+    assert gw.is_connected() and gw.disconnects == []      # ... the gateway was not kicked
+    b = client(site_broker, b_id, USERS[b_id], clean=False)
+    assert ("nabd/v1/dev/nabd-0000000000b2/cmd", b"cmd-for-B") in drain(b.msgs, 1.0)
+    _stop(gw, b)
+
+
+def test_oversized_packets_refused(site_broker):
+    """The protocol's largest message passes; a larger packet is refused at the broker, which
+    disconnects the sender and queues nothing (max_packet_size)."""
+    gw = client(site_broker, "nabd.gateway", USERS["nabd.gateway"], v5=True)
+    gw.subscribe("$share/nabd-gateway/nabd/v1/dev/+/reading", qos=1)
+    a = client(site_broker, "nabd-0000000000a1", USERS["nabd-0000000000a1"])
+    time.sleep(0.3)
+    topic = "nabd/v1/dev/nabd-0000000000a1/reading"
+    a.publish(topic, b"r" * 2048, qos=1).wait_for_publish(5)
+    assert drain(gw.msgs) == [(topic, b"r" * 2048)]
+    a.publish(topic, b"x" * 4000, qos=1)
+    time.sleep(1.0)
+    assert drain(gw.msgs) == []
+    assert a.disconnects, "the broker kept a client that sent an oversized packet"
+    _stop(gw, a)
