@@ -141,7 +141,8 @@ class SecurityConfig:
         try:
             text = p.read_text().strip()
         except OSError as e:
-            raise ConfigError(f"security.kek_file {p}: {e.strerror}") from None
+            raise ConfigError(f"security.kek_file {p}: {e.strerror} (restore it from your backup, or set "
+                              "NABD_KEK; a new key cannot read the stored device keys)") from None
         return _kek_from_hex(text, str(p))
 
 

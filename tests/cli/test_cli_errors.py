@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -76,6 +77,16 @@ def test_serve_with_the_api_port_taken_names_it_and_exits_3(tmp_path):
     assert p.returncode == 3, p.stderr
     line = error_line(p, "nabd-gateway")
     assert f"127.0.0.1:{api}" in line and "in use" in line and "[api] listen" in line
+
+
+def test_serve_without_its_key_encryption_key_says_where_it_looked(tmp_path):
+    conf = init(tmp_path)
+    (tmp_path / "gw.toml.kek").unlink()
+    env = {k: v for k, v in os.environ.items() if k != "NABD_KEK"}
+    p = run("nabd-gateway", "serve", "--config", str(conf), "--no-api", env=env)
+    assert p.returncode == 2, p.stderr   # a configuration that cannot work: usage
+    line = error_line(p, "nabd-gateway")
+    assert str(tmp_path / "gw.toml.kek") in line and "NABD_KEK" in line
 
 
 @pytest.mark.broker
