@@ -8,8 +8,6 @@ from gateway.config import Config, ConfigError, load
 from gateway.db import Database, DatabaseError
 from nabd_cli import EXIT_DATA, EXIT_DEVICE, EXIT_FAIL, EXIT_USAGE, CommandError  # noqa: F401
 
-EXIT_CONN = EXIT_DEVICE  # old name, kept until the modules still using it are converted
-
 
 def add_config(p) -> None:
     p.add_argument("--config", required=True, help="gateway configuration file (TOML)")

@@ -35,8 +35,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args) -> int:
-    from gateway.cli import CommandError
-    from gateway.commands._common import EXIT_CONN, EXIT_DATA, EXIT_USAGE, actor, kek, open_config
+    from gateway.commands._common import actor, kek, open_config
+    from nabd_cli import EXIT_DATA, EXIT_DEVICE, EXIT_USAGE, CommandError
 
     if not getattr(args, "config", None):
         raise CommandError("--config FILE is required", EXIT_USAGE)
@@ -63,7 +63,7 @@ def _run(args) -> int:
     except CommandRefused as e:
         raise CommandError(str(e), EXIT_DATA) from None
     except PublishError as e:
-        raise CommandError(str(e), EXIT_CONN) from None
+        raise CommandError(str(e), EXIT_DEVICE) from None
     out = {"ok": True, "id": p.device_id, "cmd": p.cmd, "args": p.args, "n": p.n, "exp": p.exp,
            "key_version": p.key_version, "topic": p.topic}
     if getattr(args, "json", False):
