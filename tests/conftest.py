@@ -19,7 +19,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 # in-VM helpers: real modules under tests/ (linted like the rest), copied into every VM so that
 # they import there by the same name as on CPython (``from tests.firmware._commsboard import ...``)
-VM_HELPERS = sorted((REPO / "tests" / "firmware").glob("_*.py"))
+VM_HELPERS = [p for d in ("firmware", "sim") for p in sorted((REPO / "tests" / d).glob("_*.py"))]
 
 
 def install_vm_helpers(m: MicroPythonVM) -> None:
@@ -30,7 +30,7 @@ def install_vm_helpers(m: MicroPythonVM) -> None:
 @pytest.fixture
 def vm():
     """A fresh MicroPython interpreter with firmware/ and sim/ on its path, and the in-VM
-    helpers of tests/firmware/ (``_*.py``) importable as ``tests.firmware._name``."""
+    helpers (``tests/firmware/_*.py``, ``tests/sim/_*.py``) importable as on CPython."""
     with MicroPythonVM() as m:
         install_vm_helpers(m)
         yield m

@@ -22,6 +22,7 @@ import micropython
 import network
 
 from firmware.boards import pins
+from firmware.errors import EHOSTUNREACH_IDF
 
 _EPOCH_2000 = 946684800   # seconds from 1970-01-01 to 2000-01-01
 _WIFI_TIMEOUT_MS = 15000
@@ -190,7 +191,7 @@ class Esp32Network:
         server certificate is verified against ``ca`` (CERT_REQUIRED, host name checked) and the
         client presents ``cert``/``key`` when given."""
         if not self._wlan.isconnected():
-            raise OSError(118, "Wi-Fi not connected")   # EHOSTUNREACH on the ESP32
+            raise OSError(EHOSTUNREACH_IDF, "Wi-Fi not connected")
         addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:

@@ -188,47 +188,14 @@ def test_scenario_file_round_trips_on_micropython(vm, tmp_path):
         assert got[5] == int(rec.ambient_mc[i * len(rec.ambient_mc) // rec.n])
 
 
-_MAX_READ = """
-from sim.hardware.scenario import ArrayScenario
-from sim.hardware.clock import VirtualClock
-from sim.hardware.i2c import VirtualI2C
-from sim.hardware.max30102 import MAX30102Model
-clock = VirtualClock()
-bus = VirtualI2C(clock, 400000)
-scn = ArrayScenario.load('/s.scn')
-bus.attach(0x57, MAX30102Model(clock, scn))
-bus.writeto_mem(0x57, 0x09, b'\\x03')          # SpO2 mode
-bus.writeto_mem(0x57, 0x0A, bytes([(1 << 5) | (1 << 2) | 3]))   # 4096 nA, 100 sps, 411 us
-bus.writeto_mem(0x57, 0x0C, bytes([{led}]))    # LED1 red, 0.2 mA steps
-bus.writeto_mem(0x57, 0x0D, bytes([{led}]))    # LED2 IR
-bus.writeto_mem(0x57, 0x08, b'\\x10')          # no averaging, rollover
-for r in (0x04, 0x05, 0x06):
-    bus.writeto_mem(0x57, r, b'\\x00')
-red = []
-ir = []
-def drain():
-    wr = bus.readfrom_mem(0x57, 0x04, 1)[0]
-    rd = bus.readfrom_mem(0x57, 0x06, 1)[0]
-    n = (wr - rd) & 0x1F
-    if n:
-        b = bus.readfrom_mem(0x57, 0x07, 6 * n)
-        for i in range(n):
-            o = 6 * i
-            red.append(((b[o] << 16) | (b[o + 1] << 8) | b[o + 2]) & 0x3FFFF)
-            ir.append(((b[o + 3] << 16) | (b[o + 4] << 8) | b[o + 5]) & 0x3FFFF)
-for _ in range({polls}):
-    clock.advance_us(100000)
-    drain()
-"""
-
-
 @pytest.mark.parametrize("name", ["normal", "no-finger"])
 def test_scenario_feeds_the_max30102_model(vm, tmp_path, name):
     """The scenario file drives the simulated MAX30102 on MicroPython, and what the model delivers
     is what ``Recording.counts()`` predicts at the same LED current and range."""
     rec = ph.render(ph.scenario(name, seed=3, duration_s=9.0))
     vm.write_file("/s.scn", ph.write_scenario(tmp_path / "s.scn", rec).read_bytes())
-    vm.exec(_MAX_READ.format(led=35, polls=85))       # 35 × 0.2 mA = 7 mA, 8.5 s
+    # 35 × 0.2 mA = 7 mA, 8.5 s (tests/sim/_maxraw.py)
+    vm.exec("from tests.sim._maxraw import read_scenario\nred, ir = read_scenario('/s.scn', 35, 85)")
     red = np.asarray(vm.eval("red"))
     ir = np.asarray(vm.eval("ir"))
     assert len(ir) >= 820
