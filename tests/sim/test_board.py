@@ -101,42 +101,24 @@ def test_unknown_fault_lists_the_valid_names(vm):
 
 
 FAULT_PROBES = {
-    # fault -> MicroPython expression seen by a driver on the faulty board
-    "mlx90614:pec": "_fault(lambda: MLX90614(b.i2c, clock=b.clock).object_cc())",
-    "mlx90614:nack": "_fault(lambda: MLX90614(b.i2c, clock=b.clock).object_cc())",
-    "mlx90614:stuck": "_fault(lambda: MLX90614(b.i2c, clock=b.clock).object_cc())",
-    "mlx90614:error-flag": "_fault(lambda: MLX90614(b.i2c, clock=b.clock).object_cc())",
-    "max30102:absent": "_fault(lambda: b.i2c.readfrom_mem(0x57, 0xFF, 1))",
-    "max30102:swapped-leds": "_swapped()",
-    "max30102:overflow": "_lost()",
+    # fault -> MicroPython expression seen by a driver on the faulty board (tests/sim/_faultprobe.py)
+    "mlx90614:pec": "fault_of(lambda: mlx_object(b))",
+    "mlx90614:nack": "fault_of(lambda: mlx_object(b))",
+    "mlx90614:stuck": "fault_of(lambda: mlx_object(b))",
+    "mlx90614:error-flag": "fault_of(lambda: mlx_object(b))",
+    "max30102:absent": "fault_of(lambda: b.i2c.readfrom_mem(0x57, 0xFF, 1))",
+    "max30102:swapped-leds": "swapped(b)",
+    "max30102:overflow": "lost(b)",
 }
 EXPECT = {
     "mlx90614:pec": "pec", "mlx90614:nack": "nack", "mlx90614:stuck": "stuck", "mlx90614:error-flag": "error-flag",
     "max30102:absent": 19, "max30102:swapped-leds": True, "max30102:overflow": True,
 }
-PROBE_HELPERS = """
-from firmware.drivers.mlx90614 import MLX90614
-from firmware.drivers.max30102 import MAX30102
-def _fault(f):
-    try:
-        f(); return None
-    except Exception as e:
-        return getattr(e, 'fault', None) or (e.args[0] if e.args else None)
-def _max():
-    d = MAX30102(b.i2c, clock=b.clock); d.reset(); d.check(); d.configure(); d.read_fifo(); return d
-def _swapped():
-    return _max().detect_swapped_leds()
-def _lost():
-    d = _max(); lost = 0
-    for _ in range(25):
-        b.clock.sleep_ms(40); d.read_fifo(); lost += d.lost
-    return lost > 0
-"""
 
 
 @pytest.mark.parametrize("fault", FAULTS)
 def test_each_fault_reaches_its_model(vm, fault):
-    vm.exec(NEW + PROBE_HELPERS + "b = SimBoard()")
+    vm.exec(NEW + "from tests.sim._faultprobe import fault_of, lost, mlx_object, swapped\nb = SimBoard()")
     healthy = vm.eval(FAULT_PROBES[fault])
     assert healthy in (None, False), (fault, healthy)
     vm.exec(f"b = SimBoard(faults=[{fault!r}])")
