@@ -2,24 +2,10 @@
 drops, and recovery from a record torn by a power cut at every byte."""
 from __future__ import annotations
 
-SETUP = """
-import os
-from firmware import outbox as O
-class B:
-    storage_root = '/flash'
-try:
-    os.mkdir('/flash')
-except OSError:
-    pass
-board = B()
-def msg(s):
-    return ('tok-%d-' % s).encode() + b'x' * (s % 50)
-def fill(box, a, b):
-    for s in range(a, b):
-        box.append(s, msg(s))
-def check(box):
-    return [(s, m == msg(s)) for s, m in box.pending()]
-"""
+from pathlib import Path
+
+# the shared test board and seq-derived readings, run in the VM (tests/firmware/_outboxdev.py)
+SETUP = Path(__file__).with_name("_outboxdev.py").read_text()
 
 
 def test_append_pending_ack_in_order(vm):

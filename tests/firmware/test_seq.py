@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import random
 
+# the shared test board (tests/firmware/_commsboard.py) on /flash
 SETUP = """
-import os
 from firmware import seq as S
-class B:
-    storage_root = '/flash'
-try:
-    os.mkdir('/flash')
-except OSError:
-    pass
-board = B()
+from tests.firmware._commsboard import CommsBoard
+board = CommsBoard('/flash')
 """
 
 
