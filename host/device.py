@@ -24,7 +24,7 @@ import json
 import os
 import time
 
-from host.cli import EXIT_DEVICE, CommandError
+from nabd_cli import EXIT_DEVICE, EXIT_USAGE, CommandError
 
 MARK = "\x1e"   # separates a JSON result from anything the firmware printed before it
 
@@ -51,7 +51,7 @@ def open_transport(port: str, timeout: float | None = None):
     from mpremote.transport_serial import SerialTransport
 
     if not port:
-        raise CommandError("give --port PORT (see `nabd ports`)", 2)
+        raise CommandError("give --port PORT (see `nabd ports`)", EXIT_USAGE)
     if not port.startswith(("socket://", "rfc2217://", "loop://")) and not os.path.exists(port):
         raise DeviceError(f"no serial port {port}: plug the device in (or start it), then `nabd ports` lists the ports")
     try:

@@ -16,7 +16,8 @@ import io
 import os
 from pathlib import Path
 
-from host.cli import EXIT_DATA, EXIT_DEVICE, EXIT_OK, CommandError, add_common, emit_json
+from host.cli import add_common
+from nabd_cli import EXIT_DATA, EXIT_DEVICE, EXIT_OK, EXIT_USAGE, CommandError, emit_json
 
 APP_OFFSET = 0x1000          # where an ESP32 image that starts with its bootloader goes
 
@@ -62,7 +63,7 @@ def flash(port: str, image: Path, no_stub: bool = False, baud: int = 460800, say
 
     offset, data, desc = check_image(image)
     if not port:
-        raise CommandError("give --port PORT (see `nabd ports`)", 2)
+        raise CommandError("give --port PORT (see `nabd ports`)", EXIT_USAGE)
     if not os.path.exists(port):
         raise CommandError(f"no serial port {port}: plug the board in, then `nabd ports`", EXIT_DEVICE)
     entry = virtual_ports.lookup(port)

@@ -18,7 +18,8 @@ import json
 import sys
 import time
 
-from host.cli import EXIT_OK, EXIT_USAGE, CommandError, add_common, emit_json
+from host.cli import add_common
+from nabd_cli import EXIT_DEVICE, EXIT_OK, EXIT_USAGE, CommandError, emit_json
 
 MARK = "\x1e"
 
@@ -116,7 +117,7 @@ def cmd_monitor(args) -> int:
                     rest = s.read(4096)
                     err = (err + rest).split(b"\x04")[0].decode("utf-8", "replace").strip()
                     raise CommandError(f"the firmware's loop stopped on the device: "
-                                       f"{err.splitlines()[-1] if err else 'no traceback'}", 3)
+                                       f"{err.splitlines()[-1] if err else 'no traceback'}", EXIT_DEVICE)
                 while b"\n" in buf:
                     line, _, rest = bytes(buf).partition(b"\n")
                     buf = bytearray(rest)
