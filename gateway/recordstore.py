@@ -123,22 +123,31 @@ def render_observations(raw: Any, received_at: Any) -> dict[str, dict]:
 
 def _observation(r: dict, cache: dict) -> dict:
     """An observation row's resource: the stored JSON (rows written before schema version 3, or by
-    other writers) or rendered from its reading."""
+    other writers) or rendered from its reading. When the row carries the reading's ``patient_id``
+    and the signed payload named no patient (a reading a clinician attached from the console's
+    inbox, audited as ``readings.attach``), the resource gets that patient as its ``subject``."""
     if r["resource"] is not None:
-        return load_json(r["resource"])
-    rid = r["reading_id"]
-    if rid not in cache:
-        cache[rid] = render_observations(r["raw"], r["received_at"])
-    return cache[rid][r["code"]]
+        res = load_json(r["resource"])
+    else:
+        rid = r["reading_id"]
+        if rid not in cache:
+            cache[rid] = render_observations(r["raw"], r["received_at"])
+        res = cache[rid][r["code"]]
+    pid = r.get("patient_id")
+    if pid and "subject" not in res:
+        res = {**res, "subject": {"reference": f"Patient/{pid}"}}
+    return res
 
 
-observation_resource = _observation   # for the API's queries (row: reading_id, code, resource, raw, received_at)
+# for the API's queries (row: reading_id, code, resource, raw, received_at, and patient_id for attached readings)
+observation_resource = _observation
 
 
 def reading_observations(db, conn, reading_id: int) -> list[dict]:
     """The Observations of one reading (stored or rendered), in their stored order."""
-    page = rows(conn, q(db, "SELECT o.reading_id, o.code, o.resource, r.raw, r.received_at FROM observations o "
-                            "JOIN readings r ON r.id = o.reading_id WHERE o.reading_id = ? ORDER BY o.pos"),
+    page = rows(conn, q(db, "SELECT o.reading_id, o.code, o.resource, r.raw, r.received_at, r.patient_id "
+                            "FROM observations o JOIN readings r ON r.id = o.reading_id WHERE o.reading_id = ? "
+                            "ORDER BY o.pos"),
                 (reading_id,))
     cache: dict = {}
     return [_observation(r, cache) for r in page]
@@ -151,7 +160,8 @@ def observations_page(db, conn, column: str, value: str, count: int, offset: int
     # through the readings' (device_id | patient_id, effective_at) index (schema version 4)
     total = rows(conn, q(db, f"SELECT COUNT(*) AS n FROM readings r JOIN observations o ON o.reading_id = r.id "
                             f"WHERE r.{column} = ?"), (value,))[0]["n"]
-    page = rows(conn, q(db, f"SELECT o.reading_id, o.code, o.resource, r.raw, r.received_at FROM readings r "
+    page = rows(conn, q(db, f"SELECT o.reading_id, o.code, o.resource, r.raw, r.received_at, r.patient_id "
+                            f"FROM readings r "
                             f"JOIN observations o ON o.reading_id = r.id WHERE r.{column} = ? "
                             f"ORDER BY r.effective_at, r.id, o.pos LIMIT ? OFFSET ?"), (value, count, offset))
     cache: dict = {}

@@ -113,6 +113,12 @@ def test_attach_reading_once_and_audited(db):
         rec.attach_reading(db, r["id"], "Fatima Zahra", "user:karim")
     with pytest.raises(rec.RecordError, match="no reading"):
         rec.attach_reading(db, 99999, "p-late01", "user:karim")
+    # its FHIR Observations now name the patient (the signed payload did not)
+    from gateway import recordstore as rs
+    with db.connect() as c:
+        obs, total = rs.observations_page(db, c, "patient_id", "p-late01", 10, 0)
+        again = rs.reading_observations(db, c, r["id"])
+    assert total == 4 and all(o["subject"] == {"reference": "Patient/p-late01"} for o in obs + again)
     [a] = auth.audit_log(db, target="Patient/p-late01")
     assert (a["actor"], a["action"]) == ("user:amina", "readings.attach") and "seq=7" in a["detail"]
 
