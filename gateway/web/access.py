@@ -49,9 +49,9 @@ def record_target(request: Request) -> str:
 
 
 def _printable(text: str, n: int = 500) -> str:
-    """Client text bound for the audit log: bounded, control characters (NUL, which PostgreSQL
-    refuses in text, and terminal escapes) replaced."""
-    return "".join(c if c.isprintable() else "?" for c in text[:n])
+    """Client text bound for the audit log: bounded, unprintable characters (NUL, which PostgreSQL
+    refuses in text, terminal escapes, bidi overrides) escaped (``auth.printable``)."""
+    return auth.printable(text, n) or ""
 
 
 def check(request: Request, permission: str) -> auth.Principal:

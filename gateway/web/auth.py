@@ -124,6 +124,17 @@ def allowed(role: str, permission: str) -> bool:
     return role in PERMISSIONS[permission]
 
 
+def printable(text: str | None, limit: int = 500) -> str | None:
+    """``text`` safe for the audit log: at most ``limit`` characters, every unprintable one (NUL,
+    which PostgreSQL's text refuses, controls, bidirectional overrides that could disguise a row
+    on screen) written as ``\\xNN`` / ``\\uNNNN``."""
+    if text is None:
+        return None
+    out = "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
+                  for c in str(text)[:limit])
+    return out[:limit]
+
+
 def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -313,8 +324,8 @@ def login(db: Database, settings: Settings, username: str, password: str, client
     """Check a console login; returns the principal and the new session's id (for the cookie).
     Raises LoginRefused (wrong name or password, disabled, or rate-limited: ``retry_after``)."""
     now = now or utcnow()
-    username = (username or "").strip().lower()[:64]
-    client = (client or "unknown")[:64]
+    username = printable((username or "").strip().lower(), 64) or ""
+    client = printable(client or "unknown", 64) or "unknown"
     since = now - dt.timedelta(seconds=settings.login_window_s)
     retry = None
     with db.connect() as conn:  # the refusal's audit row is committed before the refusal is raised
@@ -411,8 +422,8 @@ def audit_access(db: Database, principal: Principal, action: str, target: str, d
     """One audit row for an access to records (``target``: ``Patient/ID``, ``Device/ID``, ...) or a
     refusal, in its own transaction: who (``principal.actor``, role), what, when (``at``)."""
     with db.connect() as conn:
-        audit(db, conn, principal.actor, action, target,
-              f"role={principal.role} via={principal.via}" + (f" {detail}" if detail else ""))
+        audit(db, conn, printable(principal.actor, 200), action, printable(target, 200),
+              printable(f"role={principal.role} via={principal.via}" + (f" {detail}" if detail else ""), 1000))
 
 
 def audit_log(db: Database, limit: int = 200, target: str | None = None) -> list[dict]:

@@ -2,7 +2,9 @@
 downloaded browser) against a whole site built from the real parts (host/site.py: Mosquitto with
 per-device passwords and the ACL, `nabd-gateway serve`, the virtual device running the firmware).
 
-One site for the module, the steps in order (each test needs the state the previous one left):
+One site, one browser, and the steps in order in one test (each needs the state the previous one
+left, so no test runner may split or reorder them; a failing step saves its page as
+build/console/FAILED_<step>.png):
 a clinician logs in; a reading the virtual device takes before any assignment lands in the inbox
 and is attached to a patient (audited); the clinician assigns the device to the patient (a signed
 command through the broker), the device measures a feverish patient and the reading appears on the
@@ -123,14 +125,14 @@ def _api(site, path: str, token: str) -> int:
         return e.code
 
 
-def test_clinician_logs_in_and_sees_the_patient_list(clinician, site):
+def _clinician_logs_in_and_sees_the_patient_list(clinician, site):
     assert clinician.url.endswith("/console/patients")
     assert clinician.locator("html").get_attribute("lang") == "fr"
     assert clinician.locator("h1").inner_text() == "Patients"
     shot(clinician, "clinician-patients-empty")
 
 
-def test_unassigned_reading_lands_in_the_inbox_and_is_attached(clinician, site):
+def _unassigned_reading_lands_in_the_inbox_and_is_attached(clinician, site):
     first = site.measure(1, scenario="normal")
     assert first["ok"], first
     clinician.goto(_console(site) + "/inbox")
@@ -145,7 +147,7 @@ def test_unassigned_reading_lands_in_the_inbox_and_is_attached(clinician, site):
     assert row[0] == "user:amina" and row[2] == f"Patient/{PATIENT}" and f"device={site.device_id}" in row[3]
 
 
-def test_assign_device_then_the_devices_reading_appears_on_the_patient_page(clinician, site):
+def _assign_device_then_the_devices_reading_appears_on_the_patient_page(clinician, site):
     clinician.goto(f"{_console(site)}/patients/{PATIENT}")
     before = clinician.locator("tr[data-reading]").count()
     assert before == 1                                           # the attached one
@@ -173,7 +175,7 @@ def test_assign_device_then_the_devices_reading_appears_on_the_patient_page(clin
     assert commands and commands[-1][0] == "user:amina" and PATIENT in commands[-1][3]
 
 
-def test_patient_page_in_arabic_is_right_to_left(clinician, site):
+def _patient_page_in_arabic_is_right_to_left(clinician, site):
     clinician.goto(f"{_console(site)}/lang/ar?next=/console/patients/{PATIENT}")
     assert clinician.locator("html").get_attribute("dir") == "rtl"
     assert clinician.locator("html").get_attribute("lang") == "ar"
@@ -186,7 +188,7 @@ def test_patient_page_in_arabic_is_right_to_left(clinician, site):
     assert clinician.locator("html").get_attribute("lang") == "fr"
 
 
-def test_clinician_cannot_open_admin_pages_or_other_roles_api(clinician, site):
+def _clinician_cannot_open_admin_pages_or_other_roles_api(clinician, site):
     for path in ("/admin/devices", "/admin/users", "/admin/quarantine", "/admin/audit", "/observatory"):
         resp = clinician.goto(_console(site) + path)
         assert resp.status == 403, path
@@ -206,7 +208,7 @@ def test_clinician_cannot_open_admin_pages_or_other_roles_api(clinician, site):
                for r in _audit(site, "records.read"))
 
 
-def test_forged_admin_post_and_missing_csrf_are_refused_and_audited(clinician, site):
+def _forged_admin_post_and_missing_csrf_are_refused_and_audited(clinician, site):
     clinician.goto(_console(site) + "/patients")
     csrf = clinician.locator("input[name=csrf]").first.get_attribute("value")
     # a clinician forging the admin's add-user form, with their own valid CSRF token
@@ -229,7 +231,7 @@ def test_forged_admin_post_and_missing_csrf_are_refused_and_audited(clinician, s
     shot(clinician, "clinician-csrf-refused")
 
 
-def test_wrong_passwords_are_rate_limited(browser, site):
+def _wrong_passwords_are_rate_limited(browser, site):
     ctx = browser.new_context(viewport={"width": 1024, "height": 768}, **HTTPS)
     page = ctx.new_page()
     statuses = []
@@ -249,7 +251,7 @@ def test_wrong_passwords_are_rate_limited(browser, site):
     ctx.close()
 
 
-def test_expired_session_goes_back_to_login(browser, site):
+def _expired_session_goes_back_to_login(browser, site):
     import sqlite3
 
     ctx = browser.new_context(**HTTPS)
@@ -263,7 +265,7 @@ def test_expired_session_goes_back_to_login(browser, site):
     ctx.close()
 
 
-def test_admin_pages(browser, site):
+def _admin_pages(browser, site):
     ctx = browser.new_context(viewport={"width": 1280, "height": 900}, **HTTPS)
     page = _login(ctx.new_page(), site, "root")
     assert page.url.endswith("/console/admin/devices")
@@ -295,10 +297,39 @@ def test_admin_pages(browser, site):
     ctx.close()
 
 
-def test_observatory_user_sees_counts_only(browser, site):
+def _observatory_user_sees_counts_only(browser, site):
     ctx = browser.new_context(**HTTPS)
     page = _login(ctx.new_page(), site, "obs")
     assert page.url.endswith("/console/observatory")
     assert page.goto(f"{_console(site)}/patients/{PATIENT}").status == 403
     assert page.goto(f"{_console(site)}/inbox").status == 403
     ctx.close()
+
+
+STEPS = [
+    (_clinician_logs_in_and_sees_the_patient_list, "clinician"),
+    (_unassigned_reading_lands_in_the_inbox_and_is_attached, "clinician"),
+    (_assign_device_then_the_devices_reading_appears_on_the_patient_page, "clinician"),
+    (_patient_page_in_arabic_is_right_to_left, "clinician"),
+    (_clinician_cannot_open_admin_pages_or_other_roles_api, "clinician"),
+    (_forged_admin_post_and_missing_csrf_are_refused_and_audited, "clinician"),
+    (_wrong_passwords_are_rate_limited, "browser"),
+    (_expired_session_goes_back_to_login, "browser"),
+    (_admin_pages, "browser"),
+    (_observatory_user_sees_counts_only, "browser"),
+]
+
+
+@pytest.mark.timeout(900)   # ~1 min alone; a loaded 2-core CI machine runs it several times slower
+def test_console_in_a_browser(site, browser, clinician):
+    for step, first in STEPS:
+        try:
+            step(clinician if first == "clinician" else browser, site)
+        except BaseException:
+            pages = [p for c in reversed(browser.contexts) for p in c.pages]
+            if first == "clinician":
+                pages.insert(0, clinician)
+            if pages:
+                pages[0].screenshot(path=str(SHOTS / f"FAILED{step.__name__}.png"), full_page=True)
+                print(f"{step.__name__} failed on {pages[0].url}:\n{pages[0].inner_text('body')[:1500]}")
+            raise

@@ -247,3 +247,14 @@ def test_password_prompt_asks_twice():
     from gateway.cli import CommandError
     with pytest.raises(CommandError, match="differ"):
         read_password(Tty(), lambda _: next(answers))
+
+
+def test_hostile_text_reaches_the_audit_log_escaped(db):
+    # NUL (PostgreSQL text refuses it) and a right-to-left override (disguises a row on screen)
+    with pytest.raises(auth.LoginRefused):
+        auth.login(db, S, "ami\x00na\u202e", "x" * 12, "10.0.0.1\x00")
+    p = auth.Principal("amina", "clinician", "session", 1)
+    auth.audit_access(db, p, "records.read", "Patient/\x00\u202ex", "GET /fhir/Observation?patient=%00" + "y" * 2000)
+    rows = auth.audit_log(db)
+    assert rows[0]["target"] == "Patient/\\x00\\u202ex" and len(rows[0]["detail"]) == 1000
+    assert rows[1]["target"] == "user:ami\\x00na\\u202e" and "\x00" not in rows[1]["detail"]
