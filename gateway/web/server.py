@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import socket
 import ssl
 import subprocess
@@ -48,6 +49,7 @@ from gateway.web.app import build_app, settings_from_config
 log = logging.getLogger("nabd.gateway.web")
 
 MAX_HEAD = 32 * 1024   # bytes of request line + headers (h11)
+API_NICE = 10          # the API process's nice increment (the ingest keeps 0)
 _REQUEST_DONE = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
 
 
@@ -383,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from gateway.config import load
 
+    # below the ingest for the CPU: on a small gateway box (2 cores) a busy API must not take
+    # the time the ingest needs to commit and acknowledge readings
+    os.nice(API_NICE)
     cfg = load(args.config)
     sock = socket.socket(fileno=args.listen_fd)
     metrics = RemoteMetrics(socket.socket(fileno=args.metrics_fd))
