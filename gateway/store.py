@@ -40,10 +40,6 @@ from gateway.quarantine import Quarantine, Rejected
 from gateway.verify import FUTURE_SKEW_S, Verdict, check_time, parse, reject, topic_device, verify
 
 UTC = dt.timezone.utc
-RAW_LIMIT = 4096   # bytes of a quarantined message kept
-# shared with gateway/writer.py (a message that breaks the store)
-INSERT_QUARANTINE = ("INSERT INTO quarantine (received_at, reason, topic, device_hint, raw, detail) "
-                     "VALUES (?, ?, ?, ?, ?, ?)")
 log = logging.getLogger("nabd.gateway.store")
 
 

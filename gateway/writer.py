@@ -33,7 +33,8 @@ import time
 from typing import Any, Callable
 
 from gateway.db import Database
-from gateway.store import INSERT_QUARANTINE, RAW_LIMIT, BatchResult, Message, Store
+from gateway.quarantine import Rejected
+from gateway.store import BatchResult, Message, Store
 from gateway.verify import Verdict, reject
 from gateway.worker import BatchWorker
 
@@ -95,10 +96,10 @@ class BatchStore(BatchWorker):
     def quarantine_error(self, conn: Any, m: Message) -> BatchResult:
         v = reject("malformed", "gateway error while storing this message (see the gateway log)")
         self.db.begin(conn)
-        conn.execute(self.db.sql(INSERT_QUARANTINE),
-                     (m.received_at, v.reason, m.topic[:512], None, m.raw[:RAW_LIMIT], v.detail))
+        suppressed = self.store.quarantine.file(conn, [Rejected(m.received_at, v.reason, m.topic, None, m.raw,
+                                                                v.detail)])
         conn.commit()
-        return BatchResult([v], [])
+        return BatchResult([v], [], suppressed)
 
     def shutdown(self) -> None:
         self.close()
