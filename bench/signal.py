@@ -725,10 +725,10 @@ def write_report(figs: dict, detail: dict, outdir: Path, elapsed: float, notes: 
           "", "(The PNGs are written to `build/bench/` by the command above; the bench copies them, each under "
           "100 KB, to `docs/img/` next to this report.) The real-recording HR limits are "
           "wide because of TROIKA, wrist PPG during running, where the motion tests withhold most windows "
-          "and some motion-corrupted beats still pass. The synthetic HR limits are widened by one known "
-          "failure: in one `motion` recording the finger's light dips below the no-finger level mid-burst, the "
-          "chain treats the return as a new placement, arms its motion tests from motion beats and then "
-          "reports 197 bpm for 4 s against a true 64 bpm (section 7).", ""]
+          "and some motion-corrupted beats still pass (`gross_errors_real` counts them). The synthetic HR "
+          "limits are widened by the few gross errors left (`gross_errors_synthetic`: readings of low-perfusion "
+          "recordings at true PI under 0.3 %); the `motion` failure of issue 3 (197 against 64 bpm after the "
+          "light dipped below the no-finger level) no longer occurs (docs/signal.md).", ""]
 
     # coverage
     L += ["## 4. Coverage and why values are withheld", "",
@@ -743,7 +743,8 @@ def write_report(figs: dict, detail: dict, outdir: Path, elapsed: float, notes: 
     L += ["", "Reasons: `settling` covers the 1.5 s after the light level jumps (finger placed, pressure step) "
           "and the beats needed for a first reading (three, two intervals agreeing within 12 %); "
           "`low_perfusion` a band-passed pulse (what the beat detector sees) below 0.20 % of the DC; `irregular_rhythm` intervals too scattered for one "
-          "number (the AF-like scenario, by design); `motion` includes the hold of 1.5 s after motion evidence.", ""]
+          "number that cannot be confirmed as a rhythm (IR only, a pulse under 0.5 % of the DC, lost or extra beats; "
+          "otherwise an irregular rhythm is reported as its mean rate with the `irregular` flag); `motion` includes the hold of 1.5 s after motion evidence.", ""]
     sw = detail.get("pi_sweep") or []
     if sw:
         L += ["### The low-perfusion threshold", "",
@@ -884,11 +885,12 @@ LIMITATIONS = """## 7. Limitations
   readings of another oximeter with another sensor and curve (EmotiBit), wrist green light during
   running (TROIKA). They test robustness and honest refusal more than accuracy.
 - **Alsementsov `dead` files**: {dead}.
-- **Known failure (synthetic `motion`, HR)**: after a burst that lifts the light below the no-finger
-  level, the motion tests can be re-armed from motion beats and a wrong HR (197 vs 64 bpm) passed
-  for 4 s; it is in every figure above. The target p90 time to first reading is met on the default
-  suite but with little margin (about 8.3 s on a 600-recording suite: slow hearts, 30–45 bpm, and PI
-  0.3–0.5 % make the tail).
+- **Gross errors** (|HR error| > 15 bpm or |SpO2 error| > 5 points) remain: on the synthetic suite
+  in low-perfusion recordings (true PI under 0.3 %, below the measured floor), on a held-out suite
+  (`suite(300, seed=7)`) 15 more (slow hearts of 30–35 bpm read double, SpO2 at PI ~0.5 % in a few
+  subjects, the first readings of atrial fibrillation against an 8-s reference that reaches back
+  before the finger landed), and on TROIKA (wrist, running: the motion cadence passes for a pulse
+  without an accelerometer). The time to first reading p90 is 8.6 s on that held-out suite.
 - **Time to first reading** is measured on clean placements of the simulator, whose landing transient
   (a pressure overshoot decaying over 0.4–0.9 s) is a model; real fingers may settle more slowly.
 - **Temperature**: the blackbody figure is the measurement chain only; forehead-to-core is a screening
@@ -902,7 +904,9 @@ METHOD_NOTES = """## Method
   HR 30–220 bpm, SpO2 70–100 %, PI 0.1–20 % (log-uniform), Monk 1–10, HRV and respiratory
   modulation, baseline wander, pulse morphology from a shoulder to a distinct dicrotic notch; a
   quarter carry named scenarios (motion bursts, finger removed, no finger, sunlight saturating the
-  ADC, hypoxia ramps, exercise ramps, AF-like rhythm, fever, dark skin, low perfusion). The finger
+  ADC, hypoxia ramps, exercise ramps, atrial fibrillation, fever, dark skin, low perfusion), then
+  `n // 20` recordings each of atrial fibrillation (ventricular rate 50–160 bpm, RR CV 12–25 %) and
+  of frequent ectopic beats (45–130 bpm), the pulse amplitude following each beat's filling time. The finger
   lands 0.5–2 s in. SpO2 becomes R through the inverse of the firmware's default calibration curve,
   so the SpO2 error measures the chain, not the curve. The signal is rendered as the MAX30102 would
   deliver it at the default LED current and ADC range (ambient cancellation, noise, 18-bit
