@@ -149,3 +149,92 @@ def test_real_oxiwear_with_preamble(ppg_data, capsys):
     assert rc == 0
     reps, _ = _json_lines(out)
     assert reps      # 2.6–6.7 s recordings: too short for a reading, but replayed without error
+
+
+# -- checks of the input (issue 12) ---------------------------------------------------------------
+
+def _csv(tmp_path, name, red, ir, head="red,ir", extra=None):
+    p = tmp_path / name
+    rows = [f"{a},{b}" if extra is None else f"{extra(k)},{a},{b}" for k, (a, b) in enumerate(zip(red, ir, strict=True))]
+    p.write_text(head + "\n" + "\n".join(rows) + "\n")
+    return p
+
+
+@pytest.mark.parametrize("rate,shown", [("0", "0"), ("1e9", "1e+09"), ("-25", "-25"), ("nan", "nan")])
+def test_rate_out_of_range_is_a_usage_error(tmp_path, capsys, rate, shown):
+    red, ir, _ = ppg(10, seed=4)
+    p = _csv(tmp_path, "r.csv", red, ir)
+    rc, out, err = _run(capsys, str(p), "--rate", rate)
+    assert rc == 2 and out == ""
+    assert err.strip().endswith(f"--rate must be a sample rate of 10 to 10000 samples/s, got {shown}")
+
+
+def test_a_rate_four_times_too_high_is_refused_with_the_likely_rate(tmp_path, capsys):
+    # a 25 sps recording read at the default 100 sps: its 60 bpm pulse would be 240 bpm
+    red, ir, _ = ppg(40, hr=60, rate=25, seed=5)
+    p = tmp_path / "raw.csv"
+    p.write_text("".join(f"{a},{b}\n" for a, b in zip(red, ir, strict=True)))
+    rc, out, err = _run(capsys, str(p), "--red", "0", "--ir", "1")
+    assert rc == 4 and out == ""
+    assert err.strip().endswith(f"{p}: at the default rate 100 (no --rate) the pulse would be 240 bpm, outside "
+                                "30–220: the recording is likely 25 samples/s (60 bpm); rerun with --rate 25")
+    rc, _, err = _run(capsys, str(p), "--red", "0", "--ir", "1", "--rate", "100", "--force", "--json")
+    assert rc == 0 and "(--force: analysed at 100)" in err
+    rc, out, err = _run(capsys, str(p), "--red", "0", "--ir", "1", "--rate", "25", "--json")
+    assert rc == 0 and err == "" and abs(_json_lines(out)[1]["hr_median"] - 60) < 2
+
+
+def test_the_time_column_gives_the_rate_and_refuses_another(tmp_path, capsys):
+    red, ir, _ = ppg(20, hr=70, rate=25, seed=6)
+    p = _csv(tmp_path, "t.csv", red, ir, head="time_ms,red,ir", extra=lambda k: 1000 + 40 * k)
+    rc, out, err = _run(capsys, str(p), "--red", "red", "--ir", "ir", "--rate", "100")
+    assert rc == 4 and out == ""
+    assert err.strip().endswith(f"{p}: --rate 100 disagrees with the time column 'time_ms' (25 samples/s): "
+                                "rerun with --rate 25")
+    rc, out, err = _run(capsys, str(p), "--red", "red", "--ir", "ir", "--json")
+    assert rc == 0 and err == "rate: 25 samples/s from the time column 'time_ms'\n"
+    summary = _json_lines(out)[1]
+    assert summary["rate"] == 25 and abs(summary["hr_median"] - 70) < 2
+
+
+def test_swapped_red_and_ir_are_warned_about(tmp_path, capsys):
+    red, ir, _ = ppg(30, hr=72, spo2=97, seed=7)
+    p = _csv(tmp_path, "s.csv", red, ir, head="a,b")
+    rc, out, err = _run(capsys, str(p), "--red", "b", "--ir", "a", "--json")     # the wrong way round
+    assert rc == 0
+    assert err.startswith(f"warning: {p}: red and IR look swapped (ratio of ratios R = ")
+    assert err.strip().endswith("the other way round): check --red and --ir")
+    assert _json_lines(out)[1]["swapped_suspected"] is True
+    rc, out, err = _run(capsys, str(p), "--red", "a", "--ir", "b", "--json")
+    assert rc == 0 and err == "" and _json_lines(out)[1]["swapped_suspected"] is False
+
+
+def test_skipped_rows_are_reported_with_their_lines_and_strict_refuses_them(tmp_path, capsys):
+    red, ir, _ = ppg(20, hr=80, seed=8)
+    lines = ["red,ir"] + [f"{a},{b}" for a, b in zip(red, ir, strict=True)]
+    lines[56] = "oops,x"            # line 57 of the file
+    lines[101] = "12,nan"           # line 102: not a finite number
+    p = tmp_path / "b.csv"
+    p.write_text("\n".join(lines) + "\n")
+    rc, out, err = _run(capsys, str(p), "--json")
+    assert rc == 0
+    assert err == f"warning: {p}: skipped 2 rows not numeric in the chosen columns: lines 57, 102\n"
+    assert _json_lines(out)[1]["skipped_lines"] == [57, 102]
+    rc, out, err = _run(capsys, str(p), "--strict")
+    assert rc == 4 and out == ""
+    assert err.strip().endswith(f"{p}: line 57: not a number in the chosen columns (oops,x); --strict stops at "
+                                "the first such row")
+
+
+def test_progress_bar_on_a_terminal_for_long_recordings(tmp_path, capsys, monkeypatch):
+    import sys
+
+    red, ir, _ = ppg(200, hr=70, seed=9)
+    p = _csv(tmp_path, "long.csv", red, ir)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    rc, out, err = _run(capsys, str(p), "--json")
+    assert rc == 0 and len(_json_lines(out)[0]) == 200
+    assert "\ranalyze [" in err and err.endswith("] 100 % of 3.3 min\n")
+    short = _csv(tmp_path, "short.csv", *ppg(30, seed=9)[:2])
+    rc, _, err = _run(capsys, str(short), "--json")
+    assert rc == 0 and err == ""
