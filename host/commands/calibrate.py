@@ -276,6 +276,29 @@ def certificate(rec: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+class _progress:
+    """A rich progress bar over the setpoints (on stderr; none with --json or a real instrument,
+    whose prompts it would garble); the context value advances it by one point."""
+
+    def __init__(self, total: int, show: bool):
+        self.total, self.show, self.prog = total, show, None
+
+    def __enter__(self):
+        if not self.show:
+            return lambda: None
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self.prog = Progress(console=Console(stderr=True), transient=True)
+        self.prog.start()
+        task = self.prog.add_task("measuring", total=self.total)
+        return lambda: self.prog.advance(task)
+
+    def __exit__(self, *exc):
+        if self.prog is not None:
+            self.prog.stop()
+
+
 def calibrate(args) -> dict:
     from host.commands.info import read_info
     from host.commands.provision import root_of
@@ -299,10 +322,14 @@ def calibrate(args) -> dict:
         root = root_of(dev)
         say(f"calibrating {args.kind} of {info['device_id']} against the {inst.name}")
         try:
-            if args.kind == "temp":
-                rows = measure_temp(dev, inst, points, say)
-            else:
-                rows = measure_r(dev, inst, points, say, args.seconds)
+            with _progress(len(points), not args.json and inst.virtual) as advance:
+                def step(line):
+                    say(line)
+                    advance()
+                if args.kind == "temp":
+                    rows = measure_temp(dev, inst, points, step)
+                else:
+                    rows = measure_r(dev, inst, points, step, args.seconds)
         finally:
             inst.off()
         cal_id = f"cal-{today.isoformat()}-{secrets.token_hex(2)}"

@@ -104,7 +104,6 @@ def compile_firmware(out: Path) -> dict[str, bytes]:
 
 
 def deploy(port: str, force: bool = False, say=print) -> dict:
-    from host.commands.provision import root_of
     from host.device import Device
 
     with tempfile.TemporaryDirectory(prefix="nabd-deploy-") as tmp:
@@ -113,7 +112,9 @@ def deploy(port: str, force: bool = False, say=print) -> dict:
 
     local_version = re.search(r'^VERSION = "([^"]+)"', (REPO / "firmware" / "version.py").read_text(), re.M).group(1)
     with Device(port, timeout=20, nabd=False) as dev:
-        root = root_of(dev) if _has_firmware(dev) else ""
+        # the filesystem's root as the firmware sees it: the working directory at boot ("/" on the
+        # ESP32, /flash on the virtual device), also when no nabd firmware is there yet
+        root = dev.call("__import__('os').getcwd().rstrip('/')")
         have = dev.call(f"_walk({root + '/firmware'!r}, {{}})", setup=DEVICE_HASHES, timeout=60)
         have.update(dev.call(f"_one({root + '/boot.py'!r})", timeout=20))
         changed = []

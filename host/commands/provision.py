@@ -96,6 +96,10 @@ def provision(args) -> dict:
     if bool(args.gateway) == bool(args.registration):
         raise CommandError("give --gateway GATEWAY.toml (register now) or --registration FILE (for "
                            "`nabd-gateway devices add --from FILE`), one of them", EXIT_USAGE)
+    if args.gateway and args.gateway.startswith(("http://", "https://")):
+        raise CommandError("--gateway takes the gateway's configuration file (gateway.toml), run on the gateway's "
+                           "machine; elsewhere use --registration FILE (the gateway has no registration "
+                           "endpoint over HTTP)", EXIT_USAGE)
     if args.broker_passwd and not args.gateway:
         raise CommandError("--broker-passwd goes with --gateway (with --registration, give it to "
                            "`nabd-gateway devices add --from FILE`)", EXIT_USAGE)

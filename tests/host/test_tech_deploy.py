@@ -69,3 +69,25 @@ def test_a_device_that_stops_answering_mid_deploy(vdev):
     # every file on the device is either absent or whole (written through a .tmp and a rename)
     for f in (vdev.state / "firmware").rglob("*.mpy"):
         assert f.read_bytes()[:1] == b"M"
+
+
+def test_micropython_without_nabd_is_named_and_deploy_installs_it(tmp_path, monkeypatch):
+    """A board with MicroPython but another `firmware` package (not nabd's): every device command
+    says so and points at `nabd deploy`, which installs nabd over it."""
+    monkeypatch.setenv("NABD_VIRTUAL_PORTS", str(tmp_path / "ports"))
+    state = tmp_path / "flash"
+    (state / "firmware").mkdir(parents=True)
+    (state / "firmware" / "__init__.py").write_text("")          # shadows the frozen image
+    d = VDevice(state)
+    try:
+        p = subprocess.run([str(BIN / "nabd"), "info", "--port", d.port], capture_output=True, text=True,
+                           timeout=60, cwd=REPO)
+        assert p.returncode == 3 and "runs MicroPython but not the nabd firmware" in p.stderr, p.stderr
+        assert f"nabd deploy --port {d.port}" in p.stderr
+        p = deploy(d.port)
+        assert p.returncode == 0 and json.loads(p.stdout)["ok"], p.stdout + p.stderr
+        p = subprocess.run([str(BIN / "nabd"), "info", "--port", d.port, "--json"], capture_output=True, text=True,
+                           timeout=60, cwd=REPO)
+        assert p.returncode == 0, p.stderr
+    finally:
+        d.stop()

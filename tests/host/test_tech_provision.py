@@ -148,6 +148,8 @@ def test_bad_input_is_refused_before_touching_the_device(vdev, gateway, tmp_path
     assert p.returncode == 2 and "NABD_WIFI_PSK" in p.stderr               # no terminal to ask on, never argv
     p = provision(vdev.port, "--broker", "mqtt://x:1")
     assert p.returncode == 2 and "--gateway" in p.stderr
+    p = provision(vdev.port, "--gateway", "https://gw.example/admin", "--broker", "mqtt://x:1")
+    assert p.returncode == 2 and "--registration" in p.stderr
     p = run("nabd", "provision", "--port", vdev.port, "--facility", "F", "--region", "MA-99", "--gateway",
             str(gateway), "--broker", "mqtt://x:1")
     assert p.returncode == 2 and "--region" in p.stderr
