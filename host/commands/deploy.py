@@ -141,14 +141,6 @@ def deploy(port: str, force: bool = False, say=print) -> dict:
             "code_bytes": after["code_bytes"], "unchanged": len(files) - len(changed)}
 
 
-def _has_firmware(dev) -> bool:
-    try:
-        dev.exec("import firmware.boards\n")
-        return True
-    except CommandError:
-        return False
-
-
 def _copy(dev, changed, say) -> None:
     try:
         from rich.progress import Progress
