@@ -157,6 +157,8 @@ def provision(args) -> dict:
                 "client_cert": (old or {}).get("client_cert"), "client_key": (old or {}).get("client_key"),
                 "wifi": wifi, "facility": args.facility,
                 "calibration": (old or {}).get("calibration"), "settings": (old or {}).get("settings") or {}}
+        if old and "production" in old:          # a production device stays one (REPL locked)
+            data["production"] = old["production"]
         try:
             fwconfig.validate(data)
         except fwconfig.ConfigError as e:
