@@ -136,8 +136,8 @@ class Device:
     def close(self) -> None:
         if self.t is not None:
             try:
-                self.t.serial.write(b"\r\x02")      # back to the friendly REPL
-                self.t.serial.flush()
+                self.t.serial.write(b"\r\x02")      # back to the friendly REPL (no flush: tcdrain
+                # would wait for ever on a device that stopped reading)
             except Exception:  # noqa: BLE001 - closing a port that is gone
                 pass
             try:

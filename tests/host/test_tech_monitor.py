@@ -45,7 +45,7 @@ def test_ctrl_c_ends_monitor_cleanly_and_the_device_still_answers(unit):
     assert first.startswith("started  nabd-"), first
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=90)
     out = first + out
     assert proc.returncode == 0, err
     assert "started  nabd-" in out, (out, err)
