@@ -175,7 +175,9 @@ def test_resend_after_timeout_creates_no_duplicate(db_url, fhirserver):
     st = fw.run_once()
     assert st["sent"] == 0 and st["failed"] == len(DEVS)
     assert all("timed out" in (r["last_error"] or "") for r in outbox(db) if r["attempts"])
-    time.sleep(1.2)                           # let the server finish those requests
+    deadline = time.monotonic() + 30          # let the server finish those requests (slow when loaded)
+    while fhirserver.count("Observation", "urn:nabd:obs", f"{DEVS[0]}/10/temp") == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert fhirserver.count("Observation", "urn:nabd:obs", f"{DEVS[0]}/10/temp") == 1  # it did apply them
     fhirserver.control(delay_ms=0)
     drain(fw)                                 # the same bundles again: conditional creates match
