@@ -66,43 +66,14 @@ MELANIN_OD_IR = 0.35
 SHUNT_FRAC = 0.003            # light reaching the photodiode without crossing tissue
 CROSSTALK_PA_PER_MA = 400     # LED light returned with no finger
 
-# Calibration curve SpO2 = a*R^2 + b*R + c used when firmware/signal/calibration.py is absent
-# (Maxim's application-note curve for the MAX30101/2 without optical shield).
-FALLBACK_CAL = (1.5958422, -34.6596622, 112.6898759)
-
-_REPO = Path(__file__).resolve().parent.parent.parent
-
-
 # -- calibration ---------------------------------------------------------------------------------
 
 def calibration_coefficients() -> tuple[float, float, float]:
-    """(a, b, c) of the firmware's default curve SpO2 % = a·R² + b·R + c.
+    """(a, b, c) of the firmware's default curve SpO2 % = a·R² + b·R + c
+    (``firmware.signal.calibration.SPO2_COEFFS`` / ``SPO2_COEFFS_SCALE``)."""
+    from firmware.signal.calibration import SPO2_COEFFS, SPO2_COEFFS_SCALE  # noqa: PLC0415
 
-    Read from ``firmware.signal.calibration`` (its defaults); the fallback curve otherwise."""
-    try:
-        from firmware.signal import calibration as cal  # noqa: PLC0415
-    except ImportError:
-        return FALLBACK_CAL
-    for name in ("SPO2_COEFFS", "DEFAULT_SPO2", "SPO2_DEFAULT", "DEFAULT_COEFFS", "SPO2_ABC"):
-        v = getattr(cal, name, None)
-        if v is not None and len(v) == 3:
-            return _scaled(cal, name, v)
-    d = getattr(cal, "DEFAULTS", None)
-    if isinstance(d, dict):
-        for keys in (("spo2_a", "spo2_b", "spo2_c"), ("a", "b", "c")):
-            if all(k in d for k in keys):
-                return tuple(float(d[k]) for k in keys)  # type: ignore[return-value]
-    import warnings  # noqa: PLC0415
-
-    warnings.warn("firmware/signal/calibration.py exists but its default SpO2 coefficients were not "
-                  "found (tried SPO2_COEFFS, DEFAULT_SPO2, SPO2_DEFAULT, DEFAULT_COEFFS, SPO2_ABC, "
-                  "DEFAULTS[spo2_a..c]): synthesising through the fallback curve", RuntimeWarning, stacklevel=2)
-    return FALLBACK_CAL
-
-
-def _scaled(cal, name, v) -> tuple[float, float, float]:
-    scale = getattr(cal, name + "_SCALE", 1)
-    return tuple(float(x) / scale for x in v)  # type: ignore[return-value]
+    return tuple(float(x) / SPO2_COEFFS_SCALE for x in SPO2_COEFFS)  # type: ignore[return-value]
 
 
 def spo2_from_r(r, coeffs=None):
