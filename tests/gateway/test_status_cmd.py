@@ -443,7 +443,9 @@ def test_cli_publishes_signed_commands_to_the_broker(broker, tmp_path, db_url):
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert out["ok"] and out["n"] == 1 and out["cmd"] == "assign_patient" and out["args"] == {"patient": "p-7Hq2xK"}
+        t0 = time.time()
         r = cli("devices", "command", DEV, "--config", str(cfg), "identify", "--seconds", "7", "--ttl", "60")
+        t1 = time.time()
         assert r.returncode == 0 and "n=2" in r.stdout, r.stderr
         r = cli("devices", "command", DEV, "settings", "report_pi=false", "temp_site_offset_c=-0.3",
                 "--config", str(cfg), "--json")
@@ -463,7 +465,7 @@ def test_cli_publishes_signed_commands_to_the_broker(broker, tmp_path, db_url):
     assert all(m.qos == 1 and not m.retain for m in received)
     expiry = getattr(received[1].properties, "MessageExpiryInterval", None)
     assert expiry is not None and 55 <= expiry <= 60      # the broker drops it when the device would
-    assert 55 <= bodies[1]["exp"] - time.time() <= 61
+    assert int(t0) + 60 <= bodies[1]["exp"] <= int(t1) + 61   # exp = the moment it was signed + ttl
     assert ("dr-amrani", "devices.command") in rows(db_url, "SELECT actor, action FROM audit_log")
     assert rows(db_url, "SELECT id FROM patients") == [("p-7Hq2xK",)]
 
