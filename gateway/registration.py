@@ -17,7 +17,8 @@ broker password itself is not in it, only Mosquitto's PBKDF2-SHA512 hash of it
 ``apply(db, kek, reg, grace_hours, actor)`` registers the device (``key_version`` 1 or a device
 the gateway does not know yet) or rotates its key (the gateway's current version + 1 must be the
 file's ``key_version``: an old file cannot roll a key back); ``set_broker_password(path, line)``
-puts the line in Mosquitto's password file atomically, replacing the device's previous line.
+puts the line in Mosquitto's password file atomically, replacing the device's previous line
+(``set_broker_passwords``: many lines in one rewrite).
 """
 from __future__ import annotations
 
@@ -144,14 +145,19 @@ def apply(db, kek: bytes, reg: Registration, grace_hours: float, actor: str) -> 
 def set_broker_password(passwd_file: Path, line: str) -> None:
     """Put ``line`` (``user:hash``) in Mosquitto's password file, replacing that user's line;
     atomically, keeping the file's mode and owner. The broker reads it at its next SIGHUP."""
+    set_broker_passwords(passwd_file, [line])
+
+
+def set_broker_passwords(passwd_file: Path, new_lines: list[str]) -> None:
+    """``set_broker_password`` for many users in one atomic rewrite (bulk registration)."""
     passwd_file = Path(passwd_file)
-    user = line.split(":", 1)[0]
+    users = {x.split(":", 1)[0] for x in new_lines}
     try:
         old = passwd_file.read_text().splitlines()
         st = passwd_file.stat()
     except FileNotFoundError:
         old, st = [], None
-    lines = [x for x in old if x.split(":", 1)[0] != user] + [line]
+    lines = [x for x in old if x.split(":", 1)[0] not in users] + list(new_lines)
     tmp = passwd_file.with_name(passwd_file.name + ".nabd-tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, st.st_mode & 0o777 if st else 0o600)
     with os.fdopen(fd, "w") as f:

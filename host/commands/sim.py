@@ -320,6 +320,10 @@ def register(subparsers) -> None:
 
     add_device_parser(sub)
 
+    from host.commands.fleet import add_parser as add_fleet_parser
+
+    add_fleet_parser(sub)
+
     from sim.bootloader import add_parser as add_bootloader_parser
 
     add_bootloader_parser(sub)
