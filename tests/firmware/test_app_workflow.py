@@ -179,3 +179,20 @@ print(app.readings, app.state, dev.outbox.max_seq)
 """)
     readings, state, max_seq = out.split()
     assert readings == "2" and state == "result" and max_seq == "2"
+
+
+def test_irregular_rhythm_reading_carries_the_flag(vm):
+    # atrial fibrillation: the pulse rate is reported (the mean over 8 s) and the signed reading
+    # says how it was formed; a steady rhythm's reading does not
+    import base64
+    import json
+
+    device(vm, "af", seed=3)
+    r = measure(vm)
+    assert r["hr"] is not None and r["reason"] is None, r
+    assert vm.eval("app.result.irregular") is True
+    token = vm.eval("[p for t, p in peer.published if t.endswith('/reading')][-1]")
+    body = token.split(b".")[1] if isinstance(token, bytes) else token.split(".")[1]
+    body = body.decode() if isinstance(body, bytes) else body
+    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    assert "irregular" in payload["flags"] and "irregular" not in r["alerts"]
