@@ -22,7 +22,8 @@ Limits (``[api]``, docs/operations.md "API"):
 - ``backlog``: the listen(2) queue;
 - TLS 1.2 at least when ``tls_cert``/``tls_key`` are set.
 
-Disconnects are quiet: a client that goes away is dropped without a log line.
+Disconnects are quiet: a client that goes away is dropped without a log line; uvicorn's
+warning for each malformed request is logged once a minute at most (``RateLimited``).
 """
 from __future__ import annotations
 
@@ -140,6 +141,41 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type:
     return GuardedH11
 
 
+class RateLimited(logging.Filter):
+    """At most one record of a given message per ``period_s`` (the first; the next one after the
+    period says how many were dropped): a client sending garbage on purpose cannot grow the log
+    by a line per request (uvicorn logs "Invalid HTTP request received." for each)."""
+
+    def __init__(self, period_s: float = 60.0):
+        super().__init__()
+        self.period_s = period_s
+        self._seen: dict[str, list] = {}     # message -> [last emitted (monotonic), dropped since]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)[:200]
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.period_s:
+                seen[1] += 1
+                return False
+            dropped = seen[1] if seen else 0
+            if len(self._seen) > 1000:
+                self._seen.clear()
+            self._seen[key] = [now, 0]
+        if dropped:
+            record.msg = f"{record.msg} ({dropped} more like it in the last {self.period_s:.0f} s not logged)"
+        return True
+
+
+def quiet_uvicorn_logs() -> None:
+    """uvicorn's per-request warnings, rate-limited (once per process)."""
+    lg = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, RateLimited) for f in lg.filters):
+        lg.addFilter(RateLimited())
+
+
 def _ssl_min_tls12(config, default_factory) -> ssl.SSLContext:
     ctx = default_factory()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -243,6 +279,7 @@ def start_api(config: Any, db, listen: str | None = None, metrics: Callable[[], 
     sock = bind(host, port, opts["backlog"])
     url = public_url(config, sock)
     app = build_app(settings_from_config(config, url), db, metrics or _local_metrics, config)
+    quiet_uvicorn_logs()
     server = uvicorn.Server(uvicorn_config(app, opts))
     t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="nabd-api", daemon=True)
     t.start()
@@ -392,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(fileno=args.listen_fd)
     metrics = RemoteMetrics(socket.socket(fileno=args.metrics_fd))
     app = build_app(settings_from_config(cfg, args.url), cfg.database_handle(), metrics, cfg)
+    quiet_uvicorn_logs()
     server = uvicorn.Server(uvicorn_config(app, api_options(cfg)))
     threading.Thread(target=_exit_with_parent, args=(server,), daemon=True).start()
     server.run(sockets=[sock])

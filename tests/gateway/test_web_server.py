@@ -298,3 +298,18 @@ def test_init_local_tls_serves_https(tmp_path):
     p = subprocess.run([sys.executable, "-m", "gateway.cli", "init", "--config", str(tmp_path / "x.toml"),
                         "--listen", "0.0.0.0:8080"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "not a loopback address" in p.stderr and not (tmp_path / "x.toml").exists()
+
+
+def test_garbage_requests_do_not_flood_the_log(db, caplog):
+    caplog.set_level(logging.INFO)
+    api = start_api(_config(), db)
+    try:
+        for i in range(100):
+            with socket.create_connection((api.host, api.port), timeout=5) as s:
+                s.sendall(b"\x16\x03\x01 garbage %d\r\n\r\n" % i)
+                s.settimeout(5)
+                assert s.recv(100).startswith(b"HTTP/1.1 400")
+    finally:
+        api.shutdown()
+    lines = [r for r in caplog.records if r.name.startswith("uvicorn")]
+    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]
