@@ -17,7 +17,9 @@ Limits (``[api]``, docs/operations.md "API"):
   has waited longest for its request among those of the client address holding the most
   connections: a slow client, never a request being answered, so half-sent requests from one
   address cannot lock out another's quick ones;
-- requests being handled at once are bounded by ``app.Guard`` (503 past it) and the worker threads;
+- requests being handled at once are bounded by ``app.Guard`` (503 past it) and the worker threads
+  (not uvicorn's ``limit_concurrency``: it counts open connections too, so half-sent requests
+  would turn every quick request into a 503);
 - request heads at most 32 KiB (h11), query strings 8 KiB, bodies 64 KiB;
 - ``backlog``: the listen(2) queue;
 - TLS 1.2 at least when ``tls_cert``/``tls_key`` are set.
