@@ -255,6 +255,27 @@ class Region:
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=10)
 
+    def restart_broker(self, name: str) -> None:
+        """Stop the broker ``name`` (``regional`` or ``clinic-K``: SIGTERM, it saves its
+        persistence file) and start it again on the same port."""
+        p = self.brokers.pop(name)
+        p.terminate()
+        p.wait(timeout=30)
+        port = self.regional_port if name == "regional" else self.clinic_ports[int(name.split("-")[1])]
+        self._start_broker(name, port)
+
+    def pids(self) -> dict[str, list[int]]:
+        """Process ids: ``brokers`` and ``gateways`` (each gateway with its store process)."""
+        def tree(pid: int) -> list[int]:
+            try:
+                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                kids = []
+            return [pid] + [q for k in kids for q in tree(int(k))]
+
+        return {"brokers": [p.pid for p in self.brokers.values()],
+                "gateways": [q for p in self.gw.values() for q in tree(p.pid)]}
+
     def start(self) -> None:
         self._start_broker("regional", self.regional_port)
         for k in range(self.clinics):

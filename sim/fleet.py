@@ -28,6 +28,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from firmware.outbox import Outbox
 from sim.hardware.board import SimNetwork, _SocketStream
 
 _MASK = 0x3FFFFFFF
@@ -125,6 +126,21 @@ class FleetBoard:
         pass
 
 
+class RecordingOutbox(Outbox):
+    """The firmware's Outbox, noting when the gateway's ack removed each seq (for latencies)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.acked_at: dict[int, float] = {}
+
+    def ack(self, seqs):
+        now = time.time()
+        for s in seqs:
+            if isinstance(s, int) and self.contains(s):
+                self.acked_at[s] = now
+        return super().ack(seqs)
+
+
 @dataclass
 class Device:
     index: int
@@ -145,7 +161,6 @@ class Fleet:
                  outbox_capacity: int = 1000, region: str = "MA-06"):
         from firmware import config
         from firmware.log import Log
-        from firmware.outbox import Outbox
         from firmware.seq import SeqCounter
         from firmware.uplink import Uplink
 
@@ -166,7 +181,7 @@ class Fleet:
             cfg = config.create_identity(board, broker=broker, facility=f"clinic-{clinic}")
             if cfg.broker != broker:
                 cfg = config.save(board, dict(cfg.data, broker=broker))
-            box = Outbox(board, capacity=outbox_capacity)
+            box = RecordingOutbox(board, capacity=outbox_capacity)
             up = Uplink(board, cfg, box, SeqCounter(board, floor=box.max_seq), Log(board),
                         backoff_max_ms=10000)
             self.devices.append(Device(i, clinic, board, cfg, box, up, now))
@@ -233,11 +248,12 @@ class Fleet:
         return made
 
     def run(self, interval_s: float, duration_s: float, drain_s: float = 60.0, report=None,
-            on_tick=None) -> dict:
+            on_tick=None, close: bool = True) -> dict:
         """Measure every ``interval_s`` for ``duration_s`` (device ``i`` starts ``i/N`` of an
         interval late, so the readings spread), then keep the links up until every reading is
         acknowledged or ``drain_s`` passed. ``report(counts)`` once a second with ``t`` (s);
-        ``on_tick(t)`` too (fault injection). Returns the summary."""
+        ``on_tick(t)`` too (fault injection); ``close``: disconnect every device at the end.
+        Returns the summary."""
         n = len(self.devices)
         t0 = time.monotonic()
         for d in self.devices:
@@ -269,14 +285,58 @@ class Fleet:
             time.sleep(0.002)  # one pass takes a while for many devices; never spin a core
         drained = time.monotonic() - stop_at
         c = self.counts()
-        for d in self.devices:
-            d.uplink.close()
+        if close:                  # a clean end: each device's retained offline status, DISCONNECT
+            for d in self.devices:
+                d.uplink.close()
         return {"devices": n, "clinics": self.clinics, "interval_s": interval_s, "duration_s": duration_s,
                 "readings_produced": c["produced"], "acked": c["acked"], "waiting": c["waiting"],
                 "drops": c["drops"], "all_connected_s": first_all, "drain_s": round(max(drained, 0.0), 2),
                 "connects": sum(d.uplink.connects for d in self.devices),
                 "connect_failures": sum(d.uplink.failures for d in self.devices),
                 "device_errors": sum(d.uplink.errors for d in self.devices)}
+
+    # --- faults ---
+    def outage(self, clinics, down: bool) -> None:
+        """Wi-Fi of every device of ``clinics`` lost (``down``: their connections dropped, they
+        keep measuring into their outboxes) or back; when back they all try to connect at once,
+        as after a power cut (the thundering herd)."""
+        for d in self.devices:
+            if d.clinic not in clinics:
+                continue
+            d.board.network.wifi_up = not down
+            up = d.uplink
+            if down and up._client is not None:
+                s = up._client.stream
+                if s is not None:
+                    s.close()            # the link is gone: the next poll fails and the uplink backs off
+            if not down:
+                up._next_try = up.clock.ticks_ms()
+
+    def measure_all(self, clinics=None) -> int:
+        """One reading now on every device (of ``clinics``); returns how many."""
+        n = 0
+        for d in self.devices:
+            if clinics is None or d.clinic in clinics:
+                self._measure(d)
+                n += 1
+        return n
+
+    def pump(self, until, timeout_s: float) -> float:
+        """Step every device until ``until()`` or the timeout; returns the seconds taken."""
+        t0 = time.monotonic()
+        while not until() and time.monotonic() - t0 < timeout_s:
+            self.step(False, 1.0)
+            time.sleep(0.002)
+        return time.monotonic() - t0
+
+    def latencies_ms(self) -> list[float]:
+        """Measurement to the device's receipt of the gateway's signed ack, per acknowledged
+        reading of this run, in milliseconds."""
+        out = []
+        for d in self.devices:
+            acked = d.outbox.acked_at
+            out += [(acked[s] - t) * 1000 for s, t in d.produced_at.items() if s in acked]
+        return out
 
     def produced(self) -> dict[str, list[int]]:
         """device id -> seqs produced in this run (for checks against the gateway's records)."""
