@@ -64,10 +64,15 @@ def test_retained_readings_are_never_filed_and_not_requarantined_at_restart(brok
 
 
 def _db_bytes(db_url: str, tmp_path) -> int:
-    """What the quarantine can grow: the SQLite file and its WAL, or PostgreSQL's tables for it."""
+    """What the quarantine can grow: the SQLite file (its WAL folded in first: the WAL's size is a
+    high-water mark of checkpoint timing, not of what is stored), or PostgreSQL's tables for it."""
     if db_url.startswith("sqlite"):
+        import sqlite3
+
         p = db_url[len("sqlite:///"):]
-        return sum(os.path.getsize(f) for f in (p, p + "-wal") if os.path.exists(f))
+        with sqlite3.connect(p, timeout=30) as conn:
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        return sum(os.path.getsize(f) for f in ((p,) if not busy else (p, p + "-wal")) if os.path.exists(f))
     return int(scalar(db_url, "SELECT pg_total_relation_size('quarantine') + pg_total_relation_size('security_events')"
                               " + COALESCE(pg_total_relation_size(to_regclass('quarantine_floods')), 0)"))
 

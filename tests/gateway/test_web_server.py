@@ -311,5 +311,8 @@ def test_garbage_requests_do_not_flood_the_log(db, caplog):
                 assert s.recv(100).startswith(b"HTTP/1.1 400")
     finally:
         api.shutdown()
-    lines = [r for r in caplog.records if r.name.startswith("uvicorn")]
-    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("uvicorn")]
+    invalid = [m for m in lines if "Invalid HTTP request" in m]
+    # one line for 100 bad requests (at most one a minute); the server's start/stop lines may show
+    # depending on how uvicorn's loggers were set up by earlier tests in the process
+    assert 1 <= len(invalid) <= 2 and len(lines) <= 6, lines
