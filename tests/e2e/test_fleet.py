@@ -131,3 +131,40 @@ def test_fleet_readings_stored_exactly_once_through_a_gateway_kill(region, broke
     assert again.returncode == 0, again.stdout + again.stderr
     last = json.loads(again.stdout.strip().splitlines()[-1])
     assert last["registration"]["already_registered"] == n and last["readings_produced"] == 0
+
+
+def test_outbox_overflow_drops_are_reported_in_status_and_shown_by_the_gateway(region, broker_factory):
+    """A link down for longer than the outbox holds: the device drops its oldest readings, counts
+    them in its status, and `nabd-gateway devices list` shows the count; the rest arrive once."""
+    from host.commands.fleet import register_fleet
+    from sim.fleet import Fleet
+
+    b = broker_factory(config=broker_config(region))
+    fleet = Fleet(region["dir"] / "small", 2, [b.url], outbox_capacity=3)
+    register_fleet(fleet, str(region["cfg"]), [str(region["passwd"])])
+    b.restart()                                     # reads the new password lines
+    point_gateway(region["cfg"], b.url)
+    with GatewayProcess(region["cfg"]):
+        fleet.pump(lambda: fleet.counts()["connected"] == 2, 30)
+        fleet.outage({0}, True)
+        fleet.pump(lambda: False, 0.5)
+        for _ in range(5):
+            fleet.measure_all()                      # 5 readings into an outbox of 3: 2 dropped each
+        assert fleet.counts()["drops"] == 4
+        fleet.outage({0}, False)
+        ids = [d.cfg.device_id for d in fleet.devices]
+
+        def shown():
+            p = subprocess.run([sys.executable, "-m", "gateway.cli", "devices", "list", "--config",
+                                str(region["cfg"]), "--json"], cwd=REPO, capture_output=True, text=True, timeout=60)
+            return {d["id"]: d["drops"] for d in json.loads(p.stdout) if d["id"] in ids}
+
+        fleet.pump(lambda: fleet.counts()["waiting"] == 0, 60)
+        end = time.monotonic() + 30
+        while shown() != {i: 2 for i in ids} and time.monotonic() < end:
+            fleet.pump(lambda: False, 0.5)
+        assert shown() == {i: 2 for i in ids}
+        for d in fleet.devices:
+            d.uplink.close()
+    got = sorted(rows(region["db"], "SELECT device_id, seq FROM readings"))
+    assert got == sorted((i, s) for i, seqs in fleet.produced().items() for s in seqs[2:])   # the 3 newest

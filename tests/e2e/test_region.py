@@ -1,7 +1,7 @@
 """A region at a small size (host/region.py): clinic Mosquitto brokers bridged over QoS 1 to a
 regional Mosquitto, two `nabd-gateway serve` processes sharing the subscription on one PostgreSQL,
 and `nabd sim fleet` as the devices. Faults during the run: clinic 0's bridge link cut and
-restored, one gateway SIGKILLed and restarted. Every reading produced is stored exactly once; the
+restored, one gateway SIGKILLed and restarted, the regional broker restarted. Every reading produced is stored exactly once; the
 bridge users' ACL lets a clinic see only its own devices' topics."""
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def test_generated_configs_follow_the_protocol(region):
         gw.close()
 
 
-def test_bridge_cut_and_gateway_kill_lose_and_duplicate_nothing(region, tmp_path):
+def test_bridge_cut_gateway_kill_regional_restart_lose_and_duplicate_nothing(region, tmp_path):
     r, link, _ = region
     produced = tmp_path / "produced.json"
     cmd = [sys.executable, "-m", "host", "sim", "fleet", "--devices", str(DEVICES), "--clinics", str(CLINICS),
@@ -116,6 +116,8 @@ def test_bridge_cut_and_gateway_kill_lose_and_duplicate_nothing(region, tmp_path
         time.sleep(2)
         mid = rows(r.db_url, "SELECT COUNT(*) FROM readings")[0][0]
         link.restore()
+        time.sleep(1)
+        r.restart_broker("regional")               # bridges and gateways reconnect to it
         out, err = fleet.communicate(timeout=200)
     finally:
         if fleet.poll() is None:
