@@ -35,11 +35,12 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from host.site import free_port, listening
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE_ACL = ("pattern write nabd/v1/dev/%u/reading\npattern write nabd/v1/dev/%u/status\n"
@@ -50,20 +51,6 @@ BRIDGED = (("reading", "out"), ("status", "out"), ("ack", "in"), ("cmd", "in"))
 
 class RegionError(RuntimeError):
     pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -94,8 +81,8 @@ class Region:
         self.db_url = db_url
         self.broker_user = broker_user
         self.max_queued = max_queued
-        self.regional_port = _free_port()
-        self.clinic_ports = [_free_port() for _ in range(clinics)]
+        self.regional_port = free_port()
+        self.clinic_ports = [free_port() for _ in range(clinics)]
         self.uplink = dict(uplink or {})
         self.devices: dict[int, list[tuple[str, str]]] = {k: [] for k in range(clinics)}  # id, passwd line
         self.brokers: dict[str, subprocess.Popen] = {}
@@ -227,7 +214,7 @@ class Region:
         self.brokers[name] = subprocess.Popen([exe, "-c", str(folder / "mosquitto.conf")],
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         end = time.monotonic() + 30
-        while not _listening(port):
+        while not listening(port):
             if self.brokers[name].poll() is not None or time.monotonic() > end:
                 log = (folder / "mosquitto.log").read_text(errors="replace")[-2000:] \
                     if (folder / "mosquitto.log").exists() else ""

@@ -33,7 +33,8 @@ class SiteError(RuntimeError):
     pass
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on the loopback now (for a service this process is about to start)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -48,7 +49,8 @@ def _wait(pred, timeout: float, what: str) -> None:
     raise SiteError(f"timed out waiting for {what}")
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
+    """Something accepts connections on the loopback's ``port``."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return True
@@ -76,8 +78,8 @@ class Site:
         self.facility = facility
         self.region = region
         self.procs: list[subprocess.Popen] = []
-        self.mqtt_port = _free_port()
-        self.api_port = _free_port()
+        self.mqtt_port = free_port()
+        self.api_port = free_port()
         self.broker_url = f"mqtt://127.0.0.1:{self.mqtt_port}"
         self.api = f"https://127.0.0.1:{self.api_port}"   # HTTPS with a local CA (init --local-tls)
         self.ca_file = self.dir / "gateway" / "api-ca.crt"
@@ -172,7 +174,7 @@ class Site:
     def start(self) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self._spawn([exe, "-c", str(self.broker_dir / "mosquitto.conf")], self.broker_dir / "stdout.log")
-        _wait(lambda: _listening(self.mqtt_port), 30, "the broker")
+        _wait(lambda: listening(self.mqtt_port), 30, "the broker")
         self._spawn(_tool("nabd-gateway") + ["serve", "--config", str(self.gw_config)],
                     self.dir / "gateway" / "serve.log")
         _wait(self._healthy, 60, "the gateway API (/healthz)")

@@ -40,14 +40,7 @@ def _walk(d, out):
         if e[1] == 0x4000:
             _walk(p, out)
         else:
-            h = hashlib.sha256()
-            with open(p, 'rb') as f:
-                while True:
-                    b = f.read(512)
-                    if not b:
-                        break
-                    h.update(b)
-            out[p] = binascii.hexlify(h.digest()).decode()
+            out.update(_hash1(p))
     return out
 def _one(p):
     try:

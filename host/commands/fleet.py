@@ -39,18 +39,9 @@ def register_fleet(fleet, gateway_toml: str, passwd: list[str] | None) -> dict:
     """Register the fleet's devices not yet known to the gateway; device ``i``'s broker password
     line goes to ``passwd[i % len(passwd)]``; returns counts."""
     from gateway import registration
-    from gateway.config import ConfigError, load
-    from gateway.db import Database, DatabaseError
+    from host.commands.provision import open_gateway
 
-    try:
-        gw = load(gateway_toml)
-        db = Database(gw.database.url)
-        db.migrate()
-        kek = gw.security.kek()
-    except ConfigError as e:
-        raise CommandError(f"--gateway: {e}", EXIT_USAGE) from None
-    except DatabaseError as e:
-        raise CommandError(f"--gateway: the gateway's database: {e}", EXIT_DEVICE) from None
+    gw, db, kek = open_gateway(gateway_toml)
     actor = os.environ.get("NABD_ADMIN") or f"nabd sim fleet:{getpass.getuser()}"
     added = kept = 0
     lines: list[list[str]] = [[] for _ in passwd or ()]

@@ -34,10 +34,35 @@ import secrets
 import sys
 from pathlib import Path
 
-from host.cli import EXIT_DATA, EXIT_FAIL, EXIT_OK, EXIT_USAGE, CommandError, add_common, emit_json
+from host.cli import (
+    EXIT_DATA,
+    EXIT_DEVICE,
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    add_common,
+    emit_json,
+)
 
 PSK_ENV = "NABD_WIFI_PSK"
 
+
+def open_gateway(gateway_toml: str):
+    """(config, database, key-encryption key) of the gateway whose configuration file is
+    ``gateway_toml`` (on the gateway's machine), its schema brought up to date."""
+    from gateway.config import ConfigError, load
+    from gateway.db import Database, DatabaseError
+
+    try:
+        gw = load(gateway_toml)
+        db = Database(gw.database.url)
+        db.migrate()
+        return gw, db, gw.security.kek()
+    except ConfigError as e:
+        raise CommandError(f"--gateway: {e}", EXIT_USAGE) from None
+    except DatabaseError as e:
+        raise CommandError(f"--gateway: the gateway's database: {e}", EXIT_DEVICE) from None
 
 def _wifi_psk(ssid: str) -> str:
     psk = os.environ.get(PSK_ENV)
@@ -117,18 +142,7 @@ def provision(args) -> dict:
     ca = _ca(args.ca)
     gw = db = None
     if args.gateway:
-        from gateway.config import ConfigError, load
-        from gateway.db import Database, DatabaseError
-
-        try:
-            gw = load(args.gateway)
-            db = Database(gw.database.url)
-            db.migrate()
-            kek = gw.security.kek()
-        except ConfigError as e:
-            raise CommandError(f"--gateway: {e}", EXIT_USAGE) from None
-        except DatabaseError as e:
-            raise CommandError(f"--gateway: the gateway's database: {e}", 3) from None
+        gw, db, kek = open_gateway(args.gateway)
     psk = _wifi_psk(args.wifi_ssid) if args.wifi_ssid else None
 
     with Device(args.port) as dev:
