@@ -1,9 +1,11 @@
-"""``nabd-gateway users add|list|disable|token|tokens|revoke-token --config FILE``: console and
+"""``nabd-gateway users add|passwd|list|disable|token|tokens|revoke-token --config FILE``: console and
 API accounts (gateway/web/auth.py).
 
 - ``add NAME --role clinician|admin|observatory``: the password is typed twice at a prompt, or
   read from standard input (first line) when it is not a terminal; never from the command line,
   where other users of the machine and the shell history would see it.
+- ``passwd NAME``: set a user's password (same input rules as ``add``); their sessions end. Users
+  change their own password in the console (``/console/account/password``), giving the current one.
 - ``list [--json]``: users, roles, enabled, last login, live sessions and tokens.
 - ``disable NAME``: no more logins; the user's sessions end and tokens are revoked at once.
 - ``token NAME [--role R] [--days N] [--label TEXT]``: a bearer token for an API client, printed
@@ -66,6 +68,23 @@ def cmd_add(args) -> int:
     return 0
 
 
+def cmd_passwd(args) -> int:
+    """An administrator sets a user's password (forgotten, or possibly known to someone else)."""
+    auth = _auth()
+    try:
+        auth.check_username(args.name)
+    except auth.AuthError as e:
+        raise CommandError(str(e), EXIT_USAGE) from None
+    password = read_password()
+    if not auth.MIN_PASSWORD <= len(password) <= auth.MAX_PASSWORD:
+        raise CommandError(f"a password has {auth.MIN_PASSWORD} to {auth.MAX_PASSWORD} characters", EXIT_USAGE)
+    _, db = open_config(args)
+    ended = _do(auth.reset_password, db, args.name, password, actor())
+    _out(args, {"ok": True, "username": args.name, "sessions_ended": ended},
+         f"new password for {args.name}; {ended} session(s) ended")
+    return 0
+
+
 def cmd_list(args) -> int:
     _, db = open_config(args)
     rows = _auth().list_users(db)
@@ -124,7 +143,7 @@ def _out(args, obj: dict, text: str) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("users", help="console and API accounts: add, list, disable, tokens")
+    p = sub.add_parser("users", help="console and API accounts: add, passwd, list, disable, tokens")
     s = p.add_subparsers(dest="users_cmd", metavar="ACTION", required=True)
 
     a = s.add_parser("add", help="add a user (password from a prompt, or the first line of stdin)")
@@ -133,6 +152,13 @@ def register(sub) -> None:
     a.add_argument("--role", required=True, help="clinician, admin or observatory")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_add)
+
+    pw = s.add_parser("passwd", help="set a user's password (from a prompt, or the first line of stdin); "
+                                      "ends their sessions")
+    add_config(pw)
+    pw.add_argument("name")
+    pw.add_argument("--json", action="store_true")
+    pw.set_defaults(func=cmd_passwd)
 
     ls = s.add_parser("list", help="list users")
     add_config(ls)

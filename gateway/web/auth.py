@@ -231,6 +231,67 @@ def disable_user(db: Database, username: str, actor: str) -> None:
         audit(db, conn, actor, "users.disable", f"user:{username}", "sessions ended, tokens revoked")
 
 
+def _set_password(db: Database, conn: Any, u: dict, password: str, keep_sid: str | None) -> int:
+    """Store the new hash and end the user's other sessions; returns how many ended."""
+    conn.execute(db.sql("UPDATE users SET password_hash = ? WHERE id = ?"), (hash_password(password), u["id"]))
+    if keep_sid:
+        return conn.execute(db.sql("DELETE FROM sessions WHERE user_id = ? AND id_sha256 <> ?"),
+                            (u["id"], sha256_hex(keep_sid))).rowcount
+    return conn.execute(db.sql("DELETE FROM sessions WHERE user_id = ?"), (u["id"],)).rowcount
+
+
+def change_password(db: Database, settings: Settings, username: str, current: str, new: str, sid: str | None,
+                    client: str, now: dt.datetime | None = None) -> None:
+    """A user changes their own password. The current one must be right, so that a session left
+    open on a shared computer does not let someone else take the account, and wrong guesses count
+    with the login's failures (per user name, same window and limit): a held session is no way
+    round the login's rate limit. Raises LoginRefused (wrong or throttled) or AuthError (the new
+    password refused). The user's other sessions end; the one making the change (``sid``) stays;
+    API tokens are separate credentials and stay."""
+    now = now or utcnow()
+    if new == current:
+        raise AuthError("the new password is the same as the current one")
+    hash_password(new)                      # the length check first: no argon2 work for a refused form
+    client = printable(client or "unknown", 64) or "unknown"
+    since = now - dt.timedelta(seconds=settings.login_window_s)
+    with db.connect() as conn:
+        u = _user(db, conn, username)
+        n, first = _failures(db, conn, "username", username, since)
+    if u is None or u["disabled_at"] is not None:
+        raise AuthError(f"no user {username}")
+    if n >= settings.login_max_failures:
+        retry = max(1, int(settings.login_window_s - (now - rs.parse_time(first)).total_seconds()) + 1)
+        raise LoginRefused("too many failed attempts: try again later", retry)
+    if not verify_password(u["password_hash"], current or ""):
+        with db.connect() as conn:
+            db.begin(conn)
+            conn.execute(db.sql("INSERT INTO login_failures (at, username, client) VALUES (?, ?, ?)"),
+                         (now, username, client))
+            audit(db, conn, f"user:{username}", "users.password-refused", f"user:{username}",
+                  f"client={client} wrong current password")
+        raise LoginRefused("the current password is wrong")
+    with db.connect() as conn:
+        db.begin(conn)
+        ended = _set_password(db, conn, u, new, sid)
+        conn.execute(db.sql("DELETE FROM login_failures WHERE username = ?"), (username,))
+        audit(db, conn, f"user:{username}", "users.password", f"user:{username}",
+              f"client={client} changed by the user; {ended} other session(s) ended")
+
+
+def reset_password(db: Database, username: str, new: str, actor: str) -> int:
+    """An administrator sets a user's password (forgotten, or suspected known to someone else):
+    every session of the user ends; returns how many."""
+    hash_password(new)
+    with db.connect() as conn:
+        db.begin(conn)
+        u = _user(db, conn, username)
+        if u is None:
+            raise AuthError(f"no user {username}")
+        ended = _set_password(db, conn, u, new, None)
+        audit(db, conn, actor, "users.password-reset", f"user:{username}", f"{ended} session(s) ended")
+    return ended
+
+
 # --- API tokens -------------------------------------------------------------------------------------
 
 def issue_token(db: Database, username: str, actor: str, role: str | None = None, days: float | None = None,

@@ -41,7 +41,8 @@ SESSION_COOKIE = "nabd_session"
 LOGIN_COOKIE = "nabd_login"
 LANG_COOKIE = "nabd_lang"
 PREFIX = "/console"
-DONE = ("assigned", "unassigned", "attached", "revoked", "rotated", "user_added", "user_disabled", "token_revoked")
+DONE = ("assigned", "unassigned", "attached", "revoked", "rotated", "user_added", "user_disabled", "token_revoked",
+        "password_changed")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
@@ -84,6 +85,8 @@ class Console:
             Route(p + "/login", self.login, methods=["GET", "POST"]),
             Route(p + "/logout", self._page(self.logout, csrf=True), methods=["POST"]),
             Route(p + "/lang/{code}", self.lang, methods=["GET"]),
+            Route(p + "/account/password", self._page(self.password_form), methods=["GET"]),
+            Route(p + "/account/password", self._page(self.password_change, csrf=True), methods=["POST"]),
             Route(p + "/patients", self._page(self.patients, "records.read"), methods=["GET"]),
             Route(p + "/patients/{pid}", self._page(self.patient, "records.read"), methods=["GET"]),
             Route(p + "/assign", self._page(self.assign, "devices.assign", csrf=True), methods=["POST"]),
@@ -124,7 +127,8 @@ class Console:
         html = self.env.get_template(name).render(
             t=self._t(lang), lang=lang, dir="rtl" if lang in RTL else "ltr", langs=LANGS, user=principal,
             csrf=principal.csrf if principal else "", path=request.url.path, prefix=PREFIX,
-            flash=f"done_{done}" if done in DONE else None, **ctx)
+            flash=f"done_{done}" if done in DONE else None, min_pw=auth.MIN_PASSWORD, max_pw=auth.MAX_PASSWORD,
+            **ctx)
         return self._secure(HTMLResponse(html, status_code=status))
 
     @staticmethod
@@ -246,6 +250,31 @@ class Console:
             return self._back(PREFIX + "/admin/devices")
         return self._back(PREFIX + "/observatory")
 
+    # -- every user: their own password ----------------------------------------------------------
+    def password_form(self, request: Request, principal: auth.Principal, form: dict) -> Response:
+        return self.render(request, "password.html", principal)
+
+    def password_change(self, request: Request, principal: auth.Principal, form: dict) -> Response:
+        current, new = str(form.get("current", "")), str(form.get("new", ""))
+        if new != str(form.get("confirm", "")):
+            return self.render(request, "password.html", principal, 400, error_key="pw_mismatch")
+        if not auth.MIN_PASSWORD <= len(new) <= auth.MAX_PASSWORD:
+            return self.render(request, "password.html", principal, 400, error_key="pw_length")
+        if new == current:
+            return self.render(request, "password.html", principal, 400, error_key="pw_same")
+        client = request.client.host if request.client else "unknown"
+        try:
+            auth.change_password(self.db, self.settings, principal.username, current, new,
+                                 request.cookies.get(SESSION_COOKIE), client)
+        except auth.LoginRefused as e:
+            resp = self.render(request, "password.html", principal, 429 if e.retry_after else 403,
+                               error_key="login_throttled" if e.retry_after else "pw_wrong",
+                               seconds=e.retry_after or 0)
+            if e.retry_after:
+                resp.headers["Retry-After"] = str(e.retry_after)
+            return resp
+        return self._back(PREFIX + "/account/password", "password_changed")
+
     # -- clinicians --------------------------------------------------------------------------------
     def patients(self, request: Request, principal: auth.Principal, form: dict) -> Response:
         pats = rec.patients_overview(self.db)
@@ -302,7 +331,7 @@ class Console:
         except ValueError:
             raise rec.RecordError("no such reading") from None
         patient = rec.check_patient(str(form.get("patient", "")))
-        rec.attach_reading(self.db, rid, patient, principal.actor)
+        rec.attach_reading(self.db, rid, patient, principal.actor, forward=bool(self.config.fhir_forward.enabled))
         return self._back(PREFIX + "/inbox", "attached")
 
     # -- observatory -------------------------------------------------------------------------------

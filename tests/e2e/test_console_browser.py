@@ -10,7 +10,8 @@ and is attached to a patient (audited); the clinician assigns the device to the 
 command through the broker), the device measures a feverish patient and the reading appears on the
 patient's page with the fever alert; the clinician is refused the admin pages and the other roles'
 API, a forged admin form post and a post without CSRF token are refused and audited; wrong
-passwords are rate-limited; an expired session goes back to the login page; the administrator sees
+passwords are rate-limited; an expired session goes back to the login page; a user changes her own
+password (the current one checked, her other session ended); the administrator sees
 the device, the quarantine, users, the audit log and the observatory charts, rotates the device's
 key and revokes it. Every page is saved as a screenshot under build/console/ (a test artefact).
 """
@@ -34,7 +35,8 @@ SHOTS = REPO / "build" / "console"
 CHROMIUM = "/usr/bin/chromium"
 PATIENT = "p-brw001"
 USERS = {"amina": ("clinician", "amina-passw0rd!"), "root": ("admin", "root-passw0rd!"),
-         "obs": ("observatory", "obs-passw0rd!"), "karim": ("clinician", "karim-passw0rd!")}
+         "obs": ("observatory", "obs-passw0rd!"), "karim": ("clinician", "karim-passw0rd!"),
+         "sara": ("clinician", "sara-passw0rd!")}
 
 
 def _gw(site, *args, stdin: str = "") -> subprocess.CompletedProcess:
@@ -265,6 +267,41 @@ def _expired_session_goes_back_to_login(browser, site):
     ctx.close()
 
 
+def _user_changes_her_password(browser, site):
+    old, new = USERS["sara"][1], "sara-new-passw0rd!"
+    other = _login(browser.new_context(**HTTPS).new_page(), site, "sara")       # e.g. left open on another PC
+    ctx = browser.new_context(viewport={"width": 820, "height": 1180}, **HTTPS)
+    page = _login(ctx.new_page(), site, "sara")
+    page.click("a[href$='/account/password']")
+    assert page.url.endswith("/console/account/password")
+
+    def submit(current: str, new_pw: str, confirm: str) -> int:
+        page.fill("input[name=current]", current)
+        page.fill("input[name=new]", new_pw)
+        page.fill("input[name=confirm]", confirm)
+        with page.expect_navigation() as nav:
+            page.click("form.stack button[type=submit]")
+        return nav.value.status
+
+    assert submit("not-her-password", new, new) == 403
+    assert "Mot de passe actuel incorrect" in page.locator(".error").inner_text()
+    assert submit(old, new, new + "x") == 400
+    assert "diffèrent" in page.locator(".error").inner_text()
+    assert submit(old, new, new) == 200 and page.url.endswith("?done=password_changed")
+    shot(page, "account-password-changed")
+    assert page.goto(_console(site) + "/patients").status == 200          # this session stays
+    other.goto(_console(site) + "/patients")                              # the other one has ended
+    assert "/console/login" in other.url
+    _login(other, site, "sara", old)
+    assert "/console/login" in other.url                                  # the old password no longer works
+    _login(other, site, "sara", new)
+    assert other.url.endswith("/console/patients")
+    assert [r[0] for r in _audit(site, "users.password")] == ["user:sara"]
+    assert [r[0] for r in _audit(site, "users.password-refused")] == ["user:sara"]
+    other.context.close()
+    ctx.close()
+
+
 def _admin_pages(browser, site):
     ctx = browser.new_context(viewport={"width": 1280, "height": 900}, **HTTPS)
     page = _login(ctx.new_page(), site, "root")
@@ -315,6 +352,7 @@ STEPS = [
     (_forged_admin_post_and_missing_csrf_are_refused_and_audited, "clinician"),
     (_wrong_passwords_are_rate_limited, "browser"),
     (_expired_session_goes_back_to_login, "browser"),
+    (_user_changes_her_password, "browser"),
     (_admin_pages, "browser"),
     (_observatory_user_sees_counts_only, "browser"),
 ]

@@ -143,6 +143,63 @@ def test_disabled_user_loses_login_sessions_and_tokens(db):
         auth.disable_user(db, "amina", "t")
 
 
+def test_user_changes_own_password(db):
+    auth.add_user(db, "amina", "clinician", PW, "t")
+    t0 = dt.datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+    _, here = auth.login(db, S, "amina", PW, "c", now=t0)
+    _, elsewhere = auth.login(db, S, "amina", PW, "d", now=t0)
+    _, tok = auth.issue_token(db, "amina", "t")
+    new = "a new passphrase here"
+    with pytest.raises(auth.AuthError, match="same"):
+        auth.change_password(db, S, "amina", PW, PW, here, "c", now=t0)
+    with pytest.raises(auth.AuthError, match="characters"):
+        auth.change_password(db, S, "amina", PW, "short", here, "c", now=t0)
+    auth.change_password(db, S, "amina", PW, new, here, "c", now=t0)
+    assert auth.session(db, S, here, now=t0) is not None            # the session that made the change
+    assert auth.session(db, S, elsewhere, now=t0) is None           # every other one ended
+    assert auth.authenticate_bearer(db, tok) is not None            # tokens are separate credentials
+    with pytest.raises(auth.LoginRefused):
+        auth.login(db, S, "amina", PW, "c", now=t0)
+    assert auth.login(db, S, "amina", new, "c", now=t0)[0].username == "amina"
+    [row] = _audit(db, "users.password")
+    assert row["actor"] == "user:amina" and "1 other session" in row["detail"]
+    assert PW not in str(auth.audit_log(db, 1000)) and new not in str(auth.audit_log(db, 1000))
+
+
+def test_wrong_current_password_counts_as_a_failed_login(db):
+    """A held session gives no way round the login's rate limit: wrong current passwords count
+    with the user's failed logins, and once over the limit even the right one is refused."""
+    auth.add_user(db, "amina", "clinician", PW, "t")
+    t0 = dt.datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+    _, sid = auth.login(db, S, "amina", PW, "c", now=t0)
+    for i in range(3):
+        with pytest.raises(auth.LoginRefused) as e:
+            auth.change_password(db, S, "amina", f"guess-{i}-xxxxx", "a new passphrase", sid, "c",
+                                 now=t0 + dt.timedelta(seconds=i))
+        assert e.value.retry_after is None
+    with pytest.raises(auth.LoginRefused) as e:
+        auth.change_password(db, S, "amina", PW, "a new passphrase", sid, "c", now=t0 + dt.timedelta(seconds=5))
+    assert e.value.retry_after == 296
+    with pytest.raises(auth.LoginRefused) as e:
+        auth.login(db, S, "amina", PW, "c", now=t0 + dt.timedelta(seconds=5))
+    assert e.value.retry_after is not None
+    assert len(_audit(db, "users.password-refused")) == 3 and not _audit(db, "users.password")
+    auth.change_password(db, S, "amina", PW, "a new passphrase", sid, "c", now=t0 + dt.timedelta(seconds=301))
+    assert len(_audit(db, "users.password")) == 1
+
+
+def test_admin_resets_a_password_and_ends_sessions(db):
+    auth.add_user(db, "amina", "clinician", PW, "t")
+    _, sid = auth.login(db, S, "amina", PW, "c")
+    assert auth.reset_password(db, "amina", "reset by the admin", "cli:root") == 1
+    assert auth.session(db, S, sid) is None
+    assert auth.login(db, S, "amina", "reset by the admin", "c")[0].username == "amina"
+    with pytest.raises(auth.AuthError, match="no user"):
+        auth.reset_password(db, "nobody", "reset by the admin", "cli:root")
+    [row] = _audit(db, "users.password-reset")
+    assert (row["actor"], row["target"]) == ("cli:root", "user:amina")
+
+
 def test_bearer_tokens_scoped_to_a_role(db):
     auth.add_user(db, "obs", "observatory", PW, "t")
     auth.add_user(db, "root", "admin", PW, "t")
@@ -219,6 +276,17 @@ def test_cli_users_add_list_token_disable(cfg):
     assert _gw(cfg, "users", "disable", "amina").returncode == 0
     assert _gw(cfg, "users", "disable", "amina").returncode == 4
     assert json.loads(_gw(cfg, "users", "tokens", "--json").stdout)[0]["revoked_at"]
+
+
+def test_cli_users_passwd(cfg):
+    assert _gw(cfg, "users", "add", "amina", "--role", "clinician", stdin=PW + "\n").returncode == 0
+    r = _gw(cfg, "users", "passwd", "amina", "--json", stdin="another passphrase\n")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"ok": True, "username": "amina", "sessions_ended": 0}
+    assert "another passphrase" not in r.stdout + r.stderr
+    assert _gw(cfg, "users", "passwd", "nobody", stdin="another passphrase\n").returncode == 4
+    assert _gw(cfg, "users", "passwd", "amina", stdin="short\n").returncode == 2
+    assert _gw(cfg, "users", "passwd", "amina", stdin="").returncode == 2
 
 
 def test_cli_users_bad_input(cfg):
