@@ -332,8 +332,13 @@ def business_identifier(resource: dict) -> tuple[str, str]:
     raise MappingError(f"{resource.get('resourceType')} has no {system} identifier")
 
 
-def transaction_bundle(resources: list[dict]) -> dict:
+def transaction_bundle(resources: list[dict], update_observations: bool = False) -> dict:
     """A transaction Bundle creating each resource with ``ifNoneExist`` on its nabd identifier.
+
+    ``update_observations``: the Observations go as conditional updates instead (``PUT
+    Observation?identifier=...``), for a reading whose record changed after it was first sent (a
+    clinician attached it to a patient): the server's Observation with that identifier is replaced,
+    or created if it never arrived. Patients and Devices are still conditional creates.
 
     Patients and Devices go first; references ``Device/{id}`` and ``Patient/{id}`` to a resource in
     the bundle are rewritten to its ``urn:uuid`` fullUrl, which the server resolves to the created or
@@ -356,12 +361,11 @@ def transaction_bundle(resources: list[dict]) -> dict:
             ref = res.get(key, {}).get("reference") if isinstance(res.get(key), dict) else None
             if ref in full:
                 res[key]["reference"] = full[ref]
-        entries.append({
-            "fullUrl": url,
-            "resource": res,
-            "request": {"method": "POST", "url": r["resourceType"],
-                        "ifNoneExist": f"identifier={system}|{value}"},
-        })
+        if update_observations and r["resourceType"] == "Observation":
+            request = {"method": "PUT", "url": f"Observation?identifier={system}|{value}"}
+        else:
+            request = {"method": "POST", "url": r["resourceType"], "ifNoneExist": f"identifier={system}|{value}"}
+        entries.append({"fullUrl": url, "resource": res, "request": request})
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 

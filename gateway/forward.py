@@ -14,6 +14,10 @@ row is sent; a body holding a transaction Bundle is sent as it is) and by the ob
   never deletes; a failure (connection refused, timeout, 5xx, 4xx) records ``last_error`` and schedules
   the next attempt with exponential backoff and full jitter (base x 2^attempts, capped, times a
   random factor in [0.5, 1]): a server that is down delays forwarding, never loses it;
+- a reading attached to a patient after it was sent (the console's inbox) gets a second row, body
+  ``{"reading_id": N, "update": true}``: its Observations go as conditional updates, so the national
+  record gains the patient; the row comes after the first in the device's partition, so the update
+  never overtakes the create;
 - re-sends are harmless: every entry is a POST with ``ifNoneExist`` on its identifier, so a bundle
   that the server applied but whose response was lost (timeout) creates nothing the second time.
   (Conditional create is not atomic under concurrent requests on many servers, which is why one
@@ -179,7 +183,7 @@ class Forwarder:
         # entries already in the body (a bundle that carries its own Device) are kept as they are
         present = {fhir.business_identifier(r) for r in resources}
         resources += [r for r in extra.values() if fhir.business_identifier(r) not in present]
-        out = fhir.transaction_bundle(resources)
+        out = fhir.transaction_bundle(resources, update_observations=bool(body.get("update")))
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
         if self.fhir_token:
             headers["Authorization"] = f"Bearer {self.fhir_token}"

@@ -153,9 +153,11 @@ def active_devices(db: Database) -> list[dict]:
     return [{"id": d["id"], "facility": d["facility"], "patient": assigned.get(d["id"])} for d in devs]
 
 
-def attach_reading(db: Database, reading_id: int, patient: str, actor: str) -> dict:
+def attach_reading(db: Database, reading_id: int, patient: str, actor: str, forward: bool = False) -> dict:
     """Give an unassigned reading to a patient (the signed payload is unchanged: the attribution is
-    the clinician's, and the audit log says whose). Refused when the reading already has a patient."""
+    the clinician's, and the audit log says whose). Refused when the reading already has a patient.
+    ``forward`` (FHIR forwarding enabled): in the same transaction, an outbox row that sends the
+    reading's Observations again as updates, now with their subject (gateway/forward.py)."""
     patient = check_patient(patient)
     now = utcnow()
     with db.connect() as conn:
@@ -171,6 +173,10 @@ def attach_reading(db: Database, reading_id: int, patient: str, actor: str) -> d
                          (patient, reading_id)).rowcount
         if n != 1:
             raise RecordError(f"reading {reading_id} already belongs to a patient")
+        if forward:
+            conn.execute(db.sql("INSERT INTO outbox (kind, partition_key, body, created_at, attempts, "
+                                "next_attempt_at) VALUES ('fhir', ?, ?, ?, 0, ?)"),
+                         (r[0]["device_id"], '{"reading_id":%d,"update":true}' % int(reading_id), now, now))
         audit(db, conn, actor, "readings.attach", f"Patient/{patient}",
               f"reading={reading_id} device={r[0]['device_id']} seq={r[0]['seq']}")
     return r[0]

@@ -251,3 +251,37 @@ def test_observatory_push_and_thread_loop(db_url, fhirserver):
         assert fhirserver.count("Observation", "urn:nabd:obs", f"{DEVS[2]}/10/pi") == 1
     finally:
         sink.shutdown()
+
+
+def test_reading_attached_later_reaches_the_national_record_with_its_patient(db_url, fhirserver):
+    """A reading taken before any assignment goes out without a subject; once a clinician attaches
+    it to a patient (the console's inbox), the same Observations are updated in place on the
+    national server (conditional update on their identifiers): the patient is there, nothing doubles."""
+    from gateway.web import records as rec
+
+    db = make_db(db_url)
+    add_device(db, DEVS[0])
+    store_reading(db, payload(DEVS[0], 10, T0, patient=None), received_at=rs.now_utc() - dt.timedelta(seconds=1))
+    fhirserver.start()
+    fw = forwarder(db, fhirserver.base)
+    drain(fw)
+    o = fhirserver.search("Observation", identifier=f"urn:nabd:obs|{DEVS[0]}/10/hr")["entry"][0]["resource"]
+    assert "subject" not in o
+    with db.connect() as c:
+        rid = rs.rows(c, "SELECT id FROM readings")[0]["id"]
+    rec.attach_reading(db, rid, "p-late01", "user:amina", forward=True)
+    assert [r["sent_at"] for r in outbox(db)][-1] is None
+    drain(fw)
+    pat = fhirserver.search("Patient", identifier="urn:nabd:patient|p-late01")["entry"][0]["resource"]
+    for code in ("temp", "spo2", "hr", "pi"):
+        assert fhirserver.count("Observation", "urn:nabd:obs", f"{DEVS[0]}/10/{code}") == 1
+        o = fhirserver.search("Observation", identifier=f"urn:nabd:obs|{DEVS[0]}/10/{code}")["entry"][0]["resource"]
+        assert o["subject"]["reference"] == f"Patient/{pat['id']}"
+    assert len(fhirserver.search("Observation", _count=100)["entry"]) == 4
+    # an attach with forwarding off adds no outbox row
+    store_reading(db, payload(DEVS[0], 11, T0, patient=None), received_at=rs.now_utc())
+    n = len(outbox(db))
+    with db.connect() as c:
+        rid2 = rs.rows(c, "SELECT id FROM readings WHERE seq = 11")[0]["id"]
+    rec.attach_reading(db, rid2, "p-late01", "user:amina")
+    assert len(outbox(db)) == n
