@@ -31,7 +31,8 @@ VALLEY = const(2)
 HYST_MIN = const(24)           # counts × 8 (3 counts)
 _RING = const(256)
 _RMASK = const(255)
-_RANGE_N = const(128)          # samples over which settled() measures the pulse's range
+_RANGE_N = const(128)          # samples over which settled() measures the pulse's range (2**7)
+_DY_MAX = const(4194304)       # 2**22: × j < 128 stays a small int
 _DECAY_AFTER = const(150)      # samples without a peak before the amplitude estimate decays
 _DECAY_MAX = const(320)        # ... or 1.5 beat intervals, at most 3.2 s
 _DECAY_SHIFT = const(2)        # by 1/4 every 16 samples (halves in ~0.4 s)
@@ -68,15 +69,24 @@ class BeatDetector:
         the last 1.28 s (the transient has faded from it; the pulse has not), and the slope
         estimate scaled with it. :meth:`reseed` sets both from the next beat."""
         buf = self.buf
-        hi = buf[n & _RMASK]
-        lo = hi
-        for k in range(n - _RANGE_N, n):
-            v = buf[k & _RMASK]
-            if v > hi:
-                hi = v
-            elif v < lo:
-                lo = v
-        r = hi - lo
+        # the range about the line from the window's first to its last sample: the landing's
+        # slow drift (the light still settling) is not pulse
+        y0 = buf[(n - _RANGE_N) & _RMASK]
+        dy = buf[n & _RMASK] - y0
+        if -_DY_MAX < dy < _DY_MAX:
+            hi = 0
+            lo = 0
+            j = 0
+            for k in range(n - _RANGE_N, n):
+                v = buf[k & _RMASK] - y0 - ((dy * j) >> 7)
+                j += 1
+                if v > hi:
+                    hi = v
+                elif v < lo:
+                    lo = v
+            r = hi - lo
+        else:
+            r = 0
         a = self.amp_est
         if 0 < r < a:
             self.slope_est = (self.slope_est * r) // a if self.slope_est < (1 << 20) else self.slope_est >> 1

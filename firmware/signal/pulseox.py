@@ -175,6 +175,7 @@ class PulseOx:
         self.b_cnt = 0
         self.b_head = 0
         self.last_t = -1
+        self.refr_iv = 0        # Q8 samples from the last used beat to one refused as refractory
 
     def _jump(self, n):
         """A DC jump (finger placed or lifted, pressure step) at sample ``n``: start over once the
@@ -217,7 +218,10 @@ class PulseOx:
         if irf.jumps != self.ir_jumps:
             self.w_lp = 0
             self._jump(n)
-        elif n == self.settle_until:
+        elif self.reseed and n >= self.settle_until and not ((n - self.settle_until) & 31):
+            # settled, and until the first beat is used: the amplitude estimate is capped at the
+            # pulse's recent range every 0.32 s (a landing transient still in the 1.28 s window at
+            # 1.5 s would otherwise hold the hysteresis above the pulse until it decays, seconds)
             self.det.settled(n)
         lp = self.w_lp + (((w << 4) - self.w_lp) >> _W_HP_SHIFT)
         self.w_lp = lp
@@ -341,7 +345,13 @@ class PulseOx:
         if lt >= 0:
             iv = (t - lt) & _TMASK
             if iv < _IV_MIN_Q8:
+                self.refr_iv = iv
                 return                      # refractory: a notch or noise, keep the previous beat
+            r1 = self.refr_iv
+            if r1 and ((iv - r1 - r1) << 2 if iv > r1 + r1 else (r1 + r1 - iv) << 2) < iv:
+                # the beat refused just before lay half-way (±12 %): a rhythm beyond 220 bpm, not
+                # a notch, and this "interval" spans two beats (three such read half the rate)
+                iv = _IV_MAX_Q8 + 1
             if iv <= _IV_MAX_Q8:
                 h = self.iv_head
                 self.iv[h] = iv
@@ -352,6 +362,7 @@ class PulseOx:
                 if self.iv_cnt < _NIV:
                     self.iv_cnt += 1
         self.last_t = t
+        self.refr_iv = 0
         self.last_beat_n = n
         if dci <= 0 or amp <= 0:
             return

@@ -266,6 +266,30 @@ def test_a_few_intervals_of_an_irregular_rhythm_give_no_first_reading(vm):
         assert abs(o["hr"] - _hr_last_8_s(beats, o["t"])) <= 3.0, o
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_slow_landing_drift_does_not_hold_back_the_first_reading(vm, seed):
+    # the light still drifting 1.5 s after the finger landed (10 % of the DC, decaying over
+    # 1.5 s) swings the band-passed IR far more than a 0.4 % pulse: measured about the drift's
+    # line, the amplitude estimate is capped at the pulse and the first reading comes at
+    # 4.5-4.6 s (5.2 s when the cap was the plain range, taken once)
+    red, ir, beats = ppg(20, hr=90, pi=0.4, seed=seed, finger_on=1.0)
+    t = np.arange(len(ir)) / 100
+    drift = np.where(t >= 1.0, 1 + 0.1 * np.exp(-(t - 1.0) / 1.5), 1)
+    red, ir = np.round(red * drift).astype(int), np.round(ir * drift).astype(int)
+    rep = _reported(run_chain(red, ir, 100, vm=vm))
+    assert rep and rep[0]["t"] - 1.0 <= 4.8, rep[:1]
+    assert abs(rep[0]["hr"] - _hr_last_8_s(beats, rep[0]["t"])) <= 3.0, rep[0]
+
+
+@pytest.mark.parametrize("hr", [222.0, 226.0])
+def test_a_rhythm_beyond_the_refractory_limit_is_not_read_at_half_rate(vm, hr):
+    # beyond 220 bpm some intervals fall under the 27.3-sample refractory limit: the refused beat
+    # lies half-way, so the "interval" it leaves spans two beats, and three such read 111-114 bpm
+    red, ir, _ = ppg(30, hr=hr, pi=2.0, seed=1, hrv=0.02)
+    for o in _reported(run_chain(red, ir, 100, vm=vm)):
+        assert o["hr"] >= 200.0, o
+
+
 def test_stale_after_30_s_without_a_valid_value(vm):
     red, ir, _ = ppg(20, hr=70, seed=11)
     rng = np.random.default_rng(11)
