@@ -15,6 +15,7 @@ import dataclasses
 import os
 import re
 import tomllib
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,9 @@ class ConsoleConfig:
     login_window_s: int = 900        # failed logins are counted over this window
     login_max_failures: int = 5      # per user name in the window, then refused until it slides
     client_max_failures: int = 20    # per client address in the window
+    # the site's clock for the pages' times: Morocco's legal time (UTC+1, UTC+0 during Ramadan, as the
+    # IANA database records each year's decree); any IANA zone name
+    timezone: str = "Africa/Casablanca"
 
 
 @dataclass
@@ -283,6 +287,11 @@ def _validate(cfg: Config) -> None:
     for k in ("session_idle_s", "session_max_s", "login_window_s", "login_max_failures", "client_max_failures"):
         if getattr(cfg.console, k) < 1:
             raise ConfigError(f"[console] {k} must be at least 1")
+    try:
+        zoneinfo.ZoneInfo(cfg.console.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"[console] timezone {cfg.console.timezone!r}: not an IANA zone name "
+                          f"(e.g. Africa/Casablanca, UTC)") from None
 
 
 _LOOPBACK = re.compile(r"(127(\.\d{1,3}){3}|::1|localhost)")

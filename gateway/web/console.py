@@ -18,6 +18,7 @@ import hmac
 import json
 import secrets
 import tomllib
+import zoneinfo
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -73,7 +74,8 @@ class Console:
         self.catalogue = load_catalogue()
         self.env = Environment(loader=FileSystemLoader(str(HERE / "templates")),
                                autoescape=select_autoescape(["html"]), undefined=StrictUndefined)
-        self.env.filters["when"] = _when
+        self.tz = zoneinfo.ZoneInfo(getattr(getattr(config, "console", None), "timezone", "UTC"))
+        self.env.filters["when"] = lambda t: _when(t, self.tz)
         self.env.filters["num"] = _num
 
     # -- plumbing ----------------------------------------------------------------------------------
@@ -128,6 +130,7 @@ class Console:
             t=self._t(lang), lang=lang, dir="rtl" if lang in RTL else "ltr", langs=LANGS, user=principal,
             csrf=principal.csrf if principal else "", path=request.url.path, prefix=PREFIX,
             flash=f"done_{done}" if done in DONE else None, min_pw=auth.MIN_PASSWORD, max_pw=auth.MAX_PASSWORD,
+            tz=self.tz.key, tz_label=_offset_label(dt.datetime.now(self.tz)),
             **ctx)
         return self._secure(HTMLResponse(html, status_code=status))
 
@@ -289,7 +292,7 @@ class Console:
         auth.audit_access(self.db, principal, "records.read", f"Patient/{pid}",
                           f"console patient page ({len(d['readings'])} readings)")
         return self.render(request, "patient.html", principal, p=d, devices=rec.active_devices(self.db),
-                           series_json=json.dumps(d["series"], separators=(",", ":")))
+                           series_json=json.dumps(_wall_clock(d["series"], self.tz), separators=(",", ":")))
 
     def _send_assign(self, principal: auth.Principal, device: str, patient: str | None) -> int:
         from gateway.device_commands import CommandRefused, PublishError, send_command
@@ -404,9 +407,30 @@ class Console:
         return self.render(request, "audit.html", principal, rows=auth.audit_log(self.db, 300))
 
 
-def _when(t: Any) -> str:
+def _when(t: Any, tz: dt.tzinfo = dt.timezone.utc) -> str:
+    """A stored time (UTC) on the site's clock ([console] timezone), to the minute."""
     t = rs.parse_time(t) if t is not None and not isinstance(t, dt.datetime) else t
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M") if t else "—"
+    return t.astimezone(tz).strftime("%Y-%m-%d %H:%M") if t else "—"
+
+
+def _wall_clock(series: dict, tz: dt.tzinfo) -> dict:
+    """Chart times (``series["t"]``, Unix seconds) as the site's wall clock, which console.js draws
+    as UTC: the offset comes from the server's time-zone database (Debian's tzdata, kept current by
+    the site), not the browser's, whose copy may be older (this machine's Chromium puts Casablanca
+    at UTC+0 in November 2026, where the IANA database has UTC+1), so charts and tables agree."""
+    out = []
+    for x in series.get("t") or []:
+        off = dt.datetime.fromtimestamp(x, tz).utcoffset() or dt.timedelta(0)
+        out.append(int(x + off.total_seconds()))
+    return {**series, "t": out}
+
+
+def _offset_label(now: dt.datetime) -> str:
+    """``UTC+01:00``: the zone's offset now, for the tables' time headers."""
+    off = now.utcoffset() or dt.timedelta(0)
+    sign = "-" if off < dt.timedelta(0) else "+"
+    minutes = abs(int(off.total_seconds())) // 60
+    return "UTC" if minutes == 0 else f"UTC{sign}{minutes // 60:02d}:{minutes % 60:02d}"
 
 
 def _num(v: Any, digits: int = 0, lang: str = "en") -> str:

@@ -17,6 +17,7 @@ key and revokes it. Every page is saved as a screenshot under build/console/ (a 
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -26,8 +27,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+
+from gateway.web.console import _offset_label
 
 pytestmark = [pytest.mark.broker, pytest.mark.xdist_group("console-browser")]
 REPO = Path(__file__).resolve().parents[2]
@@ -167,6 +171,14 @@ def _assign_device_then_the_devices_reading_appears_on_the_patient_page(clinicia
     newest = rows.first
     assert f"#{later['seqs'][0]}" in newest.inner_text() and "has-alert" in newest.get_attribute("class")
     assert "Fièvre" in clinician.locator("h1").inner_text()
+    # times on the site's clock (Africa/Casablanca by default), the offset in the table's header
+    casa = ZoneInfo("Africa/Casablanca")
+    assert f"({_offset_label(dt.datetime.now(casa))})" in clinician.locator("thead").first.inner_text()
+    import sqlite3
+
+    with sqlite3.connect(site.dir / "gateway" / "records.db") as c:
+        at = c.execute("SELECT effective_at FROM readings WHERE seq = ?", (later["seqs"][0],)).fetchone()[0]
+    assert dt.datetime.fromisoformat(at).astimezone(casa).strftime("%Y-%m-%d %H:%M") in newest.inner_text()
     clinician.goto(f"{_console(site)}/patients/{PATIENT}")            # without the "sent" notice
     clinician.wait_for_selector(".chart[data-drawn]")
     assert clinician.locator(".chart[data-drawn] canvas").count() == 3    # temperature, SpO2, pulse

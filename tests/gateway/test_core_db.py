@@ -188,7 +188,9 @@ def test_config_validation_gives_clear_errors(tmp_path):
                       ({"ingest": {"batch_max": 0}}, "batch_max"), ({"ingest": {"queue_max": "big"}}, "integer"),
                       ({"database": {"url": "mysql://x"}}, "database.url"),
                       ({"fhir_forward": {"enabled": True}}, "needs a url"),
-                      ({"api": {"tokn": "x"}}, "unknown key")]:
+                      ({"api": {"tokn": "x"}}, "unknown key"),
+                      ({"console": {"timezone": "Mars/Olympus"}}, "not an IANA zone"),
+                      ({"console": {"timezone": "../../etc/passwd"}}, "not an IANA zone")]:
         with pytest.raises(ConfigError, match=msg):
             from_dict(data)
     p = tmp_path / "bad.toml"

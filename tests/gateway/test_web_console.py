@@ -66,6 +66,27 @@ def test_alert_thresholds(values, expected):
     assert rec.alerts(values) == expected
 
 
+def test_times_on_the_site_clock():
+    """Stored times are UTC; pages show them on the site's clock, Morocco's legal time by default
+    (UTC+1, UTC+0 during Ramadan: the IANA database records each year's switch)."""
+    from zoneinfo import ZoneInfo
+
+    from gateway.config import from_dict
+
+    casa = ZoneInfo(from_dict({}).console.timezone)
+    assert casa.key == "Africa/Casablanca"
+    assert console._when("2026-11-30T10:00:00+00:00", casa) == "2026-11-30 11:00"
+    assert console._when(dt.datetime(2026, 3, 1, 10, 0, tzinfo=UTC), casa) == "2026-03-01 10:00"   # Ramadan 1447
+    assert console._when("2026-11-30T23:30:00+00:00", casa) == "2026-12-01 00:30"                # the next day
+    assert console._when(None, casa) == "—"
+    t = int(dt.datetime(2026, 11, 30, 10, 0, tzinfo=UTC).timestamp())
+    r = int(dt.datetime(2026, 3, 1, 10, 0, tzinfo=UTC).timestamp())
+    assert console._wall_clock({"t": [t, r], "hr": [70, 71]}, casa) == {"t": [t + 3600, r], "hr": [70, 71]}
+    assert console._offset_label(dt.datetime(2026, 11, 30, tzinfo=casa)) == "UTC+01:00"
+    assert console._offset_label(dt.datetime(2026, 3, 1, tzinfo=casa)) == "UTC"
+    assert console._offset_label(dt.datetime(2026, 11, 30, tzinfo=ZoneInfo("America/St_Johns"))) == "UTC-03:30"
+
+
 def test_number_format_follows_the_language():
     assert console._num(38.04, 1, "fr") == "38,0" and console._num(38.04, 1, "en") == "38.0"
     assert console._num(None) == "—"

@@ -5,7 +5,8 @@
   var PALETTE = ["#0b6e6e", "#b3261e", "#6a4c93", "#1982c4", "#8ac926", "#ff924c", "#52489c", "#c5283d",
                  "#2b9348", "#f9c74f", "#577590", "#9d4edd"];
   function data(id) { var el = document.getElementById(id); return el ? JSON.parse(el.textContent) : null; }
-  // times are shown in UTC, 24 h, like the tables
+  // 24 h, like the tables; the series' times are already the site's wall clock (the server adds
+  // the [console] timezone's offset: the browser's time-zone data may be older), so drawn as UTC
   function utc(ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); }
   function xaxis(days) {       // 24 h clock; seconds when the readings are minutes apart, dates past 2 days
     var hms = uPlot.fmtDate("{HH}:{mm}:{ss}"), hm = uPlot.fmtDate("{HH}:{mm}"), dm = uPlot.fmtDate("{DD}/{MM}");
@@ -32,7 +33,8 @@
     var ys = d[key];
     var opts = {
       width: width(el), height: 200, legend: { show: false }, cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true }, y: { range: function (u, mn, mx) {
+      scales: { x: { time: true, range: function (u, mn, mx) {   // one reading: ten minutes around it
+        return mn === mx ? [mn - 300, mx + 300] : [mn, mx]; } }, y: { range: function (u, mn, mx) {
         return [Math.min(lo, mn === null ? lo : mn), Math.max(hi, mx === null ? hi : mx)]; } } },
       tzDate: utc, axes: [xaxis(false), {}],
       series: [{ label: el.dataset.xlabel }, { stroke: "#0b6e6e", width: 2, points: { show: true, size: 6, fill: "#0b6e6e" }, spanGaps: true }],
