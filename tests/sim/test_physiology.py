@@ -236,3 +236,33 @@ def test_bench_statistics_on_hand_computed_values():
     ir = (100000 - 800 * np.maximum(0, np.sin(2 * np.pi * t / 20.0))).astype(int)   # 75 bpm at 25 sps
     spo2, s_ok, hr, h_ok, r = estimate(ir, (ir * 0.8).astype(int))
     assert h_ok and hr == 75 and s_ok and 95 <= r <= 105     # equal modulation: R ≈ 1
+
+
+def test_bench_clean_coverage_counts_windows_at_or_above_the_resolvable_floor():
+    from bench import signal as bs
+
+    nan = float("nan")
+
+    def row(t, hr, pi):
+        return {"t": t, "out": True, "withheld": None if hr == hr else "low_perfusion", "hr": hr, "spo2": nan,
+                "pi": nan, "q": 0.5, "irregular": False, "ref_hr": 70.0, "ref_spo2": 97.0, "ref_pi": pi,
+                "finger_none": False, "expect": None, "hp_hr": nan, "nk_hr": nan, "rd_hr": nan, "rd_spo2": nan,
+                "rd_r": nan}
+
+    def job(name, pi, rows):
+        return {"name": name, "seed": 1, "hr": 70.0, "spo2": 97.0, "pi": pi, "monk": 3, "on": 1.0, "off": None,
+                "motion": [], "duration": 35.0, "chain": True, "vm_s": 0.0, "n": 3500, "rows": rows}
+
+    # above the floor: 3 of 4 clean windows reported (the one 5 s after placement is not clean);
+    # below it: 1 of 4
+    above = job("sweep", 0.5, [row(6.0, nan, 0.5), row(12.0, 70.0, 0.5), row(13.0, 70.0, 0.5),
+                               row(14.0, 70.0, 0.5), row(15.0, nan, 0.5)])
+    below = job("sweep", 0.12, [row(12.0, nan, 0.12), row(13.0, nan, 0.12), row(14.0, 70.0, 0.12),
+                                row(15.0, nan, 0.12)])
+    f, detail = bs.synthetic_figures([above, below])
+    assert f["resolvable_pi_floor_pct"] == bs.RESOLVABLE_PI_PCT == 0.3
+    assert (f["clean_windows"], f["clean_reported_hr_pct"]) == (4, pytest.approx(75.0))
+    assert (f["clean_windows_all_pi"], f["clean_reported_hr_pct_all_pi"]) == (8, pytest.approx(50.0))
+    assert (f["clean_windows_below_floor"], f["clean_reported_hr_pct_below_floor"]) == (4, pytest.approx(25.0))
+    bands = {b["band"]: b for b in detail["pi_bands"]}
+    assert bands["0.5–1"]["windows"] == 5 and bands["0.1–0.15"]["coverage_pct"] == pytest.approx(25.0)
