@@ -57,6 +57,14 @@ def _device(db: Database, conn: Any, device_id: str) -> tuple | None:
 
 def add_device(db: Database, kek: bytes, device_id: str, key: bytes, facility: str, region: str,
                key_version: int = 1, actor: str = "cli") -> None:
+    with db.connect() as conn:
+        db.begin(conn)
+        insert_device(db, conn, kek, device_id, key, facility, region, key_version, actor)
+
+
+def insert_device(db: Database, conn: Any, kek: bytes, device_id: str, key: bytes, facility: str, region: str,
+                  key_version: int = 1, actor: str = "cli") -> None:
+    """``add_device`` inside the caller's transaction (many devices in one: bulk registration)."""
     validate_device_id(device_id)
     validate_region(region)
     if not facility or len(facility) > 128:
@@ -64,16 +72,14 @@ def add_device(db: Database, kek: bytes, device_id: str, key: bytes, facility: s
     if key_version < 1:
         raise AdminError("key version must be >= 1", True)
     now = utcnow()
-    with db.connect() as conn:
-        db.begin(conn)
-        if _device(db, conn, device_id):
-            raise AdminError(f"device {device_id} already exists (use rotate-key to change its key)")
-        conn.execute(db.sql("INSERT INTO devices (id, facility, region, status, registered_at, cmd_n) "
-                            "VALUES (?, ?, ?, 'active', ?, 0)"), (device_id, facility, region, now))
-        conn.execute(db.sql("INSERT INTO device_keys (device_id, key_version, key_enc, created_at) "
-                            "VALUES (?, ?, ?, ?)"), (device_id, key_version, encrypt_key(kek, device_id, key_version, key), now))
-        audit(db, conn, actor, "devices.add", device_id,
-              f"facility={facility} region={region} key_version={key_version}")
+    if _device(db, conn, device_id):
+        raise AdminError(f"device {device_id} already exists (use rotate-key to change its key)")
+    conn.execute(db.sql("INSERT INTO devices (id, facility, region, status, registered_at, cmd_n) "
+                        "VALUES (?, ?, ?, 'active', ?, 0)"), (device_id, facility, region, now))
+    conn.execute(db.sql("INSERT INTO device_keys (device_id, key_version, key_enc, created_at) "
+                        "VALUES (?, ?, ?, ?)"), (device_id, key_version, encrypt_key(kek, device_id, key_version, key), now))
+    audit(db, conn, actor, "devices.add", device_id,
+          f"facility={facility} region={region} key_version={key_version}")
 
 
 def list_devices(db: Database) -> list[dict]:

@@ -111,8 +111,8 @@ class Region:
     # --- devices ---
     def add_devices(self, fleet) -> dict:
         """Register a ``sim.fleet.Fleet`` (its clinic ``k`` devices at clinic broker ``k``) at the
-        gateway through ``gateway.registration.apply``; devices already registered with the same
-        key version are kept. Call before ``write()``."""
+        gateway through ``gateway.registration.apply_all`` (new devices in one transaction);
+        devices already registered with the same key version are kept. Call before ``write()``."""
         from gateway import registration
         from gateway.db import Database
 
@@ -122,17 +122,12 @@ class Region:
         db = Database(self.db_url)
         db.migrate()
         kek = bytes.fromhex(self.kek.read_text().strip())
-        added = kept = 0
         by_id = {d.cfg.device_id: d.clinic for d in fleet.devices}
-        for reg in fleet.registrations():
-            status, kv = registration.current_version(db, reg.device_id)
-            if status == "active" and kv == reg.key_version:
-                kept += 1
-            else:
-                registration.apply(db, kek, reg, 24.0, "nabd region")
-                added += 1
+        regs = fleet.registrations()
+        counts = registration.apply_all(db, kek, regs, 24.0, "nabd region")
+        for reg in regs:
             self.devices[by_id[reg.device_id]].append((reg.device_id, reg.broker_passwd))
-        return {"registered": added, "already_registered": kept}
+        return counts
 
     # --- configuration files ---
     def _broker_common(self, folder: Path) -> str:

@@ -8,8 +8,8 @@
   kept across runs; a temporary folder when ``--state`` is not given). It belongs to clinic
   ``i % K`` (facility ``clinic-K``) and connects to the ``i % len(brokers)``-th ``--broker``.
 - ``--gateway GATEWAY.toml``: every device not yet registered there is registered in bulk through
-  the gateway's own registration path (``gateway.registration.apply``, as ``nabd provision
-  --gateway`` does); ``--broker-passwd PASSWD`` puts all their broker password lines (hashed) in
+  the gateway's own registration path (``gateway.registration.apply_all``: the checks of ``nabd
+  provision --gateway``, new devices in one transaction); ``--broker-passwd PASSWD`` puts all their broker password lines (hashed) in
   Mosquitto's password file in one atomic rewrite (one ``--broker-passwd`` per ``--broker``: each
   device's line in its own broker's file). The broker reads it at its next SIGHUP, so an
   operator registers with ``--register-only``, reloads the broker, then runs.
@@ -43,18 +43,13 @@ def register_fleet(fleet, gateway_toml: str, passwd: list[str] | None) -> dict:
 
     gw, db, kek = open_gateway(gateway_toml)
     actor = os.environ.get("NABD_ADMIN") or f"nabd sim fleet:{getpass.getuser()}"
-    added = kept = 0
     lines: list[list[str]] = [[] for _ in passwd or ()]
-    for i, reg in enumerate(fleet.registrations()):
-        status, kv = registration.current_version(db, reg.device_id)
-        if status == "active" and kv == reg.key_version:
-            kept += 1     # registered by an earlier run with this very key version
-        else:
-            try:
-                registration.apply(db, kek, reg, gw.security.key_grace_hours, actor)
-            except registration.RegistrationError as e:
-                raise CommandError(f"refused by the gateway: {e}", EXIT_FAIL) from None
-            added += 1
+    regs = fleet.registrations()
+    try:   # devices registered by an earlier run with this very key version are kept
+        counts = registration.apply_all(db, kek, regs, gw.security.key_grace_hours, actor)
+    except registration.RegistrationError as e:
+        raise CommandError(f"refused by the gateway: {e}", EXIT_FAIL) from None
+    for i, reg in enumerate(regs):
         if passwd:
             lines[i % len(passwd)].append(reg.broker_passwd)
     for path, new in zip(passwd or (), lines, strict=True):
@@ -62,7 +57,7 @@ def register_fleet(fleet, gateway_toml: str, passwd: list[str] | None) -> dict:
             registration.set_broker_passwords(Path(path), new)
         except OSError as e:
             raise CommandError(f"--broker-passwd {path}: {e.strerror or e}", 4) from None
-    return {"registered": added, "already_registered": kept, "broker_passwd_set": bool(passwd)}
+    return {**counts, "broker_passwd_set": bool(passwd)}
 
 
 def cmd_fleet(args) -> int:
