@@ -9,7 +9,8 @@ transaction, committed on return) and how one message that breaks the store is q
 (``quarantine_error``); the worker does the rest, the same for both:
 
 - a database error (locked, connection lost: nothing was committed) keeps the batch
-  unacknowledged and retries it on a fresh connection, with backoff from 50 ms to 5 s;
+  unacknowledged and retries it on a fresh connection, with backoff from 50 ms to 2 s (an outage
+  is logged once when it begins and once when it clears, not at every retry);
 - anything else is a bug or a message the store cannot handle: the batch is retried one message
   at a time, and the message that still fails is quarantined (``malformed``, "gateway error")
   instead of blocking the queue.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from typing import Any, Callable
@@ -40,6 +42,16 @@ def db_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     return tuple(errs)
+
+
+MAX_RETRY_S = 2.0        # the longest wait between two attempts while the database is unavailable
+OUTAGE_REMIND_S = 60.0   # an outage still going on is logged again this often
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one log line: psycopg's messages span lines (libpq's hint); a URL's
+    password, should a driver ever quote one, is masked."""
+    return re.sub(r"://([^:@/\s]+):[^@/\s]*@", r"://\1:***@", " ".join(str(e).split())) or type(e).__name__
 
 
 def take_batch(q: queue.Queue, batch_max: int, wait_s: float = 0.0) -> list:
@@ -85,6 +97,7 @@ class BatchWorker:
         self.db = db
         self._conn: Any = None
         self._errors = db_errors()
+        self._outage: list | None = None   # [since (monotonic s), retries, last logged] while failing
 
     # -- what a subclass defines ------------------------------------------------------------------
     def store_batch(self, conn: Any, batch: list[Message]) -> BatchResult:
@@ -109,18 +122,46 @@ class BatchWorker:
         """Store ``batch``; returns after its commit (retrying while the database is unavailable).
         None only when ``stopping()`` says the process is shutting down and the database stayed
         unavailable for more than a second: nothing of the batch was acknowledged, so the broker
-        redelivers it to the next session."""
+        redelivers it to the next session.
+
+        An outage (PostgreSQL restarted, the network to it down) is logged once when it starts,
+        again at most every ``OUTAGE_REMIND_S`` while it lasts, and once when a batch commits
+        again, with its length: not a line per retry."""
         delay = 0.05
         while True:
             try:
-                return self._process(self.connection(), batch)
+                result = self._process(self.connection(), batch)
             except self._errors as e:
-                self.log.error("database error, %d %s kept unacknowledged, retrying: %s", len(batch), self.what, e)
+                self._failed(e, len(batch))
                 self.close()
                 if stopping() and delay > 1.0:
                     return None
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, MAX_RETRY_S)
+                continue
+            if self._outage is not None:
+                self._recovered()
+            return result
+
+    def _failed(self, e: BaseException, n: int) -> None:
+        now = time.monotonic()
+        if self._outage is None:
+            self._outage = [now, 0, now]          # since, retries, last logged
+            self.log.error("database error: %s; %d %s kept unacknowledged, retrying every %g s at most "
+                           "(logged again when it clears)", one_line(e), n, self.what, MAX_RETRY_S)
+            return
+        self._outage[1] += 1
+        if now - self._outage[2] >= OUTAGE_REMIND_S:
+            self._outage[2] = now
+            self.log.error("database still unavailable after %.0f s: %s; nothing acknowledged meanwhile",
+                           now - self._outage[0], one_line(e))
+
+    def _recovered(self) -> None:
+        assert self._outage is not None
+        since, retries, _ = self._outage
+        self._outage = None
+        self.log.warning("database available again after %.1f s (%d retries); storing the waiting %s",
+                         time.monotonic() - since, retries, self.what)
 
     def _process(self, conn: Any, batch: list[Message]) -> BatchResult:
         try:

@@ -129,3 +129,32 @@ def test_status_worker_gives_up_a_batch_only_when_stopping_and_acks_nothing_of_i
     assert 1.0 < time.monotonic() - t0 < 5.0   # retried with backoff for over a second first
     w.close()
     assert acked == [] and latest(db) == []
+
+
+def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_clears(setup, monkeypatch, caplog):
+    """Five failed attempts (PostgreSQL restarting) are two log lines, not six; each one line, the
+    URL's password masked; the batch is stored once it can be."""
+    db, kek, (dev, *_) = setup
+    bs = BatchStore(db.url, kek, forward=False, skew=300)
+    real, calls = bs.store.process, []
+
+    def down(conn, batch):
+        calls.append(1)
+        if len(calls) <= 5:
+            raise sqlite3.OperationalError("connection to postgresql://nabd:hunter2@127.0.0.1:5/nabd failed:\n"
+                                           "\tIs the server running on that host?")
+        return real(conn, batch)
+
+    monkeypatch.setattr(bs.store, "process", down)
+    caplog.set_level("INFO", logger="nabd.gateway.writer")
+    try:
+        res = bs.commit(_readings(dev, 2))
+    finally:
+        bs.shutdown()
+    assert [v.kind for v in res.verdicts] == ["accept"] * 2 and len(calls) == 6
+    lines = [r.getMessage() for r in caplog.records if r.name == "nabd.gateway.writer"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("database error: connection to postgresql://nabd:***@127.0.0.1:5/nabd failed: "
+                               "Is the server") and "2 message(s) kept unacknowledged" in lines[0]
+    assert lines[1].startswith("database available again after") and "(4 retries)" in lines[1]
+    assert not any("hunter2" in x or "\n" in x for x in lines)
