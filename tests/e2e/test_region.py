@@ -1,14 +1,15 @@
-"""A region at a small size (host/region.py): clinic Mosquitto brokers bridged over QoS 1 to a
-regional Mosquitto, two `nabd-gateway serve` processes sharing the subscription on one PostgreSQL,
-and `nabd sim fleet` as the devices. Faults during the run: clinic 0's bridge link cut and
-restored, one gateway SIGKILLed and restarted, the regional broker restarted. Every reading produced is stored exactly once; the
-bridge users' ACL lets a clinic see only its own devices' topics."""
+"""A region (host/region.py) at the size issue 11 gives for CI: 300 devices (sim/fleet.py, the
+firmware's comms stack) in 3 clinics, each clinic's Mosquitto bridged over QoS 1 to a regional
+Mosquitto, two `nabd-gateway serve` processes sharing the subscription on a PostgreSQL cluster of
+the test's own (tests/support/pgcluster.py: the machine's is shared by every test). The faults of
+the issue, one after another while the devices measure: clinic 0's bridge link cut and restored,
+one gateway SIGKILLed and restarted, PostgreSQL stopped and started, the regional broker
+restarted, then every clinic's devices reconnecting at the same moment with full outboxes (the
+thundering herd). Every reading produced is stored exactly once. The bridge users' ACL lets a
+clinic see only its own devices' topics (a small region on the shared PostgreSQL)."""
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,11 +20,14 @@ from host.region import Region, bridge_user, gateway_user
 from sim.fleet import Fleet
 from tests.support.harness import rows
 from tests.support.link import Link
+from tests.support.pgcluster import PgCluster
 
 pytestmark = [pytest.mark.broker]
 
 REPO = Path(__file__).resolve().parents[2]
-DEVICES, CLINICS, GATEWAYS = 30, 2, 2
+DEVICES, CLINICS, GATEWAYS = 300, 3, 2      # the faults' run (issue 11's CI size)
+SMALL = 6                                   # the configuration/ACL checks
+OUTBOX = 16                                 # each device's outbox: the herd fills it
 
 
 class Client:
@@ -51,11 +55,11 @@ class Client:
 
 @pytest.fixture
 def region(tmp_path, pg_url):
-    r = Region(tmp_path / "region", CLINICS, GATEWAYS, pg_url, broker_user="root" if os.geteuid() == 0 else None)
+    r = Region(tmp_path / "region", 2, GATEWAYS, pg_url, broker_user="root" if os.geteuid() == 0 else None)
     link = Link(r.regional_port)
     r.uplink[0] = ("127.0.0.1", link.port)     # clinic 0's bridge goes through a link the test cuts
-    fleet = Fleet(tmp_path / "fleet", DEVICES, r.clinic_urls(), clinics=CLINICS)
-    assert r.add_devices(fleet) == {"registered": DEVICES, "already_registered": 0}
+    fleet = Fleet(tmp_path / "fleet", SMALL, r.clinic_urls(), clinics=2)
+    assert r.add_devices(fleet) == {"registered": SMALL, "already_registered": 0}
     r.write()
     try:
         r.start()
@@ -96,41 +100,100 @@ def test_generated_configs_follow_the_protocol(region):
         gw.close()
 
 
-def test_bridge_cut_gateway_kill_regional_restart_lose_and_duplicate_nothing(region, tmp_path):
-    r, link, _ = region
-    produced = tmp_path / "produced.json"
-    cmd = [sys.executable, "-m", "host", "sim", "fleet", "--devices", str(DEVICES), "--clinics", str(CLINICS),
-           "--interval", "2", "--duration", "16", "--drain", "100", "--state", str(tmp_path / "fleet"),
-           "--produced", str(produced), "--json"]
-    for u in r.clinic_urls():
-        cmd += ["--broker", u]
-    time.sleep(1.0)                                # the bridges' first connection
-    fleet = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(3)
-        link.cut()                                 # clinic 0 loses its uplink; its devices keep measuring
-        time.sleep(3)
-        r.kill_gateway(0)
-        time.sleep(1.5)
-        r.start_gateway(0)
-        time.sleep(2)
-        mid = rows(r.db_url, "SELECT COUNT(*) FROM readings")[0][0]
-        link.restore()
-        time.sleep(1)
-        r.restart_broker("regional")               # bridges and gateways reconnect to it
-        out, err = fleet.communicate(timeout=200)
-    finally:
-        if fleet.poll() is None:
-            fleet.kill()
-    assert fleet.returncode == 0, out[-3000:] + err[-3000:]
-    lines = [json.loads(x) for x in out.strip().splitlines()]
-    summary = lines[-1]
-    assert summary["ok"] and summary["waiting"] == 0 and summary["acked"] == summary["readings_produced"]
-    assert summary["readings_produced"] >= DEVICES * 7
-    made = json.loads(produced.read_text())
-    want = sorted((d, s) for d, seqs in made.items() for s in seqs)
-    got = sorted(rows(r.db_url, "SELECT device_id, seq FROM readings"))
-    assert got == want                             # every reading exactly once
-    assert mid < len(want), "everything was stored before the link came back: the cut proved nothing"
-    # readings of clinic 0's devices made during the cut arrived after the restore
-    assert any(t["waiting"] >= DEVICES // CLINICS for t in lines[:-1])
+def _log_lines(r: Region, n: int) -> list[str]:
+    return (r.gateway_config(n).parent / "serve.log").read_text(errors="replace").splitlines()
+
+
+def test_every_fault_of_the_issue_at_ci_size_stores_each_reading_exactly_once(tmp_path, monkeypatch):
+    # TEMP until sim/fleet.py skips it: os.sync() is sync(2) on the host, every filesystem
+    import firmware.outbox
+    import firmware.seq
+    monkeypatch.setattr(firmware.outbox, "_sync", lambda: None)
+    monkeypatch.setattr(firmware.seq, "_sync", lambda: None)
+    with PgCluster() as pg, Region(tmp_path / "region", CLINICS, GATEWAYS, pg.url,
+                                   broker_user="root" if os.geteuid() == 0 else None) as r:
+        link = Link(r.regional_port)
+        r.uplink[0] = ("127.0.0.1", link.port)
+        fleet = Fleet(tmp_path / "fleet", DEVICES, r.clinic_urls(), clinics=CLINICS, outbox_capacity=OUTBOX)
+        assert r.add_devices(fleet) == {"registered": DEVICES, "already_registered": 0}
+        r.write()
+        r.start()
+        try:
+            _faults_then_herd(r, link, pg, fleet)
+        finally:
+            for d in fleet.devices:
+                d.uplink.close()
+            link.cut()
+        made = sorted((d, s) for d, seqs in fleet.produced().items() for s in seqs)
+        got = sorted(rows(pg.url, "SELECT device_id, seq FROM readings"))
+        assert got == made                         # every reading produced, once, and nothing else
+        gateways = dict(r.gw)
+    # the gateways rode out PostgreSQL's restart in the same processes (no crash, no restart loop),
+    # each logged the outage once when it began and once when it cleared, in one line, no secret
+    assert all(p.returncode == 0 for p in gateways.values()), {n: p.returncode for n, p in gateways.items()}
+    for n in range(GATEWAYS):
+        lines = _log_lines(r, n)
+        text = "\n".join(lines)
+        assert pg.password not in text and "Traceback" not in text and "store process ended" not in text, text[-3000:]
+        for who in ("nabd.gateway.writer", "nabd.gateway.status"):
+            began = [x for x in lines if who in x and "database error:" in x]
+            cleared = [x for x in lines if who in x and "database available again" in x]
+            assert len(began) == len(cleared) <= 1, text[-3000:]
+        assert sum("nabd.gateway.writer" in x and "database error:" in x for x in lines) == 1, text[-3000:]
+
+
+def _faults_then_herd(r: Region, link: Link, pg: PgCluster, fleet: Fleet) -> None:
+    interval, per_clinic = 2.0, DEVICES // CLINICS
+    seen: dict[str, int] = {}
+    log: list[tuple[float, str]] = []
+
+    def faults(t: float) -> None:
+        for at, what in ((2, "cut"), (4, "kill"), (6, "restart-gw"), (8, "pg-stop"), (10.5, "pg-down"),
+                         (13, "pg-start"), (15, "restore"), (17, "regional")):
+            if t < at or what in seen:
+                continue
+            seen[what] = fleet.counts()["acked"]
+            log.append((t, what))
+            if what == "cut":
+                link.cut()                         # clinic 0 loses its uplink; its devices keep measuring
+            elif what == "kill":
+                r.kill_gateway(0)
+            elif what == "restart-gw":
+                r.start_gateway(0)
+            elif what == "pg-stop":
+                pg.stop()                          # fast shutdown: every session terminated
+            elif what == "pg-start":
+                pg.start()
+            elif what == "restore":
+                seen["stored-before-restore"] = rows(pg.url, "SELECT COUNT(*) FROM readings")[0][0]
+                link.restore()
+            elif what == "regional":
+                r.restart_broker("regional")       # bridges and gateways reconnect to it
+
+    peak = [0]
+    s = fleet.run(interval, 24, drain_s=150, on_tick=faults, report=lambda c: peak.__setitem__(
+        0, max(peak[0], c["waiting"])), close=False)
+    assert [w for _, w in log] == ["cut", "kill", "restart-gw", "pg-stop", "pg-down", "pg-start", "restore",
+                                   "regional"], log
+    assert s["waiting"] == 0 and s["drops"] == 0 and s["acked"] == s["readings_produced"], s
+    assert s["readings_produced"] >= DEVICES * 11
+    # clinic 0's readings made during the cut waited on its devices (a reading leaves a device only
+    # on the gateway's signed ack) and arrived after the restore
+    assert peak[0] >= per_clinic * 3, peak
+    assert seen["stored-before-restore"] < s["readings_produced"]
+    # nothing was acknowledged while PostgreSQL was down (2.5 s after the stop, for acks of commits
+    # made before it to arrive, until its start): no ack without a commit
+    assert seen["pg-down"] == seen["pg-start"], seen
+
+    # the thundering herd: every clinic's devices lose their link, fill their outboxes, and all
+    # reconnect at the same moment
+    everyone = set(range(CLINICS))
+    fleet.outage(everyone, True)
+    fleet.pump(lambda: fleet.counts()["connected"] == 0, 10)
+    for _ in range(OUTBOX):
+        fleet.measure_all()
+    assert all(d.uplink.queued == OUTBOX for d in fleet.devices) and fleet.counts()["drops"] == 0
+    fleet.outage(everyone, False)
+    fleet.pump(lambda: fleet.counts()["waiting"] == 0, 150)
+    c = fleet.counts()
+    assert c["waiting"] == 0 and c["connected"] == DEVICES and c["drops"] == 0, c

@@ -1,0 +1,139 @@
+"""A private PostgreSQL cluster that a test or benchmark may stop and restart: ``initdb`` into a
+temporary folder, ``pg_ctl`` start/stop on a free loopback port. The machine's PostgreSQL
+(scripts/services.sh, port 55432) is shared by every test running at the same time, so a fault
+that takes the server down needs a server of its own.
+
+    with PgCluster() as pg:          # initdb + start (~2 s)
+        url = pg.url                 # postgresql://nabd:PASSWORD@127.0.0.1:PORT/nabd
+        pg.stop()                    # fast shutdown: sessions terminated, nothing in flight kept
+        pg.start()                   # same port, same data
+        pg.restart(down_s=3)
+
+Debian's binaries (``/usr/lib/postgresql/N/bin``, as scripts/services.sh uses them). PostgreSQL
+refuses to run as root: run as root, the cluster's folder is given to the ``postgres`` user and
+every ``pg_ctl`` runs as it (``runuser``). The role ``nabd`` logs in with a random password
+(``scram-sha-256``; nothing is trusted), so a test can check that it never shows in a log.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from host.site import free_port
+
+
+class PgClusterError(RuntimeError):
+    pass
+
+
+def pg_bindir() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name)
+                   if p.parent.name.isdigit() else 0)
+    if not found:
+        raise PgClusterError("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin): run make setup")
+    return found[-1]
+
+
+class PgCluster:
+    """See the module docstring. ``fsync`` stays on: a restart must keep what was committed."""
+
+    def __init__(self, folder: Path | None = None, port: int | None = None):
+        self.bin = pg_bindir()
+        self._own_dir = folder is None
+        # the folder must be reachable by the postgres user: not under pytest's 0700 tmp_path
+        self.dir = Path(folder or tempfile.mkdtemp(prefix="nabd-pg-"))
+        self.data = self.dir / "data"
+        self.port = port or free_port()
+        self.password = secrets.token_urlsafe(18)
+        self._root = os.geteuid() == 0
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://nabd:{self.password}@127.0.0.1:{self.port}/nabd"
+
+    def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        cmd = (["runuser", "-u", "postgres", "--"] if self._root else []) + list(args)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if p.returncode != 0:
+            raise PgClusterError(f"{Path(args[0]).name} failed ({p.returncode}): {(p.stderr or p.stdout)[-1500:]}")
+        return p
+
+    def init(self) -> "PgCluster":
+        """initdb, the configuration, the role ``nabd`` and its database."""
+        if self._root:
+            shutil.chown(self.dir, "postgres", "postgres")
+        os.chmod(self.dir, 0o700)
+        su = secrets.token_urlsafe(18)
+        pwfile = self.dir / "pw"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(su + "\n")
+        if self._root:
+            shutil.chown(pwfile, "postgres", "postgres")
+        try:
+            self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=scram-sha-256",
+                      f"--pwfile={pwfile}", "-E", "UTF8", "--no-instructions")
+        finally:
+            pwfile.unlink()
+        with open(self.data / "postgresql.conf", "a") as f:
+            f.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = ''\n"
+                    "max_connections = 40\nshared_buffers = 16MB\nfsync = on\n"
+                    "log_min_messages = warning\n")
+        self.start()
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres:{su}@127.0.0.1:{self.port}/postgres", autocommit=True,
+                             connect_timeout=10) as c:
+            c.execute(f"CREATE ROLE nabd LOGIN PASSWORD '{self.password}'")
+            c.execute("CREATE DATABASE nabd OWNER nabd")
+        return self
+
+    def start(self, timeout: float = 60) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.data / "server.log"), "-w",
+                  "-t", str(int(timeout)), "start", timeout=timeout + 10)
+
+    def stop(self, mode: str = "fast") -> None:
+        """``fast``: sessions terminated, clean shutdown; ``immediate``: as a crash (recovery at
+        the next start)."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self, down_s: float = 0.0, mode: str = "fast") -> None:
+        self.stop(mode)
+        time.sleep(down_s)
+        self.start()
+
+    def running(self) -> bool:
+        cmd = (["runuser", "-u", "postgres", "--"] if self._root else []) + [
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "status"]
+        return subprocess.run(cmd, capture_output=True).returncode == 0
+
+    def log(self) -> str:
+        p = self.data / "server.log"
+        try:
+            return p.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        if self.data.exists() and self.running():
+            try:
+                self.stop("immediate")
+            except PgClusterError:
+                pass
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "PgCluster":
+        try:
+            return self.init()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.close()
