@@ -585,6 +585,15 @@ class PulseOx:
         # limit allows), when the beats are beats: one missed or extra beat in eight at most
         if cv > 80:
             self.hr_q = 73
+        if m < _IRR_MIN and k_r == m and m >= 3 and not self.early and tot_r + (med << 1) >= _HR_WIN_N << 8 \
+                and self._median_beats(self.n, self.b_pa) >= _IRR_PA_MIN:
+            # a slow heart (under ~40 bpm 8 s hold fewer than 5 intervals) after its first reading:
+            # intervals that tile the 8 s, none a lost or extra beat, of a clearly detected pulse
+            # are the window's mean rate whatever their scatter (respiratory arrhythmia at 38 bpm
+            # spreads them by 25 %)
+            if self.hr_q > 73:
+                self.hr_q = 73
+            return (_HR_NUM * m + (tot_r >> 1)) // tot_r
         if m < _IRR_MIN or (m - k_r) * 8 > m:
             return -1
         # lost beats at a steady rate make two groups, one twice the other (the median falls

@@ -290,6 +290,21 @@ def test_a_rhythm_beyond_the_refractory_limit_is_not_read_at_half_rate(vm, hr):
         assert o["hr"] >= 200.0, o
 
 
+def test_a_slow_heart_with_respiratory_arrhythmia_keeps_reporting(vm):
+    # 36 bpm: 8 s hold 4 intervals, fewer than the 5 a scattered window needs; once the rhythm
+    # swings by +-11 % with breathing, intervals that tile the 8 s (none a lost or extra beat) still
+    # give the window's mean rate (they were withheld as "settling" from 21 s on)
+    rr = [60 / 36 * (1 + (0.01 if k < 9 else 0.11) * np.sin(2.1 * k)) for k in range(40)]
+    beats = np.cumsum([0.0] + rr)
+    red, ir = render(beats, 45.0, pi=1.5, rng=np.random.default_rng(4))
+    outs = [o for o in run_chain(red, ir, 100, vm=vm) if o["t"] >= 22]
+    rep = _reported(outs)
+    assert len(rep) == len(outs) >= 20, [o["withheld"] for o in outs]
+    for o in rep:
+        assert abs(o["hr"] - _hr_last_8_s(beats, o["t"])) <= 1.5, o
+        assert not o["irregular"]
+
+
 def test_stale_after_30_s_without_a_valid_value(vm):
     red, ir, _ = ppg(20, hr=70, seed=11)
     rng = np.random.default_rng(11)
