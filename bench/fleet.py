@@ -6,8 +6,9 @@ processes sharing the subscription on PostgreSQL. One run, in phases:
    measurement to the device's receipt of the gateway's signed ack (an upper bound of
    measurement-to-commit), gateway CPU and broker memory from ``/proc``;
 2. faults, while the devices keep measuring: clinic 0's bridge link cut and restored, gateway 1
-   SIGKILLed and restarted, the regional broker restarted (PostgreSQL is not restarted here: the
-   machine's PostgreSQL is shared by everyone's tests);
+   SIGKILLed and restarted, the regional broker restarted; then PostgreSQL stopped and started
+   (``pg_restart_phase``: the region runs on a PostgreSQL cluster of the benchmark's own,
+   tests/support/pgcluster.py, since the machine's is shared by everyone's tests);
 3. thundering herd: every clinic's devices lose their link, queue ``HERD_READINGS`` readings each,
    and all reconnect at the same moment; ``herd_drain_s`` is the time until all are acknowledged.
 
@@ -73,14 +74,79 @@ def _stored(db_url: str) -> tuple[set, int]:
     return {(d, s) for d, s in got}, len(got)
 
 
+PG_STOP_AT_S, PG_DOWN_S, PG_PHASE_S = 4.0, 8.0, 20.0
+# PostgreSQL's own defaults for the two settings PgCluster makes small for tests
+PG_SETTINGS = {"shared_buffers": "128MB", "max_connections": "100"}
+
+
+def _pg_marks(url: str) -> tuple[int, int]:
+    """(WAL position in bytes, database size in bytes) of the region's PostgreSQL now."""
+    import psycopg
+
+    with psycopg.connect(url) as c:
+        lsn, size = c.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, "
+                              "pg_database_size(current_database())").fetchone()
+    return int(lsn), int(size)
+
+
+def pg_bytes_per_reading(url: str, before: tuple[int, int], stored: int) -> dict:
+    """WAL and database growth per stored reading since ``before`` (``_pg_marks`` once the devices
+    were registered): every reading's row, its observations, indexes, devices/status updates and
+    the full-page images after checkpoints, as this run wrote them. Per million readings in MB."""
+    lsn, size = _pg_marks(url)
+    if not stored:
+        return {}
+    wal, disk = (lsn - before[0]) / stored, (size - before[1]) / stored
+    return {"pg_wal_bytes_per_reading": round(wal), "pg_db_bytes_per_reading": round(disk),
+            "pg_wal_mb_per_million": round(wal * 1e6 / 2**20), "pg_db_mb_per_million": round(disk * 1e6 / 2**20)}
+
+
+def pg_restart_phase(fleet, pg, url: str) -> dict:
+    """PostgreSQL stopped (fast shutdown: every session terminated) at ``PG_STOP_AT_S`` for
+    ``PG_DOWN_S`` s while the devices keep measuring, then started again; the gateways must hold
+    every reading unacknowledged meanwhile and resume by themselves. Figures: the phase's readings'
+    ``pg_restart_delivered_ratio`` and ``pg_restart_duplicates_stored``, the readings the devices
+    got acknowledged while it was down (from 2 s after the stop, once acks of earlier commits
+    arrived: must be 0), seconds from its start to the first ack, the phase's drain."""
+    before = {(d, s) for d, seqs in fleet.produced().items() for s in seqs}
+    m: dict = {}
+
+    def tick(t):
+        if t >= PG_STOP_AT_S and "stop" not in m:
+            pg.stop()
+            m["stop"] = time.monotonic()
+        elif "stop" in m and "down_acked" not in m and time.monotonic() - m["stop"] >= 2.0:
+            m["down_acked"] = fleet.counts()["acked"]
+        elif t >= PG_STOP_AT_S + PG_DOWN_S and "start" not in m:
+            m["start_acked"] = fleet.counts()["acked"]
+            pg.start()
+            m["start"] = time.monotonic()
+
+    def watch(c):
+        if "start" in m and "resumed" not in m and c["acked"] > m["start_acked"]:
+            m["resumed"] = time.monotonic() - m["start"]
+
+    res = fleet.run(INTERVAL, PG_PHASE_S, drain_s=240, report=watch, on_tick=tick, close=False)
+    phase = {(d, s) for d, seqs in fleet.produced().items() for s in seqs} - before
+    stored, rows = _stored(url)
+    return {"pg_restart_readings": len(phase),
+            "pg_restart_delivered_ratio": round(len(phase & stored) / len(phase), 4) if phase else None,
+            "pg_restart_duplicates_stored": rows - len(stored),
+            "pg_restart_down_s": round(m["start"] - m["stop"], 1),
+            "pg_restart_acked_while_down": m["start_acked"] - m["down_acked"],
+            "pg_restart_first_ack_s": round(m["resumed"], 1) if "resumed" in m else None,
+            "pg_restart_all_acked": res["waiting"] == 0, "pg_restart_drain_s": res["drain_s"]}
+
+
 def run(outdir) -> dict:
-    from bench.gateway import _drop_pg, _pg_database
     from host.region import Region
     from sim.fleet import Fleet
     from tests.support.link import Link
+    from tests.support.pgcluster import PgCluster
 
     tmp = Path(tempfile.mkdtemp(prefix="nabd-bench-fleet-"))
-    base, name, url = _pg_database()
+    pg = PgCluster(settings=PG_SETTINGS).init()
+    url = pg.url
     r = Region(tmp / "region", CLINICS, GATEWAYS, url, broker_user="root" if os.geteuid() == 0 else None)
     links = [Link(r.regional_port) for _ in range(CLINICS)]
     for k, ln in enumerate(links):
@@ -92,6 +158,7 @@ def run(outdir) -> dict:
         fleet = Fleet(tmp / "fleet", DEVICES, r.clinic_urls(), clinics=CLINICS)
         r.add_devices(fleet)
         r.write()
+        pg0 = _pg_marks(url)
         out["setup_s"] = round(time.monotonic() - t0, 1)
         r.start()
         # 1. steady
@@ -143,6 +210,7 @@ def run(outdir) -> dict:
         out["faults_readings"] = fault_run["readings_produced"] - steady["readings_produced"]  # counts accumulate
         out["faults_all_acked"] = fault_run["waiting"] == 0
         out["faults_drain_s"] = fault_run["drain_s"]
+        out.update(pg_restart_phase(fleet, pg, url))
 
         # 3. thundering herd
         everyone = set(range(CLINICS))
@@ -163,10 +231,11 @@ def run(outdir) -> dict:
         out["delivered_ratio"] = round(len(produced & stored) / len(produced), 4)
         out["duplicates_stored"] = rows - len(stored)       # the (device, seq) unique constraint holds it at 0
         out["stored_not_produced"] = len(stored - produced)
+        out.update(pg_bytes_per_reading(url, pg0, len(stored)))
     finally:
         r.stop()
         for ln in links:
             ln.cut()
-        _drop_pg(base, name)
+        pg.close()
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
     return out

@@ -42,7 +42,9 @@ def pg_bindir() -> Path:
 class PgCluster:
     """See the module docstring. ``fsync`` stays on: a restart must keep what was committed."""
 
-    def __init__(self, folder: Path | None = None, port: int | None = None):
+    SETTINGS = {"max_connections": "40", "shared_buffers": "16MB"}   # small: tests start several
+
+    def __init__(self, folder: Path | None = None, port: int | None = None, settings: dict | None = None):
         self.bin = pg_bindir()
         self._own_dir = folder is None
         # the folder must be reachable by the postgres user: not under pytest's 0700 tmp_path
@@ -51,6 +53,7 @@ class PgCluster:
         self.port = port or free_port()
         self.password = secrets.token_urlsafe(18)
         self._root = os.geteuid() == 0
+        self.settings = {**self.SETTINGS, **(settings or {})}   # postgresql.conf lines (a benchmark: defaults)
 
     @property
     def url(self) -> str:
@@ -82,8 +85,8 @@ class PgCluster:
             pwfile.unlink()
         with open(self.data / "postgresql.conf", "a") as f:
             f.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = ''\n"
-                    "max_connections = 40\nshared_buffers = 16MB\nfsync = on\n"
-                    "log_min_messages = warning\n")
+                    "fsync = on\nlog_min_messages = warning\n"
+                    + "".join(f"{k} = {v}\n" for k, v in self.settings.items()))
         self.start()
         import psycopg
 
