@@ -59,9 +59,10 @@ class PgCluster:
     def url(self) -> str:
         return f"postgresql://nabd:{self.password}@127.0.0.1:{self.port}/nabd"
 
-    def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def _run(self, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
         cmd = (["runuser", "-u", "postgres", "--"] if self._root else []) + list(args)
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                           env=None if env is None else {**os.environ, **env})
         if p.returncode != 0:
             raise PgClusterError(f"{Path(args[0]).name} failed ({p.returncode}): {(p.stderr or p.stdout)[-1500:]}")
         return p
@@ -71,13 +72,8 @@ class PgCluster:
         if self._root:
             shutil.chown(self.dir, "postgres", "postgres")
         os.chmod(self.dir, 0o700)
-        su = secrets.token_urlsafe(18)
-        pwfile = self.dir / "pw"
-        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(su + "\n")
-        if self._root:
-            shutil.chown(pwfile, "postgres", "postgres")
+        self._su = su = secrets.token_urlsafe(18)
+        pwfile = self._secret_file("pw", su + "\n")
         try:
             self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=scram-sha-256",
                       f"--pwfile={pwfile}", "-E", "UTF8", "--no-instructions")
@@ -88,13 +84,58 @@ class PgCluster:
                     "fsync = on\nlog_min_messages = warning\n"
                     + "".join(f"{k} = {v}\n" for k, v in self.settings.items()))
         self.start()
+        self.superuser(f"CREATE ROLE nabd LOGIN PASSWORD '{self.password}'", "CREATE DATABASE nabd OWNER nabd")
+        return self
+
+    def _secret_file(self, name: str, text: str) -> Path:
+        path = self.dir / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        if self._root:
+            shutil.chown(path, "postgres", "postgres")
+        return path
+
+    def superuser(self, *statements: str) -> list[tuple]:
+        """Run ``statements`` as the cluster's superuser (autocommit); the last one's rows."""
         import psycopg
 
-        with psycopg.connect(f"postgresql://postgres:{su}@127.0.0.1:{self.port}/postgres", autocommit=True,
+        out: list[tuple] = []
+        with psycopg.connect(f"postgresql://postgres:{self._su}@127.0.0.1:{self.port}/postgres", autocommit=True,
                              connect_timeout=10) as c:
-            c.execute(f"CREATE ROLE nabd LOGIN PASSWORD '{self.password}'")
-            c.execute("CREATE DATABASE nabd OWNER nabd")
-        return self
+            for sql in statements:
+                cur = c.execute(sql)
+                out = [tuple(r) for r in cur.fetchall()] if cur.description else []
+        return out
+
+    def standby(self, synchronous: bool = True) -> "PgCluster":
+        """A hot standby of this cluster on a port of its own (``pg_basebackup -R``: streaming
+        replication from this one); ``synchronous``: this cluster's commits wait until the standby
+        has flushed them (``synchronous_standby_names = '*'`` with ``synchronous_commit = on``).
+        Its ``url`` reaches the same role and database."""
+        s = PgCluster(settings=self.settings)
+        s.password, s._su = self.password, self._su
+        if s._root:
+            shutil.chown(s.dir, "postgres", "postgres")
+        os.chmod(s.dir, 0o700)
+        # the replication password in a libpq password file, never on a command line
+        passfile = s._secret_file("pgpass", f"127.0.0.1:{self.port}:*:postgres:{self._su}\n")
+        try:
+            s._run(str(self.bin / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                   "-D", str(s.data), "-R", "-X", "stream", "-c", "fast", env={"PGPASSFILE": str(passfile)})
+            with open(s.data / "postgresql.conf", "a") as f:
+                f.write(f"port = {s.port}\n")
+            s.start()
+        except BaseException:
+            s.close()
+            raise
+        if synchronous:
+            self.superuser("ALTER SYSTEM SET synchronous_standby_names = '*'", "SELECT pg_reload_conf()")
+        return s
+
+    def promote(self) -> None:
+        """A standby becomes a primary (after its primary failed)."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "promote")
 
     def start(self, timeout: float = 60) -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.data / "server.log"), "-w",
