@@ -84,6 +84,11 @@ _Q_PA_FULL = const(50)         # band-passed pulse (% of DC × 100) below which 
 _Q_PA_OFFSET = const(20)       # at pa + 20: 40 at the 0.20 % floor, 70 at 0.5 %
 _IRR_PA_MIN = const(50)        # band-passed pulse, % of DC × 100, for an irregular rhythm's rate
 _NB = const(8)
+_DIS_MIN = const(4)            # reports withheld for motion/unexplained rhythm in a row: a disruption
+_CONFIRM_N = const(6)          # ... after which a rate must repeat over 6 reports before it is shown
+_CONFIRM_TOL = const(16)       # within 1/16 (6 %) from one report to the next
+_RESUME_N = const(3000)        # unless it resumes within 1/8 of the last valid rate, given < 30 s ago
+_RESUME_TOL = const(8)
 _RING = const(256)
 _RMASK = const(255)
 _TMASK = const(0x3FFFFFFF)
@@ -166,6 +171,9 @@ class PulseOx:
         self.last_hr_x10 = -1
         self.last_spo2_x10 = -1
         self.last_valid_n = -1
+        self.dis_n = 0          # reports in a row withheld for motion or an unexplained rhythm
+        self.cf_need = 0        # consistent reports still needed before a rate is reported again
+        self.cf_hr = -1         # the last rate so withheld, bpm × 10
         self.early = True       # finger placed, no valid reading yet: report the first at its beat
 
     def _forget(self):
@@ -496,6 +504,7 @@ class PulseOx:
             # low perfusion: reported (the pulse is detectable) but q says so, 40 at the 0.20 %
             # floor rising to 70 at 0.5 % (band-passed pulse, % of DC)
             q = pa + _Q_PA_OFFSET
+        w = self._confirm(n, w, hr, early)
         if w != NONE:
             hr = -1
             spo2 = -1
@@ -519,6 +528,52 @@ class PulseOx:
             self.stale = 1 if a > STALE_MS else 0
         if not early:
             self._clear_window()
+
+    def _confirm(self, n, w, hr, early):
+        """The withholding reason ``w`` once the rate ``hr`` (bpm × 10) is checked for plausibility
+        after a disruption: after ``_DIS_MIN`` reports in a row withheld for motion or an
+        unexplained rhythm, a rate is shown only when it resumes near the last valid one (within
+        1/8, that one under 30 s old), is a confirmed irregular rhythm, or has repeated within 1/16
+        over ``_CONFIRM_N`` reports (withheld as ``motion`` until then). A periodic motion (steps,
+        tapping) whose beats look regular for a few seconds reads its own cadence: on TROIKA
+        (wrist, running) most gross errors were such windows right after long unexplained
+        stretches. ``early``: a first-reading evaluation, which only applies the pending check."""
+        if early:
+            return MOTION if w == NONE and self.cf_need else w
+        if w == MOTION or w == IRREGULAR_RHYTHM:
+            d = self.dis_n + 1
+            self.dis_n = d
+            if d >= _DIS_MIN:
+                self.cf_need = _CONFIRM_N
+                self.cf_hr = -1
+            return w
+        if w == NO_FINGER:
+            self.dis_n = 0
+            self.cf_need = 0
+            return w
+        if w != NONE:
+            return w
+        self.dis_n = 0
+        k = self.cf_need
+        lh = self.last_hr_x10
+        if k and self.irr:
+            k = 0               # an irregular rhythm confirmed as pulses (red and IR agree on them)
+            self.cf_need = 0
+        if k and self.last_valid_n >= 0 and n - self.last_valid_n <= _RESUME_N \
+                and -lh <= (hr - lh) * _RESUME_TOL <= lh:
+            k = 0               # the rate resumes where it left off: the disruption was the motion
+            self.cf_need = 0
+        if k:
+            c = self.cf_hr
+            self.cf_hr = hr
+            if c > 0 and -c <= (hr - c) * _CONFIRM_TOL <= c:
+                k -= 1
+            else:
+                k = _CONFIRM_N
+            self.cf_need = k
+            if k:
+                return MOTION
+        return NONE
 
     def _intervals(self, n):
         """Copy the intervals between beats of the last 8 s (by the beats' own instants) into
