@@ -2,17 +2,18 @@
 
 Threads and their only jobs:
 
-- paho's network thread (``loop_start``): ``on_message`` wraps the message (topic, bytes, mid,
-  receipt time, connection epoch) and puts it in a bounded ``queue.Queue``. It never touches the
-  database. When the queue is full ``put`` blocks, paho stops reading the socket and TCP pushes
-  back on the broker, which keeps the messages (nothing is dropped here). Before that, MQTT 5's
-  Receive Maximum (``[ingest] receive_maximum``) already caps the unacknowledged messages the
-  broker sends us.
+- paho's network thread (``loop_start``): ``on_message`` puts the message as one tuple
+  (``Pending``: topic, bytes, receipt time, retain flag, mid, qos, connection epoch) in a bounded
+  hand-off (``worker.Handoff``). It never touches the database. When the hand-off is full ``put``
+  blocks, paho stops reading the socket and TCP pushes back on the broker, which keeps the
+  messages (nothing is dropped here). Before that, MQTT 5's Receive Maximum (``[ingest]
+  receive_maximum``) already caps the unacknowledged messages the broker sends us.
 - the batcher thread: takes up to ``batch_max`` messages (waiting at most ``batch_ms`` after the
   first) and hands the batch to the store process (gateway/writer.py), which runs
   ``Store.process`` (verify + store in ONE transaction, see gateway/store.py) on its own core;
-- the results thread: only after the commit acknowledges each message to the broker
-  (``client.ack(mid, qos)``, paho ``manual_ack``) and publishes the signed ``ack`` to each device.
+- the results thread: only after the commit acknowledges the batch's messages to the broker (their
+  PUBACKs in one write, ``ack_many``; paho ``manual_ack``) and publishes the signed ``ack`` to each
+  device (QoS 1, at most the broker's Receive Maximum unacknowledged: ``_on_connect``).
   Rejected messages are committed to quarantine first and then acknowledged, so the broker does
   not redeliver them forever.
 
@@ -30,11 +31,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import queue
 import socket
+import struct
 import threading
 import time
-from typing import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -46,8 +46,8 @@ from gateway.config import Config
 from gateway.db import Database
 from gateway.status import STATUS_SUBSCRIPTION, StatusWorker, is_status_topic
 from gateway.store import BatchResult, Message, Store
-from gateway.worker import take_batch, wait_drained
-from gateway.writer import ProcessWriter
+from gateway.worker import Handoff, wait_drained
+from gateway.writer import Pending, ProcessWriter
 
 log = logging.getLogger("nabd.gateway.ingest")
 
@@ -57,18 +57,38 @@ SUBSCRIPTION = f"$share/{SHARE_GROUP}/{READING_FILTER}"
 UTC = dt.timezone.utc
 
 
+_PUBACK = struct.Struct("!BBH")  # MQTT PUBACK: type 0x40, remaining length 2, packet id (MQTT 5: reason 0 implied)
+
+
+def ack_many(client: mqtt.Client, mids: list[int]) -> None:
+    """PUBACK every packet id in ``mids`` (QoS 1 messages received on the current connection).
+
+    paho's ``ack`` queues one packet per message, wakes its loop through a socket pair and sends
+    each with its own ``send()``: the network process's biggest per-message cost after reading.
+    Here a batch's PUBACKs are one buffer, queued once and written in one ``send()``; the bytes on
+    the wire are the same. It uses paho's internal ``_packet_queue`` (paho-mqtt is pinned in
+    pyproject.toml); without it, one ``ack`` per message."""
+    queue_packet = getattr(client, "_packet_queue", None)
+    if queue_packet is None or not getattr(client, "_manual_ack", False):
+        for mid in mids:
+            client.ack(mid, 1)
+        return
+    if mids:
+        pack = _PUBACK.pack
+        queue_packet(0x40, b"".join([pack(0x40, 2, mid) for mid in mids]), 0, 0)
+
+
 def default_client_id() -> str:
     return f"nabd-gateway-{socket.gethostname()}"[:64]
 
 
 class Ingest:
-    def __init__(self, config: Config, db: Database | None = None, *, client_id: str | None = None,
-                 on_batch: Callable[[list[Message], BatchResult], None] | None = None):
+    def __init__(self, config: Config, db: Database | None = None, *, client_id: str | None = None):
         self.config = config
         self.db = db or Database(config.database.url)
         ic = config.ingest
         self.batch_max, self.batch_ms = ic.batch_max, ic.batch_ms
-        self.queue: queue.Queue[Message] = queue.Queue(maxsize=ic.queue_max)
+        self.queue: Handoff = Handoff(ic.queue_max)
         self.writer = ProcessWriter(self.db.url, config.security.kek(), forward=config.fhir_forward.enabled,
                                     skew=ic.future_skew_s, on_result=self._on_committed,
                                     quarantine=config.quarantine)
@@ -77,7 +97,6 @@ class Ingest:
         # on the site broker the client id is the broker username (use_username_as_clientid):
         # each process has its own user, and the id we send must match what the broker uses
         self.client_id = client_id or config.broker.client_id or config.broker.username or default_client_id()
-        self.on_batch = on_batch
         self.epoch = 0
         self.connected = threading.Event()
         self.refused: str | None = None  # the broker's reason when it refused our CONNECT (bad login)
@@ -96,7 +115,10 @@ class Ingest:
             c.username_pw_set(bc.username, bc.password())
         if bc.tls:
             c.tls_set(ca_certs=bc.ca_file or None)
-        c.max_inflight_messages_set(1000)
+        # QoS 1 acks to devices not yet PUBACKed by the broker: the MQTT 5 default Receive Maximum
+        # of Mosquitto's CONNACK, updated from the CONNACK (_on_connect). paho scans its in-flight
+        # messages on every PUBACK, so a larger window than the broker's costs CPU and gains nothing
+        c.max_inflight_messages_set(20)
         c.reconnect_delay_set(0.1, 5)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
@@ -110,6 +132,9 @@ class Ingest:
             log.error("broker refused the connection: %s", reason_code)
             return
         self.epoch += 1
+        rm = getattr(properties, "ReceiveMaximum", None)
+        if isinstance(rm, int) and rm > 0:  # the setter refuses while connected; nothing is in flight yet
+            client._max_inflight_messages = rm
         # readings are never retained (docs/protocol.md): retain handling 2 keeps the broker from
         # sending retained junk at every (re)subscription, retain-as-published shows a retained
         # one published live, which the store refuses (gateway/store.py)
@@ -131,12 +156,14 @@ class Ingest:
     def _on_message(self, client, userdata, msg) -> None:
         if self._closing.is_set():
             return  # not acknowledged: the broker redelivers it to this session or another gateway
-        m = Message(msg.topic, bytes(msg.payload), dt.datetime.now(UTC), msg.mid, msg.qos, self.epoch,
-                    time.monotonic(), bool(msg.retain))
-        if is_status_topic(m.topic):
-            self.status.submit(m)  # device status: gateway/status.py (own queue, transaction, ack)
+        topic = msg.topic
+        if is_status_topic(topic):  # device status: gateway/status.py (own queue, transaction, ack)
+            self.status.submit(Message(topic, bytes(msg.payload), dt.datetime.now(UTC), msg.mid, msg.qos,
+                                       self.epoch, time.monotonic(), bool(msg.retain)))
             return
-        self.queue.put(m)  # blocks when full: backpressure, never a drop
+        # one tuple, receipt time as a Unix time (s): this runs once per message on the process
+        # that also runs paho, the gateway's busiest thread
+        self.queue.put((topic, bytes(msg.payload), time.time(), msg.retain, msg.mid, msg.qos, self.epoch))
 
     def start(self) -> "Ingest":
         self.db.migrate()
@@ -174,23 +201,21 @@ class Ingest:
     # -- writer ----------------------------------------------------------------------------------
     def _write_loop(self) -> None:
         while not (self._stopped.is_set() and self.queue.empty()):
-            batch = take_batch(self.queue, self.batch_max, self.batch_ms / 1000.0)
+            batch = self.queue.take(self.batch_max, self.batch_ms / 1000.0)
             metrics.QUEUE_DEPTH.set(self.queue.qsize())
             if batch:
                 self.writer.submit(batch)  # blocks while the store process has enough in hand
 
-    def _on_committed(self, batch: list[Message], result: BatchResult) -> None:
+    def _on_committed(self, batch: list[Pending], result: BatchResult) -> None:
         """After the commit (results thread): count, acknowledge to the broker, ack the devices."""
         Store.count(result.verdicts)
         Store.count_suppressed(result.suppressed)
         self.committed += sum(1 for v in result.verdicts if v.kind == "accept")
         metrics.BATCHES.inc()
         epoch = self.epoch
-        for m in batch:
-            if m.qos > 0 and m.epoch == epoch:
-                self.client.ack(m.mid, m.qos)
+        # a mid is only valid on the connection it came from (epoch); QoS 0 needs no PUBACK
+        ack_many(self.client, [m[4] for m in batch if m[5] > 0 and m[6] == epoch])
+        publish = self.client.publish
         for t, body in result.acks:
-            self.client.publish(t, body, qos=1)
-            metrics.ACKS_SENT.inc()
-        if self.on_batch:
-            self.on_batch(batch, result)
+            publish(t, body, qos=1)
+        metrics.ACKS_SENT.inc(len(result.acks))

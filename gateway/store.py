@@ -152,9 +152,10 @@ class Store:
 
         verdicts: list[Verdict] = []
         prepared: dict[int, _Prepared] = {}
+        key_of = lambda d, k: keys.get((d, k))  # noqa: E731 - once per batch, not per message
+        seen_of = lambda d, s: seen.get((d, s))  # noqa: E731
         for i, (m, p) in enumerate(zip(messages, parsed, strict=True)):
-            v = verify(m.raw, m.topic, lambda d, k: keys.get((d, k)), lambda d, s: seen.get((d, s)), now,
-                       self.skew, parsed=p)
+            v = verify(m.raw, m.topic, key_of, seen_of, now, self.skew, parsed=p)
             if v.kind == "accept":
                 bad = check_time(v.payload, self.keys.registered_at(v.device))
                 if bad:  # step 6, against the registry: a date no measurement can have

@@ -122,51 +122,83 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+# Key tuples (in the order received) of payloads, obs items and (cal id, cal date) pairs that
+# passed their checks: a device sends the same shapes every time, so the set comparisons and
+# regular expressions run once per shape instead of once per message. A tuple of a dict's keys
+# has no repeats, so an equal tuple means an equal key set. Bounded: cleared when full.
+_GOOD_PAYLOAD_KEYS: set[tuple] = set()
+_GOOD_OBS_KEYS: set[tuple] = set()
+_GOOD_CALS: set[tuple] = set()
+_GOOD_MAX = 4096
+
+
+def _remember(good: set, item: tuple) -> None:
+    if len(good) >= _GOOD_MAX:
+        good.clear()
+    good.add(item)
 
 
 def check_values(p: dict, now: float, skew: int = FUTURE_SKEW_S) -> tuple[str, str] | None:
-    """Step 6: (reason, detail) when the payload's values are wrong, else None."""
-    keys = p.keys()
-    if not keys >= _REQUIRED_SET:
-        return "invalid", f"missing field(s) {[k for k in _REQUIRED if k not in p]}"
-    if not keys <= _ALLOWED:
-        return "invalid", f"unknown field(s) {sorted(set(p) - _ALLOWED)}"
-    if p["v"] != 1 or not _is_int(p["v"]):
-        return "invalid", f"protocol version {p['v']!r}, expected 1"
-    if not _is_int(p["ts"]) or not 0 <= p["ts"] < _MAX_INT:
+    """Step 6: (reason, detail) when the payload's values are wrong, else None. ``p`` comes from
+    the JSON parser, so its numbers are exactly int or float and its booleans bool (the type
+    tests below rely on it: ``type(x) is int`` is "an integer, not a boolean")."""
+    shape = tuple(p)
+    if shape not in _GOOD_PAYLOAD_KEYS:
+        keys = p.keys()
+        if not keys >= _REQUIRED_SET:
+            return "invalid", f"missing field(s) {[k for k in _REQUIRED if k not in p]}"
+        if not keys <= _ALLOWED:
+            return "invalid", f"unknown field(s) {sorted(set(p) - _ALLOWED)}"
+        _remember(_GOOD_PAYLOAD_KEYS, shape)
+    v = p["v"]
+    if v != 1 or type(v) is not int:
+        return "invalid", f"protocol version {v!r}, expected 1"
+    ts = p["ts"]
+    if type(ts) is not int or not 0 <= ts < _MAX_INT:
         return "invalid", "ts is not a non-negative integer"
-    if not isinstance(p["ts_ok"], bool):
+    if type(p["ts_ok"]) is not bool:
         return "invalid", "ts_ok is not a boolean"
-    if not _is_int(p["up"]) or not 0 <= p["up"] < _MAX_INT:
+    up = p["up"]
+    if type(up) is not int or not 0 <= up < _MAX_INT:
         return "invalid", "up is not a non-negative integer"
-    if not isinstance(p["fw"], str) or not FW_RE.fullmatch(p["fw"]):
+    fw = p["fw"]
+    if not isinstance(fw, str) or not FW_RE.fullmatch(fw):
         return "invalid", f"fw is not a version {FW_RE.pattern}"
     cal = p["cal"]
     if cal is not None:
-        if not isinstance(cal, dict) or set(cal) != {"id", "date"} or not isinstance(cal["id"], str) \
-                or not CAL_ID_RE.fullmatch(cal["id"]) or not isinstance(cal["date"], str) or not _DATE_RE.match(cal["date"]):
-            return "invalid", f"cal is not null or {{id {CAL_ID_RE.pattern}, date YYYY-MM-DD}}"
-        try:
-            dt.date.fromisoformat(cal["date"])
-        except ValueError:
-            return "invalid", f"cal.date {cal['date']!r} is not a date"
+        known = (cal.get("id"), cal.get("date")) if type(cal) is dict and len(cal) == 2 else None
+        if known is None or type(known[0]) is not str or type(known[1]) is not str or known not in _GOOD_CALS:
+            if not isinstance(cal, dict) or set(cal) != {"id", "date"} or not isinstance(cal["id"], str) \
+                    or not CAL_ID_RE.fullmatch(cal["id"]) or not isinstance(cal["date"], str) \
+                    or not _DATE_RE.match(cal["date"]):
+                return "invalid", f"cal is not null or {{id {CAL_ID_RE.pattern}, date YYYY-MM-DD}}"
+            try:
+                dt.date.fromisoformat(cal["date"])
+            except ValueError:
+                return "invalid", f"cal.date {cal['date']!r} is not a date"
+            _remember(_GOOD_CALS, (cal["id"], cal["date"]))
     if "patient" in p and (not isinstance(p["patient"], str) or not PATIENT_RE.match(p["patient"])):
         return "invalid", "patient is not a token ^[A-Za-z0-9_-]{4,64}$"
     if p["site"] not in SITES:
         return "invalid", f"site {p['site']!r} not in {SITES}"
     flags = p["flags"]
-    if not isinstance(flags, list) or any(f not in FLAGS for f in flags if isinstance(f, str)) \
-            or not all(isinstance(f, str) for f in flags):
+    if not isinstance(flags, list):
         return "invalid", f"flags must be a list of {FLAGS}"
+    for f in flags:
+        if type(f) is not str or f not in FLAGS:
+            return "invalid", f"flags must be a list of {FLAGS}"
     obs = p["obs"]
     if not isinstance(obs, list) or not 1 <= len(obs) <= 4:
         return "invalid", "obs must be a list of 1 to 4 items"
     codes = set()
     for o in obs:
-        if not isinstance(o, dict) or not _OBS_REQUIRED <= o.keys() or not o.keys() <= _OBS_KEYS:
+        if type(o) is not dict:
             return "invalid", "an obs item is not {code, value, unit, q[, site]}"
+        shape = tuple(o)
+        if shape not in _GOOD_OBS_KEYS:
+            if not _OBS_REQUIRED <= o.keys() or not o.keys() <= _OBS_KEYS:
+                return "invalid", "an obs item is not {code, value, unit, q[, site]}"
+            _remember(_GOOD_OBS_KEYS, shape)
         code = o["code"]
         if code not in RANGES:
             return "invalid", f"obs code {code!r} not in {tuple(RANGES)}"
@@ -177,16 +209,17 @@ def check_values(p: dict, now: float, skew: int = FUTURE_SKEW_S) -> tuple[str, s
         if o["unit"] != unit:
             return "invalid", f"{code}: unit {o['unit']!r}, expected {unit!r}"
         v = o["value"]
-        if not _is_num(v):
+        if type(v) is not float and type(v) is not int:
             return "invalid", f"{code}: value is not a number"
         if not lo <= v <= hi:
             return "invalid", f"{code}: value {v} outside {lo}..{hi} {unit}"
-        if not _is_num(o["q"]) or not 0 <= o["q"] <= 1:
+        q = o["q"]
+        if (type(q) is not float and type(q) is not int) or not 0 <= q <= 1:
             return "invalid", f"{code}: q is not a number in 0..1"
         if "site" in o and o["site"] not in OBS_SITES:
             return "invalid", f"{code}: site {o['site']!r} not in {OBS_SITES}"
-    if p["ts_ok"] and p["ts"] > now + skew:
-        return "future_ts", f"ts {p['ts']} is {p['ts'] - now:.0f} s in the future (> {skew} s)"
+    if p["ts_ok"] and ts > now + skew:
+        return "future_ts", f"ts {ts} is {ts - now:.0f} s in the future (> {skew} s)"
     return None
 
 

@@ -17,6 +17,7 @@ transaction, committed on return) and how one message that breaks the store is q
 """
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import re
@@ -80,7 +81,53 @@ def take_batch(q: queue.Queue, batch_max: int, wait_s: float = 0.0) -> list:
     return batch
 
 
-def wait_drained(q: queue.Queue, thread: threading.Thread | None, end: float) -> None:
+class Handoff:
+    """The bounded FIFO between paho's network thread (``put``) and one batcher thread (``take``),
+    for the ingest's readings. A ``queue.Queue`` takes a lock and notifies a condition on every
+    put and get; here ``put`` is a ``deque.append`` (atomic under the GIL) and wakes the batcher
+    only when it sleeps on an empty queue. ``put`` blocks (polling every ms) while ``maxsize``
+    items wait: backpressure on the network thread, never a drop."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._q: collections.deque = collections.deque()
+        self._wake = threading.Event()
+        self._sleeping = False
+
+    def put(self, item: Any) -> None:
+        q = self._q
+        while len(q) >= self.maxsize:
+            time.sleep(0.001)
+        q.append(item)
+        if self._sleeping:  # the batcher announced it sleeps before it looked at the queue
+            self._sleeping = False
+            self._wake.set()
+
+    def take(self, batch_max: int, wait_s: float = 0.0) -> list:
+        """Up to ``batch_max`` items: the first within 0.1 s (else [], so the caller can look at
+        its stop flag); with fewer than ``batch_max`` queued, waits ``wait_s`` once for more."""
+        q = self._q
+        if not q:
+            self._sleeping = True  # before looking: a put after this sees it and wakes us
+            if not q:
+                self._wake.wait(0.1)
+            self._sleeping = False
+            self._wake.clear()
+            if not q:
+                return []
+        if len(q) < batch_max and wait_s > 0:
+            time.sleep(wait_s)
+        pop = q.popleft
+        return [pop() for _ in range(min(len(q), batch_max))]
+
+    def qsize(self) -> int:
+        return len(self._q)
+
+    def empty(self) -> bool:
+        return not self._q
+
+
+def wait_drained(q: "queue.Queue | Handoff", thread: threading.Thread | None, end: float) -> None:
     """Wait until ``thread`` has taken everything from ``q``, until ``end`` (time.monotonic()), or
     until the thread has died, whichever comes first."""
     while not q.empty() and time.monotonic() < end and thread is not None and thread.is_alive():

@@ -363,3 +363,56 @@ def test_store_process_killed_midstream_is_restarted_and_loses_nothing(broker_fa
     assert at_kill < 1600, "everything was stored before the kill: the test proved nothing"
     _assert_each_once(db_url, devs)
     assert all(d.bad_acks == 0 for d in devs)
+
+
+def test_a_drained_backlog_is_acknowledged_message_by_message(broker_factory, tmp_path, db_url):
+    """A backlog queued in the gateway's session is stored in large batches whose PUBACKs go out as
+    one write per batch (gateway/ingest.py ack_many): after a graceful stop the broker must hold
+    none of them unacknowledged. A client that resumes the session gets nothing redelivered."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from gateway.ingest import SUBSCRIPTION
+
+    b = broker_factory(config=PERSISTENT)
+    cfg = write_config(tmp_path, b.url, db_url)
+    devs = [SimDevice(f"nabd-backlog{i}") for i in range(5)]
+    register(cfg, devs)
+    host, port = b.url.split("://")[1].split(":")
+
+    def session(on_message=None) -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="nabd-gateway-test", protocol=mqtt.MQTTv5)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        connected = threading.Event()
+        c.on_connect = lambda *a: connected.set()
+        if on_message:
+            c.on_message = on_message
+        c.connect(host, int(port), clean_start=False, properties=props)
+        c.loop_start()
+        assert connected.wait(10)
+        return c
+
+    c = session()   # the gateway's session, subscribed and left offline: the backlog queues in it
+    sub = threading.Event()
+    c.on_subscribe = lambda *a: sub.set()
+    c.subscribe(SUBSCRIPTION, qos=1)
+    assert sub.wait(10)
+    c.disconnect()
+    c.loop_stop()
+    pub = _raw_client(b.url)
+    total = 2500
+    infos = [pub.publish(topic(d.id), d.next_reading()[1], qos=1) for _ in range(total // 5) for d in devs]
+    for i in infos:
+        i.wait_for_publish(30)
+    pub.loop_stop()
+    pub.disconnect()
+    with GatewayProcess(cfg):
+        assert wait_for(lambda: _count(db_url) == total, timeout=60), _count(db_url)
+    redelivered: list[int] = []
+    c = session(lambda client, userdata, m: redelivered.append(m.mid))
+    time.sleep(2.0)
+    c.disconnect()
+    c.loop_stop()
+    assert redelivered == [], f"{len(redelivered)} messages the broker still held unacknowledged"
+    _assert_each_once(db_url, devs)

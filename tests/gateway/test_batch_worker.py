@@ -158,3 +158,34 @@ def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_clears(setup, 
                                "Is the server") and "2 message(s) kept unacknowledged" in lines[0]
     assert lines[1].startswith("database available again after") and "(4 retries)" in lines[1]
     assert not any("hunter2" in x or "\n" in x for x in lines)
+
+
+def test_ingest_handoff_keeps_order_bounds_the_queue_and_wakes_the_batcher():
+    """gateway/worker.py Handoff, between paho's thread and the batcher: FIFO, batches of at most
+    batch_max, ``put`` blocks while full (backpressure) and a sleeping ``take`` gets a later put."""
+    from gateway.worker import Handoff
+
+    h = Handoff(maxsize=5)
+    assert h.take(3) == [] and h.empty()          # nothing within 0.1 s: the caller checks its stop flag
+    for i in range(5):
+        h.put(i)
+    blocked = threading.Event()
+    done = threading.Event()
+
+    def producer():
+        blocked.set()
+        h.put(5)                                  # full: waits for the batcher
+        done.set()
+
+    threading.Thread(target=producer, daemon=True).start()
+    assert blocked.wait(2) and not done.wait(0.3), "put did not block on a full hand-off"
+    assert h.take(3) == [0, 1, 2]
+    assert done.wait(2)
+    assert h.take(10) == [3, 4, 5] and h.qsize() == 0
+    got: list = []
+    t = threading.Thread(target=lambda: got.extend(h.take(10)), daemon=True)
+    t.start()
+    time.sleep(0.03)                              # the batcher is asleep on the empty hand-off
+    h.put("late")
+    t.join(2)
+    assert got == ["late"]
