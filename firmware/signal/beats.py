@@ -94,12 +94,16 @@ class BeatDetector:
             h = (r * 3) >> 3
             self.hyst = h if h > HYST_MIN else HYST_MIN
 
-    def reseed(self):
+    def reseed(self, amp_min=0, slope_min=0):
         """Restart the amplitude and slope estimates from the beat just confirmed (``amp``,
-        ``slope``; or the estimates :meth:`settled` left when larger: a diastolic wave taken for
-        a beat must not set the hysteresis)."""
+        ``slope``; or the estimates :meth:`settled` left, or ``amp_min``/``slope_min``, when
+        larger: a diastolic wave taken for a beat must not set the hysteresis)."""
         a = self.amp if self.amp > self.amp_est else self.amp_est
+        if amp_min > a:
+            a = amp_min
         sl = self.slope if self.slope > self.slope_est else self.slope_est
+        if slope_min > sl:
+            sl = slope_min
         self.amp_est = a
         self.slope_est = sl if sl > 0 else 0
         h = (a * 3) >> 3

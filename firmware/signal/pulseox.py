@@ -145,6 +145,8 @@ class PulseOx:
         self.mot_thr = 0        # |IR 40 ms slope| beyond which a sample is motion (0: not armed yet)
         self.lvl_thr = 0        # |IR pulse| beyond which a sample is motion
         self.reseed = False
+        self.skip_amp = 0       # a beat that began before the light settled, kept aside for the reseed
+        self.skip_slope = 0
         self.mot_until = 0
         self.settle_until = 0
         self.finger_n = -1      # sample index at which the finger was first seen (-1: absent)
@@ -193,6 +195,8 @@ class PulseOx:
         self._forget()
         self.settle_until = n + _SETTLE_N
         self.reseed = True
+        self.skip_amp = 0
+        self.skip_slope = 0
         if self.finger_n < 0 and self.nf_reps != 1:
             # finger placed: what the motion tests learnt from the bare sensor's noise is void
             self.mot_thr = 0
@@ -292,16 +296,30 @@ class PulseOx:
         d = self.det
         amp = d.amp
         fresh = False
-        if self.reseed and n >= self.settle_until and (n >= self.mot_until or n - self.settle_until > _RESEED_MAX_N):
+        if self.reseed and self.early and n >= self.settle_until and d.valley_n < self.settle_until:
+            # a placement (after a pressure step or motion the estimates the clean beats set are
+            # kept as they were): this beat's upstroke began before the light settled, perhaps a
+            # landing swing (one set the estimate at 5x the pulse and the detector was blind for
+            # seconds), perhaps the systolic beat before a diastolic wave; kept aside, the next
+            # beat decides
+            self.skip_amp = amp
+            self.skip_slope = d.slope
+        elif self.reseed and n >= self.settle_until and (n >= self.mot_until or n - self.settle_until > _RESEED_MAX_N):
             # the landing transient is over and the finger still: estimates start afresh from
             # this beat (after 5 s of motion evidence, from whatever beat comes: the thresholds
-            # may be what is wrong)
+            # may be what is wrong), or from the beat kept aside when it is within 4.5x of this
+            # one (a systolic beat and its diastolic wave; a landing swing is larger)
             self.reseed = False
             fresh = True
-            d.reseed()
+            if self.skip_amp * 2 <= amp * 9:
+                d.reseed(self.skip_amp, self.skip_slope)
+            else:
+                d.reseed()
             self.k_q8 = 0
             self.mot_thr = 0
             self.lvl_thr = 0
+            if amp * 8 < d.amp_est * 3:
+                return      # under the hysteresis it sets: the diastolic wave, not a beat
         # a beat is used once settled and 1.5 s clear of motion; the motion tests follow the beats
         # except those of a burst (amplitude beyond 2× the tracked one) and while settling
         used = n >= self.settle_until and n >= self.mot_until

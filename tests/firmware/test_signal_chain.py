@@ -320,6 +320,33 @@ def test_a_slow_landing_drift_does_not_hold_back_the_first_reading(vm, seed):
     assert abs(rep[0]["hr"] - _hr_last_8_s(beats, rep[0]["t"])) <= 3.0, rep[0]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_landing_overshoot_is_not_the_first_settled_beat(vm, seed):
+    # the light overshoots by 5 % 0.8 s after landing: the swing that began before the light
+    # settled and was confirmed after it must not restart the amplitude estimate (it set it at
+    # several times the pulse and the first reading came at 5.6-5.7 s instead of 3.2 s)
+    red, ir, beats = ppg(20, hr=75, pi=1.5, seed=seed, finger_on=1.0)
+    t = np.arange(len(ir)) / 100
+    x = np.clip((t - 1.0) / 0.8, 0, None)
+    g = np.where(t >= 1.0, 1 + 0.05 * x * np.exp(1 - x), 1)
+    red, ir = np.round(red * g).astype(int), np.round(ir * g).astype(int)
+    rep = _reported(run_chain(red, ir, 100, vm=vm))
+    assert rep and rep[0]["t"] - 1.0 <= 4.0, rep[:1]
+    assert abs(rep[0]["hr"] - _hr_last_8_s(beats, rep[0]["t"])) <= 3.0, rep[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_slow_placement_with_a_distinct_diastolic_wave_is_read(vm, seed):
+    # at 36 bpm the first beat after the light settled is the diastolic wave: the estimates start
+    # from the systolic beat before it (kept aside, within 4.5x), and the wave is no beat (it
+    # locked the detector onto both waves and this placement never reported)
+    red, ir, beats = ppg(25, hr=36, pi=1.5, seed=seed, finger_on=1.0)
+    rep = _reported(run_chain(red, ir, 100, vm=vm))
+    assert rep and rep[0]["t"] - 1.0 <= 7.0, rep[:1]
+    for o in rep:
+        assert abs(o["hr"] - _hr_last_8_s(beats, o["t"])) <= 2.0, o
+
+
 @pytest.mark.parametrize("hr", [222.0, 226.0])
 def test_a_rhythm_beyond_the_refractory_limit_is_not_read_at_half_rate(vm, hr):
     # beyond 220 bpm some intervals fall under the 27.3-sample refractory limit: the refused beat
