@@ -110,7 +110,7 @@ class Region:
 
     # --- devices ---
     def add_devices(self, fleet) -> dict:
-        """Register a ``sim.fleet.Fleet`` (its clinic ``k`` devices at clinic broker ``k``) at the
+        """Register a ``sim.fleet.Fleet`` or ``FleetShards`` (its clinic ``k`` devices at clinic broker ``k``) at the
         gateway through ``gateway.registration.apply_all`` (new devices in one transaction);
         devices already registered with the same key version are kept. Call before ``write()``."""
         from gateway import registration
@@ -122,7 +122,7 @@ class Region:
         db = Database(self.db_url)
         db.migrate()
         kek = bytes.fromhex(self.kek.read_text().strip())
-        by_id = {d.cfg.device_id: d.clinic for d in fleet.devices}
+        by_id = fleet.clinic_of()
         regs = fleet.registrations()
         counts = registration.apply_all(db, kek, regs, 24.0, "nabd region")
         for reg in regs:

@@ -2,7 +2,7 @@
 
     nabd sim fleet --devices N --interval S --broker URL [--broker URL2 ...] [--duration S]
                    [--clinics K] [--state DIR] [--gateway GATEWAY.toml [--broker-passwd PASSWD]]
-                   [--register-only] [--drain S] [--produced FILE] [--json]
+                   [--register-only] [--drain S] [--produced FILE] [--procs P] [--json]
 
 - Identities: device ``i`` of the fleet has its flash in ``DIR/dev-NNNNN`` (created when absent,
   kept across runs; a temporary folder when ``--state`` is not given). It belongs to clinic
@@ -18,6 +18,10 @@
   acknowledged by the gateway (signed ack) or ``--drain`` seconds passed. Once a second: connected
   devices, readings produced, acknowledged and waiting (a text line, or a JSON line with
   ``--json``); at the end a summary (the last line).
+- ``--procs P``: the devices in P processes (device ``i`` in process ``i % P``), each with its own
+  loop (one Python thread steps every device in turn: its pass grows with N); the per-second line
+  and the summary are summed over them. The open-file limit is raised to the hard limit (one
+  socket per device).
 - Exit: 0 every reading acknowledged; 1 readings still waiting at the end (kept in the devices'
   outboxes for the next run); 3 no device could connect; 2 usage.
 """
@@ -62,10 +66,12 @@ def register_fleet(fleet, gateway_toml: str, passwd: list[str] | None) -> dict:
 
 def cmd_fleet(args) -> int:
     from firmware import config as fwconfig
-    from sim.fleet import Fleet
+    from sim.fleet import make_fleet
 
     if args.devices < 1 or args.clinics < 1:
         raise CommandError("--devices and --clinics must be >= 1", EXIT_USAGE)
+    if not 1 <= args.procs <= args.devices:
+        raise CommandError("--procs must be within 1..--devices", EXIT_USAGE)
     if args.interval <= 0 or args.duration < 0 or args.drain < 0:
         raise CommandError("--interval must be > 0, --duration and --drain >= 0 (seconds)", EXIT_USAGE)
     if args.broker_passwd and not args.gateway:
@@ -80,9 +86,10 @@ def cmd_fleet(args) -> int:
         except fwconfig.ConfigError as e:
             raise CommandError(f"--{e}", EXIT_USAGE) from None
     temp = None
+    fleet = None
     state = Path(args.state) if args.state else Path(temp := tempfile.mkdtemp(prefix="nabd-fleet-"))
     try:
-        fleet = Fleet(state, args.devices, args.broker, clinics=args.clinics)
+        fleet = make_fleet(state, args.devices, args.broker, clinics=args.clinics, procs=args.procs)
         reg = register_fleet(fleet, args.gateway, args.broker_passwd) if args.gateway else None
         if args.register_only:
             out = {"ok": True, "devices": args.devices, **reg}
@@ -117,6 +124,8 @@ def cmd_fleet(args) -> int:
                 print("nabd: no device could connect to " + ", ".join(args.broker), file=sys.stderr)
         return code
     finally:
+        if fleet is not None:
+            fleet.stop()
         if temp:
             shutil.rmtree(temp, ignore_errors=True)
 
@@ -124,7 +133,7 @@ def cmd_fleet(args) -> int:
 def add_parser(sub) -> None:
     f = sub.add_parser("fleet", help="many simulated devices (the firmware's comms stack) against real brokers",
                        description="N device identities speaking the device protocol with the firmware's own "
-                       "reading, JWS, seq, outbox and uplink modules, in one process.")
+                       "reading, JWS, seq, outbox and uplink modules, in one process or --procs processes.")
     add_common(f, port=False)
     f.add_argument("--devices", type=int, required=True, help="number of devices")
     f.add_argument("--interval", type=float, required=True, help="seconds between two readings of a device")
@@ -141,6 +150,8 @@ def add_parser(sub) -> None:
     f.add_argument("--register-only", action="store_true", help="register (needs --gateway, --state) and exit")
     f.add_argument("--drain", type=float, default=120.0,
                    help="seconds to wait for the last acknowledgements after --duration (default 120)")
+    f.add_argument("--procs", type=int, default=1,
+                   help="processes to run the devices in, each with its own loop (default 1)")
     f.add_argument("--produced", metavar="FILE", default=None,
                    help="write {device id: [seq produced in this run]} as JSON (for checks)")
     f.set_defaults(func=cmd_fleet)

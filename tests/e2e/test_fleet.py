@@ -66,6 +66,10 @@ def test_usage_errors_exit_2(tmp_path):
     p = nabd("sim", "fleet", "--devices", "2", "--interval", "1", "--broker", "mqtt://127.0.0.1:1883",
              "--register-only")
     assert p.returncode == 2 and "--register-only" in p.stderr
+    for procs in ("0", "3"):
+        p = nabd("sim", "fleet", "--devices", "2", "--procs", procs, "--interval", "1", "--broker",
+                 "mqtt://127.0.0.1:1883")
+        assert p.returncode == 2 and "--procs" in p.stderr, p.stderr
 
 
 def test_fleet_readings_stored_exactly_once_through_a_gateway_kill(region, broker_factory):
@@ -168,3 +172,34 @@ def test_outbox_overflow_drops_are_reported_in_status_and_shown_by_the_gateway(r
             d.uplink.close()
     got = sorted(rows(region["db"], "SELECT device_id, seq FROM readings"))
     assert got == sorted((i, s) for i, seqs in fleet.produced().items() for s in seqs[2:])   # the 3 newest
+
+
+def test_procs_run_the_same_identities_in_shards_and_sum_the_report(region, broker_factory):
+    """--procs 3: the identities registered by a one-process run connect from three processes
+    (device i in process i % 3); the per-second lines and the summary count all of them, and
+    every reading produced is stored exactly once."""
+    n, state = 6, region["dir"] / "fleet"
+    reg = nabd("sim", "fleet", "--devices", str(n), "--clinics", "2", "--interval", "1", "--broker",
+               "mqtt://127.0.0.1:1", "--state", str(state), "--gateway", str(region["cfg"]),
+               "--broker-passwd", str(region["passwd"]), "--register-only", "--json")
+    assert reg.returncode == 0, reg.stdout + reg.stderr
+    b = broker_factory(config=broker_config(region))
+    point_gateway(region["cfg"], b.url)
+    produced = region["dir"] / "produced.json"
+    with GatewayProcess(region["cfg"]):
+        p = nabd("sim", "fleet", "--devices", str(n), "--clinics", "2", "--procs", "3", "--interval", "1",
+                 "--duration", "4", "--drain", "60", "--broker", b.url, "--state", str(state),
+                 "--produced", str(produced), "--json", timeout=150)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    lines = [json.loads(x) for x in p.stdout.strip().splitlines()]
+    ticks, summary = lines[:-1], lines[-1]
+    assert ticks and max(t["connected"] for t in ticks) == n
+    assert all(t["produced"] >= t["acked"] for t in ticks)
+    assert summary["procs"] == 3 and summary["devices"] == n and summary["waiting"] == 0
+    assert summary["readings_produced"] >= n * 3 and summary["acked"] == summary["readings_produced"]
+    made = json.loads(produced.read_text())
+    ids = [json.loads((state / f"dev-{i:05d}" / "config.json").read_text())["device_id"] for i in range(n)]
+    assert sorted(made) == sorted(ids)
+    want = sorted((d, s) for d, seqs in made.items() for s in seqs)
+    assert len(want) == summary["readings_produced"]
+    assert sorted(rows(region["db"], "SELECT device_id, seq FROM readings")) == want

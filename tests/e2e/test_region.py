@@ -104,14 +104,7 @@ def _log_lines(r: Region, n: int) -> list[str]:
     return (r.gateway_config(n).parent / "serve.log").read_text(errors="replace").splitlines()
 
 
-def test_every_fault_of_the_issue_at_ci_size_stores_each_reading_exactly_once(tmp_path, monkeypatch):
-    # the firmware's flash modules call os.sync(), on the host sync(2) of every filesystem: a pass
-    # over 300 devices took ~380 ms instead of ~12 ms under load. The fleet's flash folders need no
-    # durability beyond this process (no device is crashed here)
-    import firmware.outbox
-    import firmware.seq
-    monkeypatch.setattr(firmware.outbox, "_sync", lambda: None)
-    monkeypatch.setattr(firmware.seq, "_sync", lambda: None)
+def test_every_fault_of_the_issue_at_ci_size_stores_each_reading_exactly_once(tmp_path):
     with PgCluster() as pg, Region(tmp_path / "region", CLINICS, GATEWAYS, pg.url,
                                    broker_user="root" if os.geteuid() == 0 else None) as r:
         link = Link(r.regional_port)
