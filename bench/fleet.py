@@ -5,20 +5,25 @@ processes sharing the subscription on PostgreSQL. One run, in phases:
 1. steady: every device measures every ``INTERVAL`` s for ``STEADY_S`` s; latency is from
    measurement to the device's receipt of the gateway's signed ack (an upper bound of
    measurement-to-commit), gateway CPU and broker memory from ``/proc``;
-2. faults, while the devices keep measuring: clinic 0's bridge link cut and restored, gateway 1
-   SIGKILLed and restarted, the regional broker restarted; then PostgreSQL stopped and started
-   (``pg_restart_phase``: the region runs on a PostgreSQL cluster of the benchmark's own,
-   tests/support/pgcluster.py, since the machine's is shared by everyone's tests);
+2. faults, one phase each while the devices keep measuring: clinic 0's bridge link cut and
+   restored (``link_cut``), gateway 1 SIGKILLed and restarted (``gateway_kill``), the regional
+   broker restarted (``regional_restart``); each phase reports ``fault_NAME_delivered_ratio`` and
+   ``fault_NAME_duplicates_stored`` over the readings made during it; then PostgreSQL stopped
+   and started (``pg_restart_phase``: the region runs on a PostgreSQL cluster of the benchmark's
+   own, tests/support/pgcluster.py, since the machine's is shared by everyone's tests);
 3. thundering herd: every clinic's devices lose their link, queue ``HERD_READINGS`` readings each,
-   and all reconnect at the same moment; ``herd_drain_s`` is the time until all are acknowledged.
+   and all reconnect at the same moment; ``herd_drain_s`` is the time until all are acknowledged,
+   ``herd_cpu_s_*`` the CPU seconds each part of the system spent meanwhile (where the time goes).
 
 Sizes from the environment: ``NABD_BENCH_FLEET_DEVICES`` (default 1000), ``..._CLINICS`` (10),
-``..._GATEWAYS`` (2). The limit on this machine: the simulator is one Python thread stepping
-every device (``fleet_pass_ms``: one pass over all of them), on 2 cores shared with the brokers,
-the gateways, PostgreSQL and other work.
+``..._GATEWAYS`` (2), ``..._PROCS`` (simulator processes; default 1 up to 1,000 devices, then
+one per 2,500), ``..._INTERVAL`` (seconds between a device's readings; default N/200, at least 5:
+~200 readings/s in steady running at any size). The run at 1,000 devices takes ~3 min; at
+10,000 ~10 min (the lead's run on a quiet machine).
 """
 from __future__ import annotations
 
+import collections
 import os
 import statistics
 import subprocess
@@ -30,9 +35,10 @@ REPO = Path(__file__).resolve().parent.parent
 DEVICES = int(os.environ.get("NABD_BENCH_FLEET_DEVICES", "1000"))
 CLINICS = int(os.environ.get("NABD_BENCH_FLEET_CLINICS", "10"))
 GATEWAYS = int(os.environ.get("NABD_BENCH_FLEET_GATEWAYS", "2"))
-INTERVAL = 5.0
-STEADY_S = 30.0
-FAULT_S = 30.0
+PROCS = int(os.environ.get("NABD_BENCH_FLEET_PROCS", "0")) or (1 if DEVICES <= 1000 else -(-DEVICES // 2500))
+INTERVAL = float(os.environ.get("NABD_BENCH_FLEET_INTERVAL", "0")) or max(5.0, DEVICES / 200)
+STEADY_S = max(30.0, 2 * INTERVAL)
+FAULT_S = max(20.0, 2 * INTERVAL)
 HERD_READINGS = 10
 
 
@@ -65,13 +71,116 @@ def _pct(xs: list[float], q: float) -> float:
     return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else float("nan")
 
 
-def _stored(db_url: str) -> tuple[set, int]:
+def _stored(db_url: str) -> collections.Counter:
+    """(device, seq) -> rows stored (more than 1 would be a duplicate)."""
     from gateway.db import Database
 
     db = Database(db_url)
     with db.connect() as c:
         got = c.execute("SELECT device_id, seq FROM readings").fetchall()
-    return {(d, s) for d, s in got}, len(got)
+    return collections.Counter((d, s) for d, s in got)
+
+
+def _produced(fleet) -> set:
+    return {(dev, s) for dev, seqs in fleet.produced().items() for s in seqs}
+
+
+class _Ctx:
+    """What the phases share: the region, the fleet, clinic 0's link, the PostgreSQL cluster, the figures."""
+
+    def __init__(self, region, fleet, link, pg, out: dict):
+        self.r, self.fleet, self.link, self.pg, self.url, self.out = region, fleet, link, pg, pg.url, out
+
+    def pids(self) -> dict[str, list[int]]:
+        p = self.r.pids()
+        p["fleet"] = self.fleet.pids()
+        p["postgres"] = self._pg_pids()
+        return p
+
+    def _pg_pids(self) -> list[int]:
+        """The cluster's postmaster and every process it started (backends, WAL writer...)."""
+        def tree(pid: int) -> list[int]:
+            try:
+                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                kids = []
+            return [pid] + [q for k in kids for q in tree(int(k))]
+
+        try:
+            return tree(int((self.pg.data / "postmaster.pid").read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
+            return []
+
+
+def _steady(ctx: _Ctx) -> None:
+    out, fleet = ctx.out, ctx.fleet
+    pids = ctx.r.pids()
+    cpu0, w0 = _cpu_s(pids["gateways"]), time.monotonic()
+    passes: list[float] = []
+    steady = fleet.run(INTERVAL, STEADY_S, drain_s=180, report=lambda c: passes.append(c["pass_ms"]), close=False)
+    wall = time.monotonic() - w0
+    out["all_connected_s"] = steady["all_connected_s"]
+    out["gateway_cpu_pct"] = round(100 * (_cpu_s(ctx.r.pids()["gateways"]) - cpu0) / wall, 1)
+    out["broker_rss_mb"] = _rss_mb(ctx.r.pids()["brokers"])
+    out["fleet_pass_ms"] = round(statistics.median(passes), 1) if passes else None
+    lat = fleet.latencies_ms()
+    out["p50_latency_ms"], out["p99_latency_ms"] = _pct(lat, 0.5), _pct(lat, 0.99)
+    out["steady_readings"] = steady["readings_produced"]
+    out["steady_all_acked"] = steady["waiting"] == 0
+
+
+def _fault(ctx: _Ctx, name: str, actions: list[tuple[float, object]]) -> None:
+    """One fault phase: the devices measure for ``FAULT_S`` s while ``actions`` (seconds into the
+    phase, callable) run; then every reading made during it is looked up in the database."""
+    before = _produced(ctx.fleet)
+    done: set = set()
+
+    def tick(t):
+        for i, (at, act) in enumerate(actions):
+            if t >= at and i not in done:
+                done.add(i)
+                act()
+
+    peak = [0]
+    res = ctx.fleet.run(INTERVAL, FAULT_S, drain_s=240, on_tick=tick,
+                        report=lambda c: peak.__setitem__(0, max(peak[0], c["waiting"])), close=False)
+    made = _produced(ctx.fleet) - before
+    stored = _stored(ctx.url)
+    out = ctx.out
+    out[f"fault_{name}_readings"] = len(made)
+    out[f"fault_{name}_delivered_ratio"] = round(sum(1 for k in made if k in stored) / len(made), 4) if made else None
+    out[f"fault_{name}_duplicates_stored"] = sum(stored[k] - 1 for k in made if stored[k] > 1)
+    out[f"fault_{name}_peak_waiting"] = peak[0]
+    out[f"fault_{name}_drain_s"] = res["drain_s"]
+
+
+def _faults(ctx: _Ctx) -> None:
+    r, link = ctx.r, ctx.link
+    _fault(ctx, "link_cut", [(2, link.cut), (0.6 * FAULT_S, link.restore)])
+    _fault(ctx, "gateway_kill", [(2, lambda: r.kill_gateway(0)), (4, lambda: r.start_gateway(0))])
+    _fault(ctx, "regional_restart", [(2, lambda: r.restart_broker("regional"))])
+
+
+def _herd(ctx: _Ctx) -> None:
+    out, fleet = ctx.out, ctx.fleet
+    everyone = set(range(CLINICS))
+    fleet.outage(everyone, True)
+    fleet.settle(1.0)                       # the devices notice their links are gone
+    queued = sum(fleet.measure_all() for _ in range(HERD_READINGS))
+    rows0 = sum(_stored(ctx.url).values())
+    pids = ctx.pids()
+    cpu0 = {k: _cpu_s(v) for k, v in pids.items()}
+    fleet.outage(everyone, False)
+    t = fleet.drain(600)
+    cpu1 = {k: _cpu_s(v) for k, v in pids.items()}
+    rows = sum(_stored(ctx.url).values()) - rows0
+    out["herd_readings"] = queued
+    out["herd_drain_s"] = round(t, 1)
+    out["herd_readings_per_s"] = round(queued / t) if t else None
+    out["postgres_rows_per_s"] = round(rows / t) if t else None
+    out["herd_broker_rss_mb"] = _rss_mb(ctx.r.pids()["brokers"])
+    for k in cpu0:   # CPU seconds spent by each part while the herd drained (2 cores: at most 2 x drain)
+        out[f"herd_cpu_s_{k}"] = round(cpu1[k] - cpu0[k], 1)
 
 
 PG_STOP_AT_S, PG_DOWN_S, PG_PHASE_S = 4.0, 8.0, 20.0
@@ -110,28 +219,30 @@ def pg_restart_phase(fleet, pg, url: str) -> dict:
     arrived: must be 0), seconds from its start to the first ack, the phase's drain."""
     before = {(d, s) for d, seqs in fleet.produced().items() for s in seqs}
     m: dict = {}
+    last: dict = {}     # the counts of the latest report (a FleetShards cannot be asked while it runs)
 
     def tick(t):
         if t >= PG_STOP_AT_S and "stop" not in m:
             pg.stop()
             m["stop"] = time.monotonic()
         elif "stop" in m and "down_acked" not in m and time.monotonic() - m["stop"] >= 2.0:
-            m["down_acked"] = fleet.counts()["acked"]
+            m["down_acked"] = last["acked"]
         elif t >= PG_STOP_AT_S + PG_DOWN_S and "start" not in m:
-            m["start_acked"] = fleet.counts()["acked"]
+            m["start_acked"] = last["acked"]
             pg.start()
             m["start"] = time.monotonic()
 
     def watch(c):
+        last.update(c)
         if "start" in m and "resumed" not in m and c["acked"] > m["start_acked"]:
             m["resumed"] = time.monotonic() - m["start"]
 
     res = fleet.run(INTERVAL, PG_PHASE_S, drain_s=240, report=watch, on_tick=tick, close=False)
     phase = {(d, s) for d, seqs in fleet.produced().items() for s in seqs} - before
-    stored, rows = _stored(url)
+    stored = _stored(url)
     return {"pg_restart_readings": len(phase),
-            "pg_restart_delivered_ratio": round(len(phase & stored) / len(phase), 4) if phase else None,
-            "pg_restart_duplicates_stored": rows - len(stored),
+            "pg_restart_delivered_ratio": round(sum(1 for k in phase if k in stored) / len(phase), 4) if phase else None,
+            "pg_restart_duplicates_stored": sum(stored[k] - 1 for k in phase if stored[k] > 1),
             "pg_restart_down_s": round(m["start"] - m["stop"], 1),
             "pg_restart_acked_while_down": m["start_acked"] - m["down_acked"],
             "pg_restart_first_ack_s": round(m["resumed"], 1) if "resumed" in m else None,
@@ -140,102 +251,52 @@ def pg_restart_phase(fleet, pg, url: str) -> dict:
 
 def run(outdir) -> dict:
     from host.region import Region
-    from sim.fleet import Fleet
+    from sim.fleet import make_fleet, raise_fd_limit
     from tests.support.link import Link
     from tests.support.pgcluster import PgCluster
 
+    soft, hard = raise_fd_limit()       # the brokers started from here inherit it
     tmp = Path(tempfile.mkdtemp(prefix="nabd-bench-fleet-"))
     pg = PgCluster(settings=PG_SETTINGS).init()
     url = pg.url
     r = Region(tmp / "region", CLINICS, GATEWAYS, url, broker_user="root" if os.geteuid() == 0 else None)
-    links = [Link(r.regional_port) for _ in range(CLINICS)]
-    for k, ln in enumerate(links):
-        r.uplink[k] = ("127.0.0.1", ln.port)
-    out: dict = {"devices": DEVICES, "clinics": CLINICS, "gateways": GATEWAYS, "interval_s": INTERVAL,
-                 "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 1)}
+    # only clinic 0's bridge goes through a relay the benchmark can cut (the others connect
+    # directly, as in a region): a relay is threads of this process, in every message's path
+    link = Link(r.regional_port)
+    r.uplink[0] = ("127.0.0.1", link.port)
+    out: dict = {"devices": DEVICES, "clinics": CLINICS, "gateways": GATEWAYS, "procs": PROCS, "interval_s": INTERVAL,
+                 "cpus": os.cpu_count(), "fd_limit": soft, "load_avg_1m": round(os.getloadavg()[0], 1)}
+    fleet = None
     try:
         t0 = time.monotonic()
-        fleet = Fleet(tmp / "fleet", DEVICES, r.clinic_urls(), clinics=CLINICS)
+        fleet = make_fleet(tmp / "fleet", DEVICES, r.clinic_urls(), clinics=CLINICS, procs=PROCS)
+        out["fleet_create_s"] = round(time.monotonic() - t0, 1)
+        t1 = time.monotonic()
         r.add_devices(fleet)
         r.write()
+        out["register_s"] = round(time.monotonic() - t1, 1)
         pg0 = _pg_marks(url)
-        out["setup_s"] = round(time.monotonic() - t0, 1)
         r.start()
-        # 1. steady
-        pids = r.pids()
-        cpu0, w0 = _cpu_s(pids["gateways"]), time.monotonic()
-        passes: list[float] = []
-
-        def tick(t):
-            a = time.monotonic()
-            fleet.step(False, INTERVAL)
-            passes.append((time.monotonic() - a) * 1000)
-
-        steady = fleet.run(INTERVAL, STEADY_S, drain_s=180, on_tick=tick, close=False)
-        wall = time.monotonic() - w0
-        out["all_connected_s"] = steady["all_connected_s"]
-        out["gateway_cpu_pct"] = round(100 * (_cpu_s(r.pids()["gateways"]) - cpu0) / wall, 1)
-        out["broker_rss_mb"] = _rss_mb(r.pids()["brokers"])
-        out["fleet_pass_ms"] = round(statistics.median(passes), 1) if passes else None
-        lat = fleet.latencies_ms()
-        out["p50_latency_ms"], out["p99_latency_ms"] = _pct(lat, 0.5), _pct(lat, 0.99)
-        out["steady_readings"] = steady["readings_produced"]
-        out["steady_acked"] = steady["acked"]
-
-        # 2. faults while measuring
-        done: set = set()
-
-        def faults(t):
-            for at, what in ((4, "cut"), (8, "kill"), (10, "restart-gw"), (14, "regional"), (20, "restore")):
-                if t >= at and what not in done:
-                    done.add(what)
-                    if what == "cut":
-                        links[0].cut()
-                    elif what == "kill":
-                        r.kill_gateway(0)
-                    elif what == "restart-gw":
-                        r.start_gateway(0)
-                    elif what == "regional":
-                        r.restart_broker("regional")
-                    else:
-                        links[0].restore()
-
-        peak = [0]
-
-        def watch(c):
-            peak[0] = max(peak[0], c["waiting"])
-
-        fault_run = fleet.run(INTERVAL, FAULT_S, drain_s=240, report=watch, on_tick=faults, close=False)
-        out["faults_peak_waiting"] = peak[0]      # readings held by devices at worst (the cut clinic's)
-        out["faults_readings"] = fault_run["readings_produced"] - steady["readings_produced"]  # counts accumulate
-        out["faults_all_acked"] = fault_run["waiting"] == 0
-        out["faults_drain_s"] = fault_run["drain_s"]
+        ctx = _Ctx(r, fleet, link, pg, out)
+        _steady(ctx)
+        _faults(ctx)
         out.update(pg_restart_phase(fleet, pg, url))
+        _herd(ctx)
+        fleet.close()
 
-        # 3. thundering herd
-        everyone = set(range(CLINICS))
-        fleet.outage(everyone, True)
-        fleet.pump(lambda: False, 1.0)          # the devices notice their links are gone
-        queued = sum(fleet.measure_all() for _ in range(HERD_READINGS))
-        fleet.outage(everyone, False)
-        t = fleet.pump(lambda: all(d.uplink.queued == 0 for d in fleet.devices), 600)
-        out["herd_readings"] = queued
-        out["herd_drain_s"] = round(t, 1)
-        out["herd_readings_per_s"] = round(queued / t) if t else None
-        for d in fleet.devices:
-            d.uplink.close()
-
-        produced = {(dev, s) for dev, seqs in fleet.produced().items() for s in seqs}
-        stored, rows = _stored(url)
+        produced = _produced(fleet)
+        stored = _stored(url)
         out["readings_produced"] = len(produced)
-        out["delivered_ratio"] = round(len(produced & stored) / len(produced), 4)
-        out["duplicates_stored"] = rows - len(stored)       # the (device, seq) unique constraint holds it at 0
-        out["stored_not_produced"] = len(stored - produced)
+        out["delivered_ratio"] = round(sum(1 for k in produced if k in stored) / len(produced), 4)
+        out["duplicates_stored"] = sum(n - 1 for n in stored.values())   # (device, seq) is unique: 0
+        out["stored_not_produced"] = sum(1 for k in stored if k not in produced)
         out.update(pg_bytes_per_reading(url, pg0, len(stored)))
+        out["load_avg_1m_end"] = round(os.getloadavg()[0], 1)
     finally:
+        if fleet is not None:
+            fleet.stop()
         r.stop()
-        for ln in links:
-            ln.cut()
+        link.cut()
         pg.close()
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
     return out

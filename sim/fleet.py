@@ -569,7 +569,7 @@ class FleetShards:
         next_report = t0 + 1.0
         first_all = None
         while any(d is None for d in done):
-            pending = [c for c, d in zip(self._conns, done) if d is None]
+            pending = [c for c, d in zip(self._conns, done, strict=True) if d is None]
             for c in wait(pending, timeout=max(0.0, next_report - time.monotonic())):
                 k = self._conns.index(c)
                 kind, val = self._recv(c)
