@@ -78,6 +78,8 @@ _AGREE2 = const(8)
 _SHIFT_OUT = const(2)
 _EARLY_N = const(5)
 _SPO2_MIN_BEATS = const(3)     # beats with an R in the last 5 s for an SpO2
+_SPO2_LOW_BEATS = const(4)     # ... and under 0.5 %, at least 4 from 60 bpm (5 s hold 5 beats)
+_SPO2_LOW_HR = const(600)
 _SPO2_PA_FULL = const(30)      # band-passed pulse (% of DC × 100) below which SpO2 needs
 _SPO2_LOW_DISP = const(10)     # R within 10 % (mean abs. deviation) over the last 8 beats
 _Q_PA_FULL = const(50)         # band-passed pulse (% of DC × 100) below which q is capped
@@ -502,8 +504,15 @@ class PulseOx:
                 pi = self._median_beats(n, self.b_pi)
         if w == NONE and self.red_mode:
             rq = self._median_beats(n, self.b_r)
-            if rq > 0 and self.mb_cnt >= _SPO2_MIN_BEATS and (
-                    pa >= _SPO2_PA_FULL or self._disp_beats(n, self.b_r, rq, _TMASK) <= _SPO2_LOW_DISP):
+            # the pulse for the low-perfusion rules: the beats' median or the tracked amplitude,
+            # whichever is smaller (a few beats inflated by noise must not lift the median alone)
+            ae = self.det.amp_est
+            pl = (ae * 1250) // dci if ae < 800000 else 100000
+            if pa < pl:
+                pl = pa
+            nb = _SPO2_LOW_BEATS if pl < _Q_PA_FULL and hr >= _SPO2_LOW_HR else _SPO2_MIN_BEATS
+            if rq > 0 and self.mb_cnt >= nb and (
+                    pl >= _SPO2_PA_FULL or self._disp_beats(n, self.b_r, rq, _TMASK) <= _SPO2_LOW_DISP):
                 # (near the floor a few consistent beats can be noise that happens to agree: the
                 # last 8 beats must agree, not only those of the last 5 s)
                 # (the median of one or two beats is one beat's R: one motion beat that came
