@@ -361,6 +361,11 @@ class PulseOx:
                     qr = _q17(ar, dcr)
                     if 0 < qr < (1 << 19) and qi > 0:
                         r = (qr << 10) // qi
+                    elif qr < (1 << 23) and qi > 7 and amp * 4 <= d.amp_est * 5:
+                        # a red pulse over 1/6 of its DC (PI 16-20 % at a low SpO2; 3 bits less of
+                        # the IR ratio keep the intermediate a small int), from a beat of the
+                        # tracked size: a motion burst's beat is larger
+                        r = (qr << 7) // (qi >> 3)
                     kk = (ar << 8) // ai
                     if kk < (1 << 12) and tune and not fresh:
                         # red/IR amplitude ratio for the motion test: tracked on every beat

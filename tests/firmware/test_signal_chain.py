@@ -367,6 +367,17 @@ def test_a_slow_placement_with_a_distinct_diastolic_wave_is_read(vm, seed):
         assert abs(o["hr"] - _hr_last_8_s(beats, o["t"])) <= 2.0, o
 
 
+@pytest.mark.parametrize("spo2,pi", [(72.0, 18.0), (78.0, 20.0)])
+def test_spo2_when_the_red_pulse_exceeds_a_sixth_of_its_dc(vm, spo2, pi):
+    # high perfusion at a low saturation: the red pulse is a quarter of its DC, beyond the range
+    # the ratio's first fixed-point form holds (SpO2 was withheld on every beat)
+    red, ir, _ = ppg(25, hr=80, spo2=spo2, pi=pi, seed=7)
+    rep = _reported(run_chain(red, ir, 100, vm=vm), 10)
+    assert len(rep) >= 12
+    for o in rep:
+        assert o["spo2"] is not None and abs(o["spo2"] - spo2) <= 2.0, o
+
+
 @pytest.mark.parametrize("hr", [222.0, 226.0])
 def test_a_rhythm_beyond_the_refractory_limit_is_not_read_at_half_rate(vm, hr):
     # beyond 220 bpm some intervals fall under the 27.3-sample refractory limit: the refused beat
