@@ -309,11 +309,11 @@ class PulseOx:
         elif self.reseed and n >= self.settle_until and (n >= self.mot_until or n - self.settle_until > _RESEED_MAX_N):
             # the landing transient is over and the finger still: estimates start afresh from
             # this beat (after 5 s of motion evidence, from whatever beat comes: the thresholds
-            # may be what is wrong), or from the beat kept aside when it is within 4.5x of this
+            # may be what is wrong), or from the beat kept aside when it is within 5x of this
             # one (a systolic beat and its diastolic wave; a landing swing is larger)
             self.reseed = False
             fresh = True
-            if self.skip_amp * 2 <= amp * 9:
+            if self.skip_amp <= amp * 5:
                 d.reseed(self.skip_amp, self.skip_slope)
             else:
                 d.reseed()
