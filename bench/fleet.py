@@ -14,6 +14,8 @@ processes sharing the subscription on PostgreSQL. One run, in phases:
 3. thundering herd: every clinic's devices lose their link, queue ``HERD_READINGS`` readings each,
    and all reconnect at the same moment; ``herd_drain_s`` is the time until all are acknowledged,
    ``herd_cpu_s_*`` the CPU seconds each part of the system spent meanwhile (where the time goes).
+4. then, on its own: ``gateway_scale_2_over_1`` and ``ingest_per_core`` (bench/gateway.py
+   ``pg_scaling``: one against two gateway processes draining the same backlog on PostgreSQL).
 
 Sizes from the environment: ``NABD_BENCH_FLEET_DEVICES`` (default 1000), ``..._CLINICS`` (10),
 ``..._GATEWAYS`` (2), ``..._PROCS`` (simulator processes; default 1 up to 1,000 devices, then
@@ -299,4 +301,11 @@ def run(outdir) -> dict:
         link.cut()
         pg.close()
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
+    # gateway scaling on PostgreSQL, measured on its own (one against two gateway processes
+    # draining the same backlog, alternating; bench/gateway.py pg_scaling, also in gateway.json)
+    from bench.gateway import pg_scaling
+
+    out.update({k: v for k, v in pg_scaling().items()
+                if k in ("gateway_scale_2_over_1", "ingest_per_core", "ingest_per_core_2", "gateway_cores_1",
+                         "gateway_cores_2", "postgres_ingest_per_s", "postgres_2_workers_per_s")})
     return out

@@ -7,12 +7,23 @@ to last commit for the gateway, polled in its database), (4) its session is dele
 
 - ``raw_drain_per_s``: a paho-mqtt MQTT 5 client with manual_ack that only acknowledges;
   this and ``ingest_per_s`` are medians of ``NABD_BENCH_REPEAT`` (5) alternating drains;
+  ``ingest_over_raw`` is the ratio of the medians, ``ingest_over_raw_runs`` the ratio of each
+  raw drain and the gateway drain right after it (its min/median/max: the spread), and
+  ``raw_cpu_us``, ``gateway_network_cpu_us``, ``gateway_store_cpu_us`` the CPU time per reading
+  of the paho client's thread, of the gateway's network process and of its store process (from
+  /proc, medians): unlike the rates, these hardly move with the machine's load;
 - ``ingest_per_s``: one ``nabd-gateway serve`` instance, SQLite (WAL, synchronous=FULL); an instance
   is its network process plus the store process it spawns (gateway/writer.py);
 - ``naive_per_s``: verify, insert, commit one message at a time in ``on_message`` (same code, batch of 1);
-- ``postgres_ingest_per_s``: one gateway process, PostgreSQL;
-- ``scale_2_workers``: two gateway processes sharing the subscription (PostgreSQL: two SQLite writers
-  would serialise on the file lock) ÷ ``postgres_ingest_per_s``;
+- ``pg_scaling()`` (also in build/bench/fleet.json): one and two gateway processes (each its
+  network process and its store process) sharing the subscription on one PostgreSQL (a cluster of
+  the benchmark's own), alternating,
+  ``NABD_BENCH_SCALE_REPEAT`` (3) drains each: ``postgres_ingest_per_s`` and
+  ``postgres_2_workers_per_s`` (medians), ``gateway_scale_2_over_1`` their ratio; ``ingest_per_core``
+  (one process) and ``ingest_per_core_2`` (two): readings stored per CPU-second the gateway
+  processes used meanwhile (/proc), so a machine with fewer free cores than processes gives an
+  honest figure; ``gateway_cores_1``/``_2``: CPU-seconds used per second of the drain;
+  ``postgres_server_cpu_us``: the PostgreSQL server's CPU time per reading stored;
 - ``p99_latency_ms``: publish -> signed ack received (sent after the commit), steady 1,000 readings/s;
 - ``ack_p99_ms_under_slow_clients``: the same latency (200 readings/s for 5 s) from a gateway
   serving its API, while ``SLOW_CLIENTS`` (1,000) connections hold half-sent requests against the
@@ -116,18 +127,45 @@ def _messages(devs: list[SimDevice], n: int) -> list[tuple[str, bytes]]:
     return [(topic(d.id), d.next_reading()[1]) for _ in range(per) for d in devs]
 
 
-def _drain_raw(url: str, msgs) -> float:
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU time (user + system, s) a process has used, from /proc (0 when it is gone)."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / _TICK
+    except (OSError, IndexError):
+        return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            out += [int(x) for x in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _drain_raw(url: str, msgs, cpu: list | None = None) -> float:
+    """Readings/s; appends to ``cpu`` the paho thread's CPU time per reading (us)."""
     cid = "bench-raw"
     _make_session(url, cid)
     _publish_all(url, msgs)
     c = _client(url, cid, clean=False, manual_ack=True)
     times: list[float] = []
+    marks: list[float] = []
     done = threading.Event()
 
     def on_message(client, userdata, m):
         times.append(time.perf_counter())
+        if len(times) == 1:
+            marks.append(time.thread_time())
         client.ack(m.mid, m.qos)
         if len(times) >= len(msgs):
+            marks.append(time.thread_time())
             done.set()
 
     c.on_message = on_message
@@ -136,6 +174,8 @@ def _drain_raw(url: str, msgs) -> float:
     c.disconnect()
     c.loop_stop()
     _drop_session(url, cid)
+    if cpu is not None and len(marks) == 2:
+        cpu.append((marks[1] - marks[0]) / (len(times) - 1) * 1e6)
     return (len(times) - 1) / (times[-1] - times[0])
 
 
@@ -168,7 +208,12 @@ def _drain_naive(url: str, db_url: str, cfg_path: Path, msgs) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
-def _drain_gateway(url: str, cfg_path: Path, db_url: str, msgs, workers: int = 1) -> float:
+def _drain_gateway(url: str, cfg_path: Path, db_url: str, msgs, workers: int = 1, cpu: dict | None = None,
+                   server_pid: int | None = None) -> float:
+    """Readings/s from the first commit to the last. ``cpu``, when given, receives the CPU-seconds
+    the gateway processes used over that interval: ``network`` (the ``nabd-gateway serve``
+    processes), ``store`` (their store processes), ``server`` (the children of ``server_pid``, a
+    PostgreSQL postmaster: its backends and writers), and ``wall`` (s)."""
     cids = [f"bench-gw-{i}" for i in range(workers)]
     for cid in cids:
         _make_session(url, cid)
@@ -183,14 +228,24 @@ def _drain_gateway(url: str, cfg_path: Path, db_url: str, msgs, workers: int = 1
     poll_db = Database(db_url)
     poll = poll_db.open()
     count_sql = poll_db.sql("SELECT COUNT(*) FROM readings")
+    parents = [p.proc.pid for p in procs if p.proc is not None]
+    kids: list[int] = []
+
+    def usage() -> tuple[float, float, float]:
+        server = sum(map(_cpu_s, _children(server_pid))) if server_pid else 0.0
+        return sum(map(_cpu_s, parents)), sum(map(_cpu_s, kids)), server
+
     while time.monotonic() < end:
         n = int(poll.execute(count_sql).fetchone()[0])
         poll.rollback()  # end the read transaction: the next poll sees new commits
         now = time.perf_counter()
         if n > 0 and t_first is None:
             t_first, n_first = now, n
+            kids = [k for pid in parents for k in _children(pid)]
+            u_first = usage()
         if n >= len(msgs):
             t_last = now
+            u_last = usage()
             break
         time.sleep(0.01)
     poll.close()
@@ -200,6 +255,9 @@ def _drain_gateway(url: str, cfg_path: Path, db_url: str, msgs, workers: int = 1
         _drop_session(url, cid)
     if t_last is None:
         raise RuntimeError(f"gateway stored {n} of {len(msgs)}")
+    if cpu is not None:
+        cpu.update(network=u_last[0] - u_first[0], store=u_last[1] - u_first[1], server=u_last[2] - u_first[2],
+                   wall=t_last - t_first, readings=len(msgs) - n_first)
     return (len(msgs) - n_first) / (t_last - t_first)
 
 
@@ -397,11 +455,15 @@ def flood(tmp: Path | None = None) -> dict:
             "flood_other_devices_delivered_ratio": round(stored / want, 3)}
 
 
-def _pg_database() -> tuple[str, str, str]:
+def _pg_base() -> str:
+    return os.environ.get("NABD_TEST_PG_URL") or subprocess.run(
+        ["bash", str(REPO / "scripts" / "services.sh"), "url"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _pg_database(base: str | None = None) -> tuple[str, str, str]:
     import psycopg
 
-    base = os.environ.get("NABD_TEST_PG_URL") or subprocess.run(
-        ["bash", str(REPO / "scripts" / "services.sh"), "url"], capture_output=True, text=True, check=True).stdout.strip()
+    base = base or _pg_base()
     name = "bench_" + os.urandom(4).hex()
     with psycopg.connect(base, autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')
@@ -413,6 +475,55 @@ def _drop_pg(base: str, name: str) -> None:
 
     with psycopg.connect(base, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+SCALE_REPEAT = int(os.environ.get("NABD_BENCH_SCALE_REPEAT", "3"))
+
+
+def pg_scaling(repeat: int = SCALE_REPEAT, n: int = N) -> dict:
+    """One against two ``nabd-gateway serve`` processes sharing the subscription on one
+    PostgreSQL of the benchmark's own (tests/support/pgcluster.py: the machine's is shared by
+    everyone's tests; a fresh database per drain), alternating 1, 2, 2, 1, ... so both see the same
+    stretch of the machine's load. Throughput is first to last commit; CPU is what the gateway
+    processes (network + store) and the PostgreSQL server used meanwhile."""
+    from tests.support.pgcluster import PgCluster
+
+    tmp = Path(tempfile.mkdtemp(prefix="nabd-bench-scale-"))
+    broker = MosquittoBroker(tmp / "broker", "allow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n")
+    pg = PgCluster(settings={"shared_buffers": "128MB", "max_connections": "100"}).init()
+    devs = [SimDevice(f"nabd-scale{i:04d}") for i in range(DEVICES)]
+    msgs = _messages(devs, n)
+    rates: dict[int, list[int]] = {1: [], 2: []}
+    per_core: dict[int, list[int]] = {1: [], 2: []}
+    cores: dict[int, list[float]] = {1: [], 2: []}
+    server_us: list[float] = []
+    load0 = os.getloadavg()[0]
+    try:
+        postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+        for r in range(repeat):
+            for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
+                pg.superuser("DROP DATABASE IF EXISTS nabd WITH (FORCE)", "CREATE DATABASE nabd OWNER nabd")
+                cfg = write_config(tmp / f"s{r}w{workers}", broker.url, pg.url)
+                register(cfg, devs)
+                use: dict = {}
+                rates[workers].append(round(_drain_gateway(broker.url, cfg, pg.url, msgs, workers=workers, cpu=use,
+                                                            server_pid=postmaster)))
+                used = use["network"] + use["store"]
+                per_core[workers].append(round(use["readings"] / used) if used else 0)
+                cores[workers].append(round(used / use["wall"], 2))
+                server_us.append(use["server"] / use["readings"] * 1e6)
+    finally:
+        broker.stop()
+        pg.close()
+    one, two = statistics.median(rates[1]), statistics.median(rates[2])
+    return {"postgres_ingest_per_s": one, "postgres_2_workers_per_s": two,
+            "gateway_scale_2_over_1": round(two / one, 2),
+            "postgres_ingest_runs": rates[1], "postgres_2_workers_runs": rates[2],
+            "ingest_per_core": statistics.median(per_core[1]), "ingest_per_core_2": statistics.median(per_core[2]),
+            "ingest_per_core_runs": per_core[1], "ingest_per_core_2_runs": per_core[2],
+            "gateway_cores_1": round(statistics.median(cores[1]), 2), "gateway_cores_2": round(statistics.median(cores[2]), 2),
+            "postgres_server_cpu_us": round(statistics.median(server_us), 1),
+            "scale_messages": len(msgs), "scale_load_avg_1m": [round(load0, 1), round(os.getloadavg()[0], 1)]}
 
 
 def run(outdir) -> dict:
@@ -432,26 +543,32 @@ def run(outdir) -> dict:
         register(cfg, devs)
         return cfg, url
 
-    out: dict = {"messages": len(msgs), "devices": DEVICES, "cpus": os.cpu_count()}
+    out: dict = {"messages": len(msgs), "devices": DEVICES, "cpus": os.cpu_count(),
+                 "load_avg_1m_start": round(os.getloadavg()[0], 1)}
     try:
         # raw and gateway drains alternate, REPEAT times each: a machine shared with other work
         # slows some phases; the medians and their ratio come from the same stretch of time
-        raws, ings = [], []
+        raws, ings, raw_cpu, net_cpu, store_cpu = [], [], [], [], []
         for r in range(REPEAT):
-            raws.append(round(_drain_raw(broker.url, msgs)))
+            raws.append(round(_drain_raw(broker.url, msgs, raw_cpu)))
             cfg, url = setup(f"gw-sqlite{r}", "sqlite")
-            ings.append(round(_drain_gateway(broker.url, cfg, url, msgs)))
+            use: dict = {}
+            ings.append(round(_drain_gateway(broker.url, cfg, url, msgs, cpu=use)))
+            net_cpu.append(use["network"] / use["readings"] * 1e6)
+            store_cpu.append(use["store"] / use["readings"] * 1e6)
         out["raw_drain_per_s"] = statistics.median(raws)
         out["ingest_per_s"] = statistics.median(ings)
         out["raw_drain_runs"], out["ingest_runs"] = raws, ings
+        ratios = [round(i / r, 2) for r, i in zip(raws, ings, strict=True)]
+        out["ingest_over_raw_runs"] = ratios
+        out["ingest_over_raw_min_median_max"] = [min(ratios), statistics.median(ratios), max(ratios)]
+        out["raw_cpu_us"] = round(statistics.median(raw_cpu), 1)
+        out["gateway_network_cpu_us"] = round(statistics.median(net_cpu), 1)
+        out["gateway_store_cpu_us"] = round(statistics.median(store_cpu), 1)
+        out["load_avg_1m_after_drains"] = round(os.getloadavg()[0], 1)
         cfg, url = setup("naive", "sqlite")
         out["naive_per_s"] = round(_drain_naive(broker.url, url, cfg, msgs))
-        cfg, url = setup("gw-pg", "postgresql")
-        out["postgres_ingest_per_s"] = round(_drain_gateway(broker.url, cfg, url, msgs))
-        cfg, url = setup("gw-pg2", "postgresql")
-        two = _drain_gateway(broker.url, cfg, url, msgs, workers=2)
-        out["postgres_2_workers_per_s"] = round(two)
-        out["scale_2_workers"] = round(two / out["postgres_ingest_per_s"], 2)
+        out.update(pg_scaling())
         cfg, url = setup("gw-lat", "sqlite")
         out["p99_latency_ms"] = round(_latency(broker.url, cfg, devs), 1)
         port = _free_port()

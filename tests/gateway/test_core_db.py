@@ -255,13 +255,13 @@ def test_admin_cli_init_devices_quarantine(tmp_path, capsys, db_url, monkeypatch
 
 
 def test_unique_constraint_is_the_final_guard_when_another_process_raced(db):
-    """As if another gateway committed the same (device, seq) between our look-up and our insert:
-    the look-up is blinded, the INSERT ... ON CONFLICT decides duplicate (same bytes) or replay."""
+    """Another gateway may commit the same (device, seq) while we verify: the store looks no
+    digest up before its insert (gateway/store.py), the INSERT ... ON CONFLICT finds the stored row
+    and its digest decides duplicate (same bytes) or replay."""
     kek = os.urandom(32)
     dev = SimDevice("nabd-race001")
     admin.add_device(db, kek, dev.id, dev.key, "F", "MA-05")
     store = Store(db, kek)
-    store.load_seen = lambda conn, pairs: {}
     conn = db.open()
     now = dt.datetime.now(UTC)
     seq, raw = dev.next_reading()
