@@ -141,7 +141,16 @@ def _child(conn, db_url: str, kek: bytes, forward: bool, skew: int, quarantine: 
 
 
 class ProcessWriter:
-    """Parent side. ``on_result(batch, BatchResult)`` runs on the reader thread after each commit."""
+    """Parent side. ``on_result(batch, BatchResult)`` runs on the reader thread after each commit.
+
+    Three threads touch the pipe and none waits on another while it blocks on it: the sender
+    thread alone writes (in submission order; after a restart every unanswered batch again, from
+    the first), the reader thread alone reads, and ``submit`` only queues. A batch and its result
+    are each larger than the pipe's socket buffer (1,024 readings ~0.6 MB one way, their signed
+    acks ~0.4 MB the other), so each side must keep reading while the other writes: ``submit`` once
+    held the lock while its send waited for the store process, which waited to send a result to
+    the reader, which waited for that lock (the gateways of bench fleet's 3,000-device herd, alive
+    and storing nothing; tests/gateway/test_writer_pipe.py)."""
 
     def __init__(self, db_url: str, kek: bytes, *, forward: bool, skew: int,
                  on_result: Callable[[list[Pending], BatchResult], None], max_inflight: int = 3,
@@ -151,12 +160,15 @@ class ProcessWriter:
         self._ctx = multiprocessing.get_context("spawn")
         self._slots = threading.Semaphore(max_inflight)
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._inflight: collections.deque[tuple[int, list[Pending]]] = collections.deque()
         self._n = 0
+        self._sent = 0          # the highest batch number sent to the current child
         self._closing = False
         self._proc: Any = None
         self._pipe: Any = None
         self._reader: threading.Thread | None = None
+        self._sender: threading.Thread | None = None
         self.restarts = 0
 
     def start(self) -> "ProcessWriter":
@@ -164,6 +176,8 @@ class ProcessWriter:
             self._spawn()
         self._reader = threading.Thread(target=self._read_loop, name="nabd-writer-results", daemon=True)
         self._reader.start()
+        self._sender = threading.Thread(target=self._send_loop, name="nabd-writer-send", daemon=True)
+        self._sender.start()
         return self
 
     def _spawn(self) -> None:
@@ -174,6 +188,7 @@ class ProcessWriter:
         self._proc.start()
         child.close()
         self._pipe = parent
+        self._sent = 0      # a new child: every batch in flight goes to it again, in order
 
     def submit(self, batch: list[Pending]) -> None:
         """Hand a batch to the child; blocks while ``max_inflight`` batches are unanswered."""
@@ -181,13 +196,36 @@ class ProcessWriter:
         with self._lock:
             self._n += 1
             self._inflight.append((self._n, batch))
-            self._send(self._n, batch)
+            self._wake.notify_all()
 
-    def _send(self, n: int, batch: list[Pending]) -> None:
-        try:
-            self._pipe.send((n, batch))
-        except OSError:
-            pass  # the child is gone: the reader restarts it and re-sends what is in flight
+    def _send_loop(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    nxt = next(((n, b) for n, b in self._inflight if n > self._sent), None)
+                    if nxt is not None or self._closing:
+                        break
+                    self._wake.wait()
+                pipe = self._pipe
+                if nxt is None:         # closing, everything sent: tell the child to end
+                    msg: Any = None
+                else:
+                    msg = nxt
+            try:
+                pipe.send(msg)          # blocks while the child is busy; no lock held
+            except OSError:
+                # the child is gone: the reader restarts it, and the batches go again from the first
+                with self._lock:
+                    while self._pipe is pipe and not self._closing:
+                        self._wake.wait()
+                    if self._closing:
+                        return
+                continue
+            if msg is None:
+                return
+            with self._lock:
+                if self._pipe is pipe:
+                    self._sent = msg[0]
 
     def _read_loop(self) -> None:
         while True:
@@ -225,8 +263,7 @@ class ProcessWriter:
             self.restarts += 1
             time.sleep(min(5.0, 0.1 * self.restarts))
             self._spawn()
-            for n, batch in self._inflight:
-                self._send(n, batch)
+            self._wake.notify_all()
 
     def pending(self) -> int:
         with self._lock:
@@ -240,12 +277,11 @@ class ProcessWriter:
         return not self.pending()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._closing = True
         with self._lock:
-            try:
-                self._pipe.send(None)
-            except OSError:
-                pass
+            self._closing = True        # the sender sends what is queued, then None: the child ends
+            self._wake.notify_all()
+        if self._sender is not None:
+            self._sender.join(timeout=timeout)
         if self._proc is not None:
             self._proc.join(timeout=timeout)
             if self._proc.is_alive():
