@@ -87,9 +87,10 @@ _Q_PA_OFFSET = const(20)       # at pa + 20: 40 at the 0.20 % floor, 70 at 0.5 %
 _IRR_PA_MIN = const(50)        # band-passed pulse, % of DC × 100, for an irregular rhythm's rate
 _NB = const(8)
 _DIS_MIN = const(4)            # reports withheld for motion/unexplained rhythm in a row: a disruption
-_CONFIRM_N = const(6)          # ... after which a rate must repeat over 6 reports before it is shown
+_CONFIRM_N = const(6)          # ... after which a rate must repeat over 6 reports (or as many as the
+_CONFIRM_MAX = const(60)       # disruption lasted, at most 60) before it is shown
 _CONFIRM_TOL = const(16)       # within 1/16 (6 %) from one report to the next
-_RESUME_N = const(3000)        # unless it resumes within 1/8 of the last valid rate, given < 30 s ago
+_RESUME_N = const(6000)        # unless it resumes within 1/8 of the last valid rate, given < 60 s ago
 _RESUME_TOL = const(8)
 _RING = const(256)
 _RMASK = const(255)
@@ -177,6 +178,7 @@ class PulseOx:
         self.last_valid_n = -1
         self.dis_n = 0          # reports in a row withheld for motion or an unexplained rhythm
         self.cf_need = 0        # consistent reports still needed before a rate is reported again
+        self.cf_full = 0        # ... in all, after the last disruption
         self.cf_hr = -1         # the last rate so withheld, bpm × 10
         self.early = True       # finger placed, no valid reading yet: report the first at its beat
 
@@ -565,18 +567,24 @@ class PulseOx:
         """The withholding reason ``w`` once the rate ``hr`` (bpm × 10) is checked for plausibility
         after a disruption: after ``_DIS_MIN`` reports in a row withheld for motion or an
         unexplained rhythm, a rate is shown only when it resumes near the last valid one (within
-        1/8, that one under 30 s old), is a confirmed irregular rhythm, or has repeated within 1/16
-        over ``_CONFIRM_N`` reports (withheld as ``motion`` until then). A periodic motion (steps,
-        tapping) whose beats look regular for a few seconds reads its own cadence: on TROIKA
-        (wrist, running) most gross errors were such windows right after long unexplained
-        stretches. ``early``: a first-reading evaluation, which only applies the pending check."""
+        1/8, that one under 60 s old), is a confirmed irregular rhythm, or has repeated within 1/16
+        over as many reports as the disruption lasted (6 to 60; withheld as ``motion`` until
+        then). A periodic motion (steps, tapping) whose beats look regular for a while reads its
+        own cadence: on TROIKA (wrist, running) most gross errors were such windows after long
+        unexplained stretches. ``early``: a first-reading evaluation, which only applies the
+        pending check."""
         if early:
             return MOTION if w == NONE and self.cf_need else w
         if w == MOTION or w == IRREGULAR_RHYTHM:
             d = self.dis_n + 1
             self.dis_n = d
             if d >= _DIS_MIN:
-                self.cf_need = _CONFIRM_N
+                # as many agreeing reports as the disruption lasted (6 to 60): a motion that kept
+                # the chain withholding for long can look regular for longer too
+                k = d if d > _CONFIRM_N else _CONFIRM_N
+                k = k if k < _CONFIRM_MAX else _CONFIRM_MAX
+                self.cf_full = k
+                self.cf_need = k
                 self.cf_hr = -1
             return w
         if w == NO_FINGER:
@@ -601,7 +609,7 @@ class PulseOx:
             if c > 0 and -c <= (hr - c) * _CONFIRM_TOL <= c:
                 k -= 1
             else:
-                k = _CONFIRM_N
+                k = self.cf_full
             self.cf_need = k
             if k:
                 return MOTION

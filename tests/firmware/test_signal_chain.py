@@ -263,9 +263,9 @@ def _disrupted(after_bpm, seed=3):
     b = list(np.arange(0.0, 15.0, 60 / 70))
     t = b[-1]
     while t < 30.0:
-        t += 60 / 70 * min(max(1 + rng.normal(0, 0.25), 0.5), 1.8)
+        t += 60 / 70 * min(max(1 + rng.normal(0, 0.35), 0.5), 1.8)
         b.append(t)
-    while t < 53.0:
+    while t < 73.0:
         t += 60 / after_bpm * (1 + rng.normal(0, 0.01))
         b.append(t)
     return np.array(b)
@@ -274,18 +274,23 @@ def _disrupted(after_bpm, seed=3):
 def test_a_new_rate_after_a_disruption_must_repeat_before_it_is_shown(vm):
     # IR only, as the wrist recordings of TROIKA: a regular rate at a new value right after a
     # stretch of motion or unexplained rhythm is withheld (as motion) until it has repeated within
-    # 6 % over six reports; the same rate resuming where it left off is shown at once
-    _, ir = render(_disrupted(150.0), 50.0, pi=2.0)
+    # 6 % over as many reports as the disruption lasted (at least 6); the same rate resuming
+    # where it left off is shown at once
+    _, ir = render(_disrupted(150.0), 70.0, pi=2.0)
     outs = run_chain(None, ir, 100, vm=vm)
     assert all(abs(o["hr"] - 70) < 8 for o in _reported(outs) if o["t"] < 30)
     new = [o for o in outs if o["hr"] is not None and abs(o["hr"] - 150) < 3]
     assert new, [(o["t"], o["withheld"]) for o in outs]
     regular = [o for o in outs if o["t"] >= 30 and o["withheld"] != "irregular_rhythm"]
     held = [o for o in regular if o["t"] < new[0]["t"]]
-    assert len(held) >= 5 and all(o["withheld"] == "motion" for o in held), [(o["t"], o["withheld"]) for o in regular]
+    assert held, [(o["t"], o["withheld"]) for o in outs]
+    before = [o["withheld"] for o in outs if o["t"] < held[0]["t"]]
+    run = len(before) - max(i for i, w in enumerate(before) if w != "irregular_rhythm") - 1
+    assert len(held) >= max(6, run), [(o["t"], o["withheld"]) for o in outs]
+    assert all(o["withheld"] == "motion" for o in held), [(o["t"], o["withheld"]) for o in regular]
     assert all(o["withheld"] is None for o in outs if o["t"] >= new[0]["t"])
     # the pulse coming back at its rate after the same disruption: no wait
-    _, ir = render(_disrupted(70.0), 50.0, pi=2.0)
+    _, ir = render(_disrupted(70.0), 70.0, pi=2.0)
     outs = run_chain(None, ir, 100, vm=vm)
     back = [o for o in outs if o["t"] >= 30 and o["withheld"] != "irregular_rhythm"]
     assert back and all(o["withheld"] is None and abs(o["hr"] - 70) < 3 for o in back), back
