@@ -4,7 +4,9 @@ Runs the ingest (gateway/ingest.py), the HTTP API (gateway/web/, in a child proc
 nothing on the HTTP side can delay ingest and acks) and the forwarder (gateway/forward.py) when a FHIR server or an observatory
 endpoint is configured; with an observatory endpoint, the daily counts are queued each day
 (gateway/observatory.py DailyPush). SIGTERM / SIGINT: stop taking messages, drain the queue (commit + ack),
-stop the threads, exit 0. Logs go to stderr and never contain keys, tokens or payloads.
+stop the threads, exit 0. Logs go to stderr and never contain keys, tokens or payloads. A database
+that is unreachable at start (PostgreSQL down or restarting) is waited for; a wrong password or
+database name exits 3 at once.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def _has(module: str) -> bool:
 def run(args) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg, db = open_config(args)
+    cfg, db = _open_waiting(args)
     kek(cfg)  # fail now with a clear message if the KEK is missing
     bc = cfg.broker
     logging.getLogger("nabd.gateway.mqtt").setLevel(logging.WARNING)
@@ -98,6 +100,40 @@ def run(args) -> int:
 
 
 CONNECT_WAIT_S = 10.0  # for the broker's answer to the first CONNECT before serving anyway
+# libpq's words for a database that is not there *yet* (down, restarting, a standby not yet
+# promoted): serve waits for it. Anything else (a wrong password, no such database) exits 3 at once.
+_DB_TRANSIENT = ("Connection refused", "the database system is", "timeout expired", "server closed the connection",
+                 "No route to host", "Network is unreachable", "read-only", "hot standby")
+
+
+def _open_waiting(args):
+    """``open_config``, waiting while the database is unreachable (PostgreSQL restarting, failing
+    over, not started yet after a reboot): a gateway started during an outage waits for its end
+    instead of exiting and being restarted over and over. Logged once when the wait begins, once a
+    minute while it lasts, once when it ends."""
+    from gateway.worker import MAX_RETRY_S, OUTAGE_REMIND_S
+
+    since = last = None
+    delay = 0.1
+    while True:
+        try:
+            out = open_config(args)
+        except CommandError as e:
+            if e.code != EXIT_DEVICE or not any(w in str(e) for w in _DB_TRANSIENT):
+                raise
+            now = time.monotonic()
+            if since is None:
+                since = last = now
+                log.warning("%s; waiting for it (retrying every %g s at most)", e, MAX_RETRY_S)
+            elif now - last >= OUTAGE_REMIND_S:
+                last = now
+                log.warning("database still unreachable after %.0f s; waiting for it", now - since)
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_S)
+            continue
+        if since is not None:
+            log.info("database reachable after %.1f s", time.monotonic() - since)
+        return out
 
 
 def _stop(api) -> None:

@@ -143,8 +143,8 @@ def _faults_then_herd(r: Region, link: Link, pg: PgCluster, fleet: Fleet) -> Non
     log: list[tuple[float, str]] = []
 
     def faults(t: float) -> None:
-        for at, what in ((2, "cut"), (4, "kill"), (6, "restart-gw"), (8, "pg-stop"), (10.5, "pg-down"),
-                         (13, "pg-start"), (15, "restore"), (17, "regional")):
+        for at, what in ((2, "cut"), (4, "kill"), (6, "restart-gw"), (8, "pg-stop"), (11, "pg-down"),
+                         (14, "pg-start"), (16, "restore"), (18, "regional")):
             if t < at or what in seen:
                 continue
             seen[what] = fleet.counts()["acked"]
@@ -176,8 +176,8 @@ def _faults_then_herd(r: Region, link: Link, pg: PgCluster, fleet: Fleet) -> Non
     # on the gateway's signed ack) and arrived after the restore
     assert peak[0] >= per_clinic * 3, peak
     assert seen["stored-before-restore"] < s["readings_produced"]
-    # nothing was acknowledged while PostgreSQL was down (2.5 s after the stop, for acks of commits
-    # made before it to arrive, until its start): no ack without a commit
+    # nothing was acknowledged while PostgreSQL was down (from 3 s after the stop, once acks of
+    # commits made before it arrived, until its start): no ack without a commit
     assert seen["pg-down"] == seen["pg-start"], seen
 
     # the thundering herd: every clinic's devices lose their link, fill their outboxes, and all
