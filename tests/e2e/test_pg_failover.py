@@ -27,14 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEVICES = 60
 
 
-def test_primary_lost_standby_promoted_every_reading_stored_once(tmp_path, monkeypatch):
-    # the firmware's flash modules call os.sync() (on the host sync(2) of every filesystem, slow
-    # under load); the fleet's flash folders need no durability beyond this process
-    import firmware.outbox
-    import firmware.seq
-    monkeypatch.setattr(firmware.outbox, "_sync", lambda: None)
-    monkeypatch.setattr(firmware.seq, "_sync", lambda: None)
-
+def test_primary_lost_standby_promoted_every_reading_stored_once(tmp_path):
     with PgCluster() as primary:
         standby = primary.standby(synchronous=True)
         try:
