@@ -171,18 +171,20 @@ def _herd(ctx: _Ctx) -> None:
     queued = sum(fleet.measure_all() for _ in range(HERD_READINGS))
     rows0 = sum(_stored(ctx.url).values())
     pids = ctx.pids()
-    cpu0 = {k: _cpu_s(v) for k, v in pids.items()}
+    cpu0 = {k: {p: _cpu_s([p]) for p in v} for k, v in pids.items()}
     fleet.outage(everyone, False)
     t = fleet.drain(600)
-    cpu1 = {k: _cpu_s(v) for k, v in pids.items()}
+    # per process, and only those alive at both ends (a PostgreSQL backend may end meanwhile)
+    cpu = {k: sum(max(0.0, _cpu_s([p]) - c) for p, c in v.items() if Path(f"/proc/{p}").exists())
+           for k, v in cpu0.items()}
     rows = sum(_stored(ctx.url).values()) - rows0
     out["herd_readings"] = queued
     out["herd_drain_s"] = round(t, 1)
     out["herd_readings_per_s"] = round(queued / t) if t else None
     out["postgres_rows_per_s"] = round(rows / t) if t else None
     out["herd_broker_rss_mb"] = _rss_mb(ctx.r.pids()["brokers"])
-    for k in cpu0:   # CPU seconds spent by each part while the herd drained (2 cores: at most 2 x drain)
-        out[f"herd_cpu_s_{k}"] = round(cpu1[k] - cpu0[k], 1)
+    for k, v in cpu.items():   # CPU seconds of each part while the herd drained (2 cores: at most 2 x drain)
+        out[f"herd_cpu_s_{k}"] = round(v, 1)
 
 
 PG_STOP_AT_S, PG_DOWN_S, PG_PHASE_S = 4.0, 8.0, 20.0

@@ -57,6 +57,10 @@ class Link:
             except OSError:
                 a.close()
                 continue
+            # the 5-s timeout is for connecting only: kept, it made every recv from the server
+            # raise after 5 s without a message, and the relay cut a quiet bridge (at 10,000
+            # devices, every bridge, again and again, while the region waited for its herd)
+            b.settimeout(None)
             with self._lock:
                 if self._srv is not srv:      # cut meanwhile
                     a.close()
