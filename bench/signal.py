@@ -803,12 +803,18 @@ def write_report(figs: dict, detail: dict, outdir: Path, elapsed: float, notes: 
         for r in pb:
             L.append(f"| {r['band']} | {r['windows']} | {_fmt(r['coverage_pct'])} % | {_fmt(r['hr_mae'])} | "
                      f"{_fmt(r['spo2_arms'])} | {r['gross_errors']} |")
+        below = [r for r in pb if r["band"][0] != "≥" and float(r["band"].split("–")[1]) <= RESOLVABLE_PI_PCT]
+        n_b = sum(r["windows"] for r in below)
+        rep_b = sum(r["windows"] * (r["coverage_pct"] or 0) / 100 for r in below)
         L += ["", f"The floor is set at a true PI of {_v(figs, 'resolvable_pi_floor_pct', ' %')} (the issue's own "
-              "low-perfusion bound): below it the chain reports fewer than half of the windows, its withheld "
-              "reason there is mostly `low_perfusion` (next section) and the "
-              "readings it does give there carry most of the suite's gross errors (on a held-out suite, `suite(300, "
-              "seed=7)`, too: docs/signal.md). The clean-coverage targets count the windows at or above it; the "
-              "`_all_pi` keys keep the count over every PI.", ""]
+              f"low-perfusion bound): below it the chain resolves the pulse in {_fmt(pct(rep_b, n_b))} % of the "
+              "windows and withholds the rest, mostly as `low_perfusion` (the band-passed pulse under the 0.20 % "
+              "of the DC measured in the next section): lowering that test buys coverage there only with the "
+              "SpO2 and half-rate errors the sweep shows. Gross errors in this "
+              f"run: {sum(r['gross_errors'] for r in below)} below the floor and "
+              f"{sum(r['gross_errors'] for r in pb) - sum(r['gross_errors'] for r in below)} at or above it. The "
+              "clean-coverage targets count the windows at or above it; the `_all_pi` keys keep the count over "
+              "every PI.", ""]
     sw = detail.get("pi_sweep") or []
     if sw:
         L += ["### The low-perfusion threshold", "",
@@ -950,13 +956,14 @@ LIMITATIONS = """## 7. Limitations
   running (TROIKA). They test robustness and honest refusal more than accuracy.
 - **Alsementsov `dead` files**: {dead}.
 - **Gross errors** (|HR error| > 15 bpm or |SpO2 error| > 5 points) remain: on the synthetic suite
-  in low-perfusion recordings (true PI under 0.3 %, below the measured floor), on a held-out suite
-  (`suite(300, seed=7)`, CPython run of the same firmware code) 16 (SpO2 5–7 points low at true
-  PI 0.48–0.52 % in two subjects, 8 windows; a 33-bpm heart at PI 0.28 % read double and SpO2 at
-  PI 0.17 %, 4; the first readings of atrial fibrillation against an 8-s reference that reaches back
-  before the finger landed, 4), and on TROIKA (wrist, running: the motion cadence passes for a pulse
-  without an accelerometer). On that held-out suite the time to first reading p90 is 7.4 s and the
-  clean coverage at or above the floor 92.3 % (HR) / 90.5 % (SpO2).
+  those `gross_errors_synthetic` counts (when any, windows at true PI under 0.3 %, below the measured
+  floor), on a held-out suite
+  (`suite(300, seed=7)`, CPython run of the same firmware code) 14 (SpO2 5–7 points low at true
+  PI 0.48–0.52 % in two subjects, 8 windows; a 33-bpm heart at PI 0.28 % read double, 2; the first
+  readings of atrial fibrillation against an 8-s reference that reaches back before the finger
+  landed, 4), and on TROIKA (wrist, running: the motion cadence passes for a pulse without an
+  accelerometer). On that held-out suite the time to first reading p90 is 7.4 s and the clean
+  coverage at or above the floor 92.1 % (HR) / 91.2 % (SpO2).
 - **Time to first reading** is measured on clean placements of the simulator, whose landing transient
   (a pressure overshoot decaying over 0.4–0.9 s) is a model; real fingers may settle more slowly.
 - **Temperature**: the blackbody figure is the measurement chain only; forehead-to-core is a screening

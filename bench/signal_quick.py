@@ -1,0 +1,165 @@
+"""A quick look at the signal chain: the firmware code under CPython (bit-identical to the
+MicroPython VM: small ints only) over the synthetic suite, scored by the benchmark's own
+functions (bench/signal.py), without the peers or the VM. About half a minute on 2 cores where
+``python -m bench signal`` takes 10-16 minutes: for iterating, not for the published figures.
+
+    .venv/bin/python -m bench.signal_quick                    # default suite (200 + 20)
+    .venv/bin/python -m bench.signal_quick --n 300 --seed 7   # a held-out suite
+    .venv/bin/python -m bench.signal_quick --real             # + the real sets (NABD_PPG_DATA)
+    .venv/bin/python -m bench.signal_quick --why              # withheld clean windows by cause
+
+No ``run()``: ``python -m bench`` does not run it.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+
+from bench import signal as bs
+from bench import signal_data
+from bench.signal_stats import fin
+from sim import physiology as ph
+
+NAN = float("nan")
+KEYS = ("hr_mae_bpm", "spo2_arms_pct", "clean_windows", "clean_reported_hr_pct", "clean_reported_spo2_pct",
+        "clean_reported_hr_pct_all_pi", "clean_reported_spo2_pct_all_pi", "coverage_pct_irregular",
+        "coverage_pct_irregular_spo2", "irregular_hr_mae_bpm", "irregular_spo2_arms_pct",
+        "coverage_pct_low_perfusion", "low_perfusion_hr_mae_bpm", "low_perfusion_spo2_arms_pct",
+        "gross_errors_synthetic", "artifact_withheld_pct", "false_reading_no_finger", "time_to_first_valid_s_p50",
+        "time_to_first_valid_s_p90", "time_to_first_valid_never_pct", "first_readings_hr_mae_bpm")
+
+
+def chain(red, ir) -> list[dict]:
+    """The firmware chain over int sample arrays at 100 Hz (red −1 for IR only), outputs as
+    host.signalrun.run_chain gives them."""
+    from firmware.signal.pulseox import PulseOx  # noqa: PLC0415
+    from host.signalrun import _to_dict  # noqa: PLC0415
+
+    po = PulseOx()
+    out = []
+    for i in range(len(ir)):
+        if po.push(int(red[i]), int(ir[i])):
+            out.append(_to_dict((po.t_ms, po.hr_x10, po.spo2_x10, po.pi_x100, po.q, po.withheld, po.age_ms,
+                                 po.stale, po.irregular)))
+    return out
+
+
+def synthetic_job(p: ph.Physiology) -> dict:
+    """bench.signal's per-recording rows (the peers' columns nan)."""
+    rec = ph.render(p)
+    red, ir = rec.counts()
+    outs = chain(red, ir)
+    clipped = rec.clipped()
+    ots = [o["t"] for o in outs]
+    rows = []
+    for t in ots:
+        o = bs.latest_in(outs, ots, t, bs.EVAL_STEP_S)
+        s = rec._idx(t - 1.0, t)
+        expect = None
+        if not rec.finger[s].all():
+            expect = "no finger"
+        elif rec.motion[s].any():
+            expect = "motion"
+        elif clipped[s].any():
+            expect = "clipping"
+        rows.append({"t": t, "out": True, "withheld": o.get("withheld"), "hr": bs.reported(o, "hr"),
+                     "spo2": bs.reported(o, "spo2"), "pi": bs.reported(o, "pi"), "q": o.get("q"),
+                     "irregular": bool(o.get("irregular")), "ref_hr": rec.hr_at(t, bs.HR_WINDOW_S),
+                     "ref_spo2": rec.spo2_at(t), "ref_pi": rec.pi_at(t), "finger_none": rec.finger_none(t - 1.0, t),
+                     "expect": expect, "hp_hr": NAN, "nk_hr": NAN, "rd_hr": NAN, "rd_spo2": NAN, "rd_r": NAN})
+    on = rec.finger_on_times()
+    return {"name": p.name, "seed": p.seed, "hr": p.hr_bpm, "spo2": p.spo2_pct, "pi": p.pi_pct, "monk": p.monk,
+            "on": on[0] if on else None, "off": p.finger_off_s, "motion": p.motion, "duration": rec.duration_s,
+            "chain": True, "vm_s": 0.0, "n": rec.n, "rows": rows}
+
+
+def real_job(rec: signal_data.RealRecord) -> dict:
+    """bench.signal's per-recording summary of a real recording (no peers)."""
+    from host.signalrun import prepare  # noqa: PLC0415
+
+    red, ir = prepare(rec.red, rec.ir, rec.rate_hz)
+    outs = chain(red, ir)
+    thinned = bs.per_second(outs)
+    reasons: dict[str, int] = {}
+    for o in thinned:
+        if o.get("withheld") is not None:
+            reasons[str(o["withheld"])] = reasons.get(str(o["withheld"]), 0) + 1
+    return {"set": rec.set, "name": rec.name, "label": rec.label, "duration": len(rec.ir) / rec.rate_hz, "vm_s": 0.0,
+            "outputs": len(thinned), "reported": sum(1 for o in thinned if o.get("withheld") is None),
+            "reasons": reasons,
+            "hr_rows": [{"t": t, "ref": v, "nabd": bs.value_at(outs, t, "hr"), "hp": NAN, "nk": NAN, "rd": NAN}
+                        for t, v in rec.hr_ref],
+            "sp_rows": [{"t": t, "ref": v, "nabd": bs.value_at(outs, t, "spo2"), "rd": NAN, "rd_r": NAN}
+                        for t, v in rec.spo2_ref],
+            "median": {k: bs._median([bs.reported(o, k) for o in thinned]) for k in ("hr", "spo2")},
+            "rd_median": {"hr": NAN, "spo2": NAN, "r": NAN}, "peers_median": {"hp": NAN, "nk": NAN},
+            "host_r": NAN, "spectral": {}}
+
+
+def why(jobs: list[dict]) -> list[str]:
+    """Withheld clean windows (artefact-free, >= 10 s after placement) by cause: true-PI band,
+    time since placement, scenario and the chain's reason (HR; SpO2 only when HR was given)."""
+    rows = [r | {"job": j} for j in jobs for r in j["rows"]]
+    clean = [r for r in rows if r["expect"] is None and fin(r["ref_hr"]) and r["t"] - (r["job"]["on"] or 0) >= 10]
+
+    def band(r):
+        pi = r["ref_pi"]
+        return ("< 0.2" if pi < 0.2 else "0.2-0.3" if pi < 0.3 else "0.3-0.5" if pi < 0.5 else "0.5-1" if pi < 1
+                else ">= 1")
+
+    def since(r):
+        d = r["t"] - r["job"]["on"]
+        return "10-15 s" if d < 15 else "15-20 s" if d < 20 else ">= 20 s"
+
+    def reason(r):
+        if not fin(r["hr"]):
+            return str(r["withheld"])
+        return "SpO2 only withheld" if not fin(r["spo2"]) else "reported"
+
+    held = [r for r in clean if not (fin(r["hr"]) and fin(r["spo2"]))]
+    out = [f"clean windows {len(clean)}, withheld (HR or SpO2) {len(held)}"]
+    for name, key in (("true PI %", band), ("after placement", since), ("scenario", lambda r: r["job"]["name"]),
+                      ("reason", reason)):
+        c, tot = Counter(key(r) for r in held), Counter(key(r) for r in clean)
+        out.append(f"  {name}: " + ", ".join(f"{k} {c[k]}/{tot[k]}" for k in sorted(tot, key=str)))
+    c = Counter((band(r), reason(r)) for r in held if r["ref_pi"] >= bs.RESOLVABLE_PI_PCT)
+    out.append("  at or above the floor, by band and reason: "
+               + ", ".join(f"{b} {w} {v}" for (b, w), v in sorted(c.items(), key=lambda kv: -kv[1])))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.signal_quick", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=200, help="synthetic recordings before the rhythm ones (200)")
+    ap.add_argument("--seed", type=int, default=2025, help="suite seed (2025: the benchmark's)")
+    ap.add_argument("--real", action="store_true", help="also the real sets (NABD_PPG_DATA)")
+    ap.add_argument("--why", action="store_true", help="withheld clean windows by cause")
+    ap.add_argument("--workers", type=int, default=bs.WORKERS)
+    a = ap.parse_args(argv)
+    t0 = time.monotonic()
+    with ProcessPoolExecutor(a.workers) as ex:
+        jobs = list(ex.map(synthetic_job, ph.suite(a.n, seed=a.seed), chunksize=8))
+        f, _ = bs.synthetic_figures(jobs)
+        print(f"synthetic suite({a.n}, seed={a.seed}), {len(jobs)} recordings:")
+        for k in KEYS:
+            v = f.get(k)
+            print(f"  {k:34s} {v:.3f}" if isinstance(v, float) else f"  {k:34s} {v}")
+        if a.why:
+            print("\n".join(why(jobs)))
+        if a.real:
+            recs = [r for loader in signal_data.LOADERS.values() for r in loader()]
+            rf, rd = bs.real_figures(list(ex.map(real_job, recs, chunksize=2)))
+            for k, v in rf.items():
+                if k.endswith(("reported_pct", "gross_errors", "_hr_mae_bpm", "recordings_reported")) \
+                        and not any(p in k for p in ("heartpy", "neurokit2", "rd117")):
+                    print(f"  {k:34s} {v:.3f}" if isinstance(v, float) else f"  {k:34s} {v}")
+            for s, d in rd["sets"].items():
+                print(f"  {s} withheld: {d['withheld_reasons']}")
+    print(f"({time.monotonic() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
