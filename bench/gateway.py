@@ -11,7 +11,8 @@ to last commit for the gateway, polled in its database), (4) its session is dele
   raw drain and the gateway drain right after it (its min/median/max: the spread), and
   ``raw_cpu_us``, ``gateway_network_cpu_us``, ``gateway_store_cpu_us`` the CPU time per reading
   of the paho client's thread, of the gateway's network process and of its store process (from
-  /proc, medians): unlike the rates, these hardly move with the machine's load;
+  /proc, medians): unlike the rates, these move little with the machine's load;
+  ``ingest_over_raw_cpu``: the raw client's CPU per reading over the busier gateway process's;
 - ``ingest_per_s``: one ``nabd-gateway serve`` instance, SQLite (WAL, synchronous=FULL); an instance
   is its network process plus the store process it spawns (gateway/writer.py);
 - ``naive_per_s``: verify, insert, commit one message at a time in ``on_message`` (same code, batch of 1);
@@ -565,6 +566,11 @@ def run(outdir) -> dict:
         out["raw_cpu_us"] = round(statistics.median(raw_cpu), 1)
         out["gateway_network_cpu_us"] = round(statistics.median(net_cpu), 1)
         out["gateway_store_cpu_us"] = round(statistics.median(store_cpu), 1)
+        # the ratio the CPU costs allow when each process has a core of its own: the raw client's
+        # cost over the busier gateway process's (what ingest_over_raw tends to on a quiet machine
+        # with a core per process; less when the gateway's two processes and the broker share two)
+        out["ingest_over_raw_cpu"] = round(out["raw_cpu_us"] / max(out["gateway_network_cpu_us"],
+                                                                   out["gateway_store_cpu_us"]), 2)
         out["load_avg_1m_after_drains"] = round(os.getloadavg()[0], 1)
         cfg, url = setup("naive", "sqlite")
         out["naive_per_s"] = round(_drain_naive(broker.url, url, cfg, msgs))
