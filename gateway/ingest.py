@@ -133,7 +133,7 @@ class Ingest:
             return
         self.epoch += 1
         rm = getattr(properties, "ReceiveMaximum", None)
-        if isinstance(rm, int) and rm > 0:  # the setter refuses while connected; nothing is in flight yet
+        if isinstance(rm, int) and rm > 0:  # the public setter refuses while connected; paho sends nothing before this
             client._max_inflight_messages = rm
         # readings are never retained (docs/protocol.md): retain handling 2 keeps the broker from
         # sending retained junk at every (re)subscription, retain-as-published shows a retained
