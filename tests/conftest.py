@@ -86,8 +86,11 @@ class Broker:
 
     def _write_conf(self) -> Path:
         conf = self.dir / "mosquitto.conf"
-        text = "per_listener_settings false\n" + self.config.replace("{dir}", str(self.dir))
-        text += f"\nlistener {self.port} 127.0.0.1\n"
+        # the listener first: a listener option (use_username_as_clientid, max_connections, ...)
+        # written before any listener line configures Mosquitto's default listener, which then
+        # opens port 1883 on every address, and two such test brokers collide on it
+        text = f"per_listener_settings false\nlistener {self.port} 127.0.0.1\n"
+        text += self.config.replace("{dir}", str(self.dir)) + "\n"
         if self.tls_config:
             text += f"\nlistener {self.tls_port} 127.0.0.1\n" + self.tls_config.replace("{dir}", str(self.dir))
         text += f"\nlog_dest file {self.dir}/mosquitto.log\nlog_type all\n"
