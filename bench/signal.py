@@ -124,6 +124,18 @@ def value_at(outputs: list[dict], t: float, key: str, tol: float = 2.0) -> float
 
 # -- synthetic suite ------------------------------------------------------------------------------
 
+def expected_withheld(rec: ph.Recording, clipped, t: float) -> str | None:
+    """Why the second ending at ``t`` must be withheld (no finger, motion, clipping), or None."""
+    s = rec._idx(t - 1.0, t)
+    if not rec.finger[s].all():
+        return "no finger"
+    if rec.motion[s].any():
+        return "motion"
+    if clipped[s].any():
+        return "clipping"
+    return None
+
+
 def _synthetic_job(p: ph.Physiology) -> dict:
     from bench.peers import heartpy_peer, hr_in_window, neurokit2_peer, rd117  # noqa: PLC0415
 
@@ -149,14 +161,7 @@ def _synthetic_job(p: ph.Physiology) -> dict:
     rows = []
     for k, t in enumerate(grid):
         o = latest_in(outs or [], ots, t, EVAL_STEP_S)
-        s = rec._idx(t - 1.0, t)
-        expect = None
-        if not rec.finger[s].all():
-            expect = "no finger"
-        elif rec.motion[s].any():
-            expect = "motion"
-        elif clipped[s].any():
-            expect = "clipping"
+        expect = expected_withheld(rec, clipped, t)
         rows.append({
             "t": t, "out": bool(o), "withheld": o.get("withheld") if o else "no output",
             "hr": reported(o, "hr") if o else float("nan"),

@@ -56,14 +56,7 @@ def synthetic_job(p: ph.Physiology) -> dict:
     rows = []
     for t in ots:
         o = bs.latest_in(outs, ots, t, bs.EVAL_STEP_S)
-        s = rec._idx(t - 1.0, t)
-        expect = None
-        if not rec.finger[s].all():
-            expect = "no finger"
-        elif rec.motion[s].any():
-            expect = "motion"
-        elif clipped[s].any():
-            expect = "clipping"
+        expect = bs.expected_withheld(rec, clipped, t)
         rows.append({"t": t, "out": True, "withheld": o.get("withheld"), "hr": bs.reported(o, "hr"),
                      "spo2": bs.reported(o, "spo2"), "pi": bs.reported(o, "pi"), "q": o.get("q"),
                      "irregular": bool(o.get("irregular")), "ref_hr": rec.hr_at(t, bs.HR_WINDOW_S),

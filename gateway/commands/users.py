@@ -52,6 +52,14 @@ def read_password(stdin=None, prompt=getpass.getpass) -> str:
     return first
 
 
+def _new_password(auth) -> str:
+    """read_password, refused (usage error) outside the accepted lengths."""
+    password = read_password()
+    if not auth.MIN_PASSWORD <= len(password) <= auth.MAX_PASSWORD:
+        raise CommandError(f"a password has {auth.MIN_PASSWORD} to {auth.MAX_PASSWORD} characters", EXIT_USAGE)
+    return password
+
+
 def cmd_add(args) -> int:
     auth = _auth()
     try:
@@ -59,9 +67,7 @@ def cmd_add(args) -> int:
         auth.check_role(args.role)
     except auth.AuthError as e:
         raise CommandError(str(e), EXIT_USAGE) from None
-    password = read_password()
-    if not auth.MIN_PASSWORD <= len(password) <= auth.MAX_PASSWORD:
-        raise CommandError(f"a password has {auth.MIN_PASSWORD} to {auth.MAX_PASSWORD} characters", EXIT_USAGE)
+    password = _new_password(auth)
     _, db = open_config(args)
     _do(auth.add_user, db, args.name, args.role, password, actor())
     _out(args, {"ok": True, "username": args.name, "role": args.role}, f"added {args.name} ({args.role})")
@@ -75,9 +81,7 @@ def cmd_passwd(args) -> int:
         auth.check_username(args.name)
     except auth.AuthError as e:
         raise CommandError(str(e), EXIT_USAGE) from None
-    password = read_password()
-    if not auth.MIN_PASSWORD <= len(password) <= auth.MAX_PASSWORD:
-        raise CommandError(f"a password has {auth.MIN_PASSWORD} to {auth.MAX_PASSWORD} characters", EXIT_USAGE)
+    password = _new_password(auth)
     _, db = open_config(args)
     ended = _do(auth.reset_password, db, args.name, password, actor())
     _out(args, {"ok": True, "username": args.name, "sessions_ended": ended},
