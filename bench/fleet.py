@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from host.region import process_tree
+
 REPO = Path(__file__).resolve().parent.parent
 DEVICES = int(os.environ.get("NABD_BENCH_FLEET_DEVICES", "1000"))
 CLINICS = int(os.environ.get("NABD_BENCH_FLEET_CLINICS", "10"))
@@ -101,15 +103,8 @@ class _Ctx:
 
     def _pg_pids(self) -> list[int]:
         """The cluster's postmaster and every process it started (backends, WAL writer...)."""
-        def tree(pid: int) -> list[int]:
-            try:
-                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                kids = []
-            return [pid] + [q for k in kids for q in tree(int(k))]
-
         try:
-            return tree(int((self.pg.data / "postmaster.pid").read_text().split()[0]))
+            return process_tree(int((self.pg.data / "postmaster.pid").read_text().split()[0]))
         except (OSError, ValueError, IndexError):
             return []
 

@@ -49,6 +49,15 @@ DEVICE_ACL = ("pattern write nabd/v1/dev/%u/reading\npattern write nabd/v1/dev/%
 BRIDGED = (("reading", "out"), ("status", "out"), ("ack", "in"), ("cmd", "in"))
 
 
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (Linux ``/proc``; a process gone meanwhile has none)."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    return [pid] + [q for k in kids for q in process_tree(int(k))]
+
 class RegionError(RuntimeError):
     pass
 
@@ -248,15 +257,8 @@ class Region:
 
     def pids(self) -> dict[str, list[int]]:
         """Process ids: ``brokers`` and ``gateways`` (each gateway with its store process)."""
-        def tree(pid: int) -> list[int]:
-            try:
-                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                kids = []
-            return [pid] + [q for k in kids for q in tree(int(k))]
-
         return {"brokers": [p.pid for p in self.brokers.values()],
-                "gateways": [q for p in self.gw.values() for q in tree(p.pid)]}
+                "gateways": [q for p in self.gw.values() for q in process_tree(p.pid)]}
 
     def start(self) -> None:
         self._start_broker("regional", self.regional_port)
