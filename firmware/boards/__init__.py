@@ -8,12 +8,16 @@ same attributes on virtual parts. The contract, attribute by attribute:
 ``name``            ``"esp32"`` or ``"sim"``.
 ``i2c``             an object with the ``machine.I2C`` methods (``scan``, ``readfrom_mem_into``,
                     ``writeto_mem``, ``readfrom_into``, ``writeto``...), 100 kHz, shared by the
-                    MLX90614 (0x5A), the MAX30102 (0x57) and the SSD1306 OLED (0x3C). Errors are
+                    MLX90614 (0x5A), the MAX30102 (0x57), the SSD1306 OLED (0x3C) and the optional
+                    LIS3DH accelerometer (0x18 or 0x19). Errors are
                     ``OSError`` with errno ``ENODEV`` (no ACK), ``EIO`` or ``ETIMEDOUT`` (bus held).
 ``clock``           ``ticks_ms()``, ``ticks_us()``, ``ticks_diff(a, b)``, ``ticks_add(t, d)``,
                     ``sleep_ms(ms)``, ``sleep_us(us)`` with MicroPython's ``time`` semantics;
                     ``unix_time()`` -> int Unix seconds UTC, or ``None`` while the clock was never
                     synced; ``sync_time()`` -> bool (NTP on the ESP32).
+``accel``           the optional motion reference: a ``firmware.drivers.lis3dh.LIS3DH`` found on
+                    the bus when the board was made (WHO_AM_I checked), or ``None`` when the board
+                    has none; the firmware then measures exactly as without it.
 ``button``          ``value()`` -> 1 while pressed (the board hides the pin's polarity).
 ``max_int``         the MAX30102 interrupt pin, ``value()`` -> 0 while an interrupt is pending.
 ``buzzer``          ``on(freq_hz)``, ``off()``.

@@ -22,6 +22,7 @@ import micropython
 import network
 
 from firmware.boards import pins
+from firmware.drivers import lis3dh
 from firmware.errors import EHOSTUNREACH_IDF
 
 _EPOCH_2000 = 946684800   # seconds from 1970-01-01 to 2000-01-01
@@ -224,6 +225,8 @@ class Esp32Board:
         self.clock = Esp32Clock()
         self.i2c = machine.I2C(pins.I2C_ID, scl=machine.Pin(pins.SCL), sda=machine.Pin(pins.SDA),
                                freq=pins.I2C_FREQ)
+        # the optional accelerometer: probed once (an I2C error here only means it is not fitted)
+        self.accel = lis3dh.probe(self.i2c)
         self.button = ActiveLowInput(pins.BUTTON)
         # open-drain INT, active low: the raw level is the contract's (0 while pending)
         self.max_int = machine.Pin(pins.MAX_INT, machine.Pin.IN, machine.Pin.PULL_UP)

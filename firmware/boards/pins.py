@@ -6,7 +6,8 @@ CPython. The reasons for each choice are in ``hardware/README.md``; deploy this 
 firmware (``/lib/firmware/boards/pins.py`` or ``/firmware/boards/pins.py`` on the board's flash).
 """
 
-# I2C bus 0, shared by the MLX90614 (0x5A), the MAX30102 (0x57) and the SSD1306 OLED (0x3C)
+# I2C bus 0, shared by the MLX90614 (0x5A), the MAX30102 (0x57), the SSD1306 OLED (0x3C) and the
+# optional LIS3DH accelerometer (0x18, SA0 to GND)
 I2C_ID = 0
 SDA = 21
 SCL = 22
@@ -23,6 +24,7 @@ BUZZER = 25
 ADDR_MLX90614 = 0x5A
 ADDR_MAX30102 = 0x57
 ADDR_SSD1306 = 0x3C
+ADDR_LIS3DH = 0x18      # optional motion reference (0x19 when its SA0 is tied high)
 
 PINS = {
     "SDA": SDA, "SCL": SCL, "MAX_INT": MAX_INT, "BUTTON": BUTTON, "BUZZER": BUZZER,

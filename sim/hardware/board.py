@@ -3,6 +3,7 @@ virtual parts, for the MicroPython VM and for CPython.
 
     board = SimBoard(scenario=PulseScenario(bpm=72), faults=["mlx90614:pec"])
     board.i2c            # VirtualI2C at 100 kHz: MLX90614 0x5A, MAX30102 0x57, SSD1306 0x3C
+    board.accel          # None, or with SimBoard(accel=True) the LIS3DH driver (model at 0x18)
     board.button.press() # tests drive the inputs; board.buzzer.events records the outputs
 
 Firmware time is the virtual clock's (``board.clock``): it advances only when the firmware sleeps
@@ -255,12 +256,15 @@ class SimBoard:
     ``scenario`` feeds both sensors (a ``PulseScenario()`` finger at 36.8 degC by default),
     ``faults`` names from ``FAULTS``, ``storage_root`` the flash folder (created), ``unix_time``
     the wall clock at start (None: never synced), ``seed`` the unit (MAC, RNG where the
-    interpreter has none), ``mlx_offset_mc``/``mlx_gain_ppm`` the thermometer's unit errors."""
+    interpreter has none), ``mlx_offset_mc``/``mlx_gain_ppm`` the thermometer's unit errors.
+    ``accel=True`` fits the optional LIS3DH accelerometer (0x18; the scenario's
+    ``accel(t_us, out)`` moves it, else it lies still); ``board.accel`` is then its driver, found
+    on the bus as the ESP32 board finds it, else None."""
 
     name = "sim"
 
     def __init__(self, scenario=None, faults=(), storage_root="/flash", unix_time=None, seed=1,
-                 mlx_offset_mc=0, mlx_gain_ppm=0):
+                 mlx_offset_mc=0, mlx_gain_ppm=0, accel=False):
         from sim.hardware.mlx90614 import MLX90614Model
         from sim.hardware.max30102 import MAX30102Model
 
@@ -278,6 +282,13 @@ class SimBoard:
         self.mlx = self.i2c.attach(a_mlx, MLX90614Model(self.clock, scenario, a_mlx, mlx_offset_mc, mlx_gain_ppm))
         self.max = self.i2c.attach(a_max, MAX30102Model(self.clock, scenario, a_max))
         self.oled = self.i2c.attach(a_oled, SSD1306Model(addr=a_oled))
+        self.lis = None
+        if accel:
+            from sim.hardware.lis3dh import LIS3DHModel
+            a_acc = _pin("ADDR_LIS3DH", 0x18)
+            self.lis = self.i2c.attach(a_acc, LIS3DHModel(self.clock, scenario, a_acc, seed=seed))
+        from firmware.drivers.lis3dh import probe
+        self.accel = probe(self.i2c)
         self.sda = _pin("SDA", 21)
         self.scl = _pin("SCL", 22)
         self.button = SimPin(_pin("BUTTON", 27))

@@ -27,6 +27,7 @@ def test_pins_bus_and_io(board_vm):
     from firmware.boards import pins
 
     assert vm.eval("b.name") == "esp32"
+    assert vm.eval("b.accel is None")       # the optional LIS3DH: nothing answers at 0x18/0x19
     assert vm.eval("[c for c in machine.calls if c[0] == 'I2C']") == [["I2C", 0, pins.SCL, pins.SDA, 100000]]
     assert [pins.SDA, pins.SCL, pins.MAX_INT, pins.BUTTON, pins.BUZZER] == [21, 22, 19, 27, 25]
     # button: pull-up, active low, reported as 1 while pressed
