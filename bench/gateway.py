@@ -17,10 +17,13 @@ to last commit for the gateway, polled in its database), (4) its session is dele
   is its network process plus the store process it spawns (gateway/writer.py);
 - ``naive_per_s``: verify, insert, commit one message at a time in ``on_message`` (same code, batch of 1);
 - ``pg_scaling()`` (also in build/bench/fleet.json): one and two gateway processes (each its
-  network process and its store process) sharing the subscription on one PostgreSQL (a cluster of
-  the benchmark's own), alternating,
-  ``NABD_BENCH_SCALE_REPEAT`` (3) drains each: ``postgres_ingest_per_s`` and
-  ``postgres_2_workers_per_s`` (medians), ``gateway_scale_2_over_1`` their ratio; ``ingest_per_core``
+  network process and its store process, all started at once) sharing the subscription on one
+  PostgreSQL (a cluster of the benchmark's own), draining the same ``NABD_BENCH_SCALE_N`` (20,000)
+  queued readings, alternating 1, 2, 2, 1, ...,
+  ``NABD_BENCH_SCALE_REPEAT`` (5) drains each: ``postgres_ingest_per_s`` and
+  ``postgres_2_workers_per_s`` (medians), ``gateway_scale_2_over_1`` their ratio,
+  ``gateway_scale_runs`` the ratio within each round (back-to-back drains) and
+  ``gateway_scale_min_median_max`` its spread; ``ingest_per_core``
   (one process) and ``ingest_per_core_2`` (two): readings stored per CPU-second the gateway
   processes used meanwhile (/proc), so a machine with fewer free cores than processes gives an
   honest figure; ``gateway_cores_1``/``_2``: CPU-seconds used per second of the drain;
@@ -209,6 +212,30 @@ def _drain_naive(url: str, db_url: str, cfg_path: Path, msgs) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
+def _start_all(procs: list[GatewayProcess]) -> None:
+    """Start every gateway process at once and wait until each is connected. Started one after
+    another, the first drained alone while the next one started (~0.6 s of imports and its store
+    process), and that time was inside the clock of a two-process drain but not of a one-process
+    one (2026-11-30: the two processes' commits overlapped ~0.3 s of a ~1.2-s drain)."""
+    errors: list[BaseException] = []
+
+    def start(p: GatewayProcess) -> None:
+        try:
+            p.start()
+        except BaseException as e:  # noqa: BLE001 - raised below, after every start has returned
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(p,)) for p in procs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        for p in procs:
+            p.kill()
+        raise errors[0]
+
+
 def _drain_gateway(url: str, cfg_path: Path, db_url: str, msgs, workers: int = 1, cpu: dict | None = None,
                    server_pid: int | None = None) -> float:
     """Readings/s from the first commit to the last. ``cpu``, when given, receives the CPU-seconds
@@ -220,8 +247,7 @@ def _drain_gateway(url: str, cfg_path: Path, db_url: str, msgs, workers: int = 1
         _make_session(url, cid)
     _publish_all(url, msgs)
     procs = [GatewayProcess(cfg_path, client_id=cid) for cid in cids]
-    for p in procs:
-        p.start()
+    _start_all(procs)
     t_first = t_last = None
     end = time.monotonic() + 300
     # one read-only connection for the whole drain: opening one per poll would steal CPU from the
@@ -478,10 +504,11 @@ def _drop_pg(base: str, name: str) -> None:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-SCALE_REPEAT = int(os.environ.get("NABD_BENCH_SCALE_REPEAT", "3"))
+SCALE_REPEAT = int(os.environ.get("NABD_BENCH_SCALE_REPEAT", "5"))
+SCALE_N = int(os.environ.get("NABD_BENCH_SCALE_N", "20000"))
 
 
-def pg_scaling(repeat: int = SCALE_REPEAT, n: int = N) -> dict:
+def pg_scaling(repeat: int = SCALE_REPEAT, n: int = SCALE_N) -> dict:
     """One against two ``nabd-gateway serve`` processes sharing the subscription on one
     PostgreSQL of the benchmark's own (tests/support/pgcluster.py: the machine's is shared by
     everyone's tests; a fresh database per drain), alternating 1, 2, 2, 1, ... so both see the same
@@ -501,11 +528,15 @@ def pg_scaling(repeat: int = SCALE_REPEAT, n: int = N) -> dict:
     load0 = os.getloadavg()[0]
     try:
         postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+        # the devices registered once (200 one-row transactions: ~2 s), kept as a template that
+        # every drain's fresh database copies (~0.1 s): the same empty tables for every drain
+        cfg = write_config(tmp / "scale", broker.url, pg.url)
+        register(cfg, devs)
+        pg.superuser("CREATE DATABASE nabd_registered TEMPLATE nabd OWNER nabd")
         for r in range(repeat):
             for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
-                pg.superuser("DROP DATABASE IF EXISTS nabd WITH (FORCE)", "CREATE DATABASE nabd OWNER nabd")
-                cfg = write_config(tmp / f"s{r}w{workers}", broker.url, pg.url)
-                register(cfg, devs)
+                pg.superuser("DROP DATABASE IF EXISTS nabd WITH (FORCE)",
+                             "CREATE DATABASE nabd TEMPLATE nabd_registered OWNER nabd")
                 use: dict = {}
                 rates[workers].append(round(_drain_gateway(broker.url, cfg, pg.url, msgs, workers=workers, cpu=use,
                                                             server_pid=postmaster)))
@@ -517,8 +548,11 @@ def pg_scaling(repeat: int = SCALE_REPEAT, n: int = N) -> dict:
         broker.stop()
         pg.close()
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
+    # each round's two drains ran back to back: their ratio, and its spread over the rounds
+    ratios = [round(b / a, 2) for a, b in zip(rates[1], rates[2], strict=True)]
     return {"postgres_ingest_per_s": one, "postgres_2_workers_per_s": two,
-            "gateway_scale_2_over_1": round(two / one, 2),
+            "gateway_scale_2_over_1": round(two / one, 2), "gateway_scale_runs": ratios,
+            "gateway_scale_min_median_max": [min(ratios), statistics.median(ratios), max(ratios)],
             "postgres_ingest_runs": rates[1], "postgres_2_workers_runs": rates[2],
             "ingest_per_core": statistics.median(per_core[1]), "ingest_per_core_2": statistics.median(per_core[2]),
             "ingest_per_core_runs": per_core[1], "ingest_per_core_2_runs": per_core[2],
