@@ -220,6 +220,14 @@ class StatusStore:
         now_dt = dt.datetime.fromtimestamp(now, UTC)
         try:
             self.db.begin(conn)
+            if self.db.dialect == "postgresql":
+                # the batch's device rows locked first, in id order, as the readings' store locks
+                # its batch's (gateway/store.py): updated in arrival order, a status batch could
+                # hold one device's row while waiting for another's that a readings batch (or
+                # another gateway's status batch) held while waiting for the first, a deadlock
+                # that PostgreSQL breaks after deadlock_timeout by aborting one of them
+                devices = sorted({d for d in (topic_device(m.topic, "status") for m in messages) if d})
+                conn.execute("SELECT id FROM devices WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE", (devices,))
             verdicts = [self._one(conn, m, now, now_dt) for m in messages]
             conn.commit()
         except BaseException:

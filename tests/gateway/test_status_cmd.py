@@ -287,6 +287,58 @@ def test_the_older_status_loses_also_when_stored_concurrently(db, kek):
     assert latest(db, DEV)[0]["state"] == "offline"
 
 
+def test_a_status_batch_locks_device_rows_in_id_order(pg_url, kek):
+    """The readings' store locks a batch's device rows in id order (gateway/store.py); a status
+    batch that updated them in arrival order (here the higher id first) held one row while it
+    waited for the other, which the readings' transaction held while it waited for the first: a
+    deadlock, one side aborted after PostgreSQL's deadlock_timeout."""
+    import psycopg
+
+    db = Database(pg_url)
+    db.migrate()
+    admin.add_device(db, kek, DEV, KEY, "chu-ibn-sina", "MA-04", actor="test")
+    admin.add_device(db, kek, OTHER, KEY2, "cs-azrou", "MA-05", actor="test")
+    assert DEV < OTHER
+    lock = "SELECT id FROM devices WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
+    readings, statuses, watch = db.open(), db.open(), db.open()
+    watch.autocommit = True
+    got: list = []
+    errors: list = []
+
+    def status_batch():
+        try:
+            got.extend(StatusStore(db, kek).process(statuses, [
+                msg(sign(status(OTHER), KEY2, OTHER + "/1"), OTHER), msg(sign(status()))]))
+        except Exception as e:  # noqa: BLE001 - reported by the assertions below
+            errors.append(e)
+
+    try:
+        readings.execute(lock, ([DEV],))           # the readings' transaction holds the first device
+        t = threading.Thread(target=status_batch)
+        t.start()
+        pid, end = statuses.info.backend_pid, time.monotonic() + 20
+        while time.monotonic() < end:              # until the status batch waits for a row lock
+            row = watch.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+            if row and row[0] == "Lock":
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the status batch never waited for the device row")
+        try:
+            readings.execute(lock, ([DEV, OTHER],))  # then the second, as the store does
+            readings.commit()
+        except psycopg.errors.DeadlockDetected as e:
+            errors.append(e)
+            readings.rollback()
+        t.join(30)
+    finally:
+        for c in (readings, statuses, watch):
+            c.close()
+    assert not errors
+    assert [v.kind for v in got] == ["accept", "accept"]
+    assert {s["device_id"] for s in latest(db)} == {DEV, OTHER}
+
+
 def test_upgrade_to_version_5_keeps_statuses_and_quarantine(db_url, monkeypatch, kek):
     """A database at schema version 4: its status rows get conn 0 (any status of a device that
     sends conn supersedes them), its quarantine rows and ids are kept, and stale_status is a
