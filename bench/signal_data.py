@@ -34,6 +34,7 @@ class RealRecord:
     spo2_ref: list[tuple[float, float]] = field(default_factory=list)   # (t, %)
     label: str = ""                                                      # quality label (alsementsov)
     hr_window_s: float = 8.0
+    motion: np.ndarray | None = None     # accelerometer magnitude |a|, milli-g, at rate_hz (TROIKA)
 
 
 def to_adc_polarity(x: np.ndarray, dc: float = 100_000.0, ac_frac: float = 0.02) -> np.ndarray:
@@ -58,8 +59,10 @@ def troika() -> list[RealRecord]:
             continue
         sig = sio.loadmat(f)["sig"]
         bpm = sio.loadmat(ref)["BPM0"].ravel()
+        # rows 3-5: the wrist accelerometer's x, y, z in g, sampled with the PPG
+        mag = 1000.0 * np.sqrt((np.asarray(sig[3:6], dtype=float) ** 2).sum(axis=0))
         out.append(RealRecord("troika", f.stem, 125.0, to_adc_polarity(sig[1]),
-                              hr_ref=[(8.0 + 2.0 * i, float(b)) for i, b in enumerate(bpm)]))
+                              hr_ref=[(8.0 + 2.0 * i, float(b)) for i, b in enumerate(bpm)], motion=mag))
     return out
 
 

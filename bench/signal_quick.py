@@ -31,15 +31,19 @@ KEYS = ("hr_mae_bpm", "spo2_arms_pct", "clean_windows", "clean_reported_hr_pct",
         "time_to_first_valid_s_p90", "time_to_first_valid_never_pct", "first_readings_hr_mae_bpm")
 
 
-def chain(red, ir) -> list[dict]:
-    """The firmware chain over int sample arrays at 100 Hz (red −1 for IR only), outputs as
-    host.signalrun.run_chain gives them."""
+def chain(red, ir, motion=None) -> list[dict]:
+    """The firmware chain over int sample arrays at 100 Hz (red −1 for IR only; ``motion`` the
+    accelerometer magnitude in milli-g, or None), outputs as host.signalrun.run_chain gives them."""
+    from firmware.signal.motion import MotionRef  # noqa: PLC0415
     from firmware.signal.pulseox import PulseOx  # noqa: PLC0415
     from host.signalrun import _to_dict  # noqa: PLC0415
 
-    po = PulseOx()
+    mr = MotionRef() if motion is not None else None
+    po = PulseOx(motion=mr)
     out = []
     for i in range(len(ir)):
+        if mr is not None:
+            mr.push(int(motion[i]))
         if po.push(int(red[i]), int(ir[i])):
             out.append(_to_dict((po.t_ms, po.hr_x10, po.spo2_x10, po.pi_x100, po.q, po.withheld, po.age_ms,
                                  po.stale, po.irregular)))
@@ -70,10 +74,11 @@ def synthetic_job(p: ph.Physiology) -> dict:
 
 def real_job(rec: signal_data.RealRecord) -> dict:
     """bench.signal's per-recording summary of a real recording (no peers)."""
-    from host.signalrun import prepare  # noqa: PLC0415
+    from host.signalrun import prepare, prepare_motion  # noqa: PLC0415
 
     red, ir = prepare(rec.red, rec.ir, rec.rate_hz)
-    outs = chain(red, ir)
+    mot = None if rec.motion is None else prepare_motion(rec.motion, len(rec.ir), rec.rate_hz)
+    outs = chain(red, ir, mot)
     thinned = bs.per_second(outs)
     reasons: dict[str, int] = {}
     for o in thinned:
@@ -88,7 +93,7 @@ def real_job(rec: signal_data.RealRecord) -> dict:
                         for t, v in rec.spo2_ref],
             "median": {k: bs._median([bs.reported(o, k) for o in thinned]) for k in ("hr", "spo2")},
             "rd_median": {"hr": NAN, "spo2": NAN, "r": NAN}, "peers_median": {"hp": NAN, "nk": NAN},
-            "host_r": NAN, "spectral": {}}
+            "host_r": NAN, "spectral": {}} | ({} if mot is None else {"no_accel": bs.chain_summary(chain(red, ir), rec)})
 
 
 def why(jobs: list[dict]) -> list[str]:
@@ -145,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             recs = [r for loader in signal_data.LOADERS.values() for r in loader()]
             rf, rd = bs.real_figures(list(ex.map(real_job, recs, chunksize=2)))
             for k, v in rf.items():
-                if k.endswith(("reported_pct", "gross_errors", "_hr_mae_bpm", "recordings_reported")) \
+                if k.endswith(("reported_pct", "gross_errors", "_hr_mae_bpm", "recordings_reported", "windows_pct")) \
                         and not any(p in k for p in ("heartpy", "neurokit2", "rd117")):
                     print(f"  {k:34s} {v:.3f}" if isinstance(v, float) else f"  {k:34s} {v}")
             for s, d in rd["sets"].items():
-                print(f"  {s} withheld: {d['withheld_reasons']}")
+                print(f"  {s} withheld: {d['withheld_reasons']}" + (f"; without the accelerometer: {d['no_accel']['withheld_reasons']}" if "no_accel" in d else ""))
     print(f"({time.monotonic() - t0:.0f} s)")
     return 0
 

@@ -138,6 +138,10 @@ class App:
         self.mlx = mlx
         self.max = max30102
         self.ppg = pulseox
+        # the optional accelerometer, used only when the chain has a motion reference to feed
+        acc = getattr(board, "accel", None)
+        self.accel = acc if acc is not None and getattr(pulseox, "motion", None) is not None else None
+        self._acc_on = False
         self.thermo = thermo
         self.uplink = uplink
         self.log = log
@@ -397,6 +401,7 @@ class App:
             except Exception as e:  # noqa: BLE001
                 if not quiet:
                     raise e
+        self._stop_accel()
 
     def _wake_mlx(self):
         if not self._mlx_awake:
@@ -467,6 +472,7 @@ class App:
         self.ppg.reset()
         self._wake_max()
         self.uplink.sensors["max30102"] = "ok"
+        self._start_accel()
         self._t_finger = self.clock.ticks_ms()
         self._good = 0
         self._reports = 0
@@ -486,7 +492,58 @@ class App:
         for i in range(n):
             if ch.push(red[i], ir[i]):
                 self._report()
+        if self._acc_on:
+            self._feed_accel()
         return n
+
+    # --- the optional motion reference ---
+    def _start_accel(self):
+        """Start the accelerometer with the MAX30102 (100 Hz, FIFO drained with it). A failure
+        is logged and the measurement goes on without a motion reference, as on a board
+        without the part: it is optional."""
+        a = self.accel
+        if a is None:
+            return
+        try:
+            a.start()
+            self._acc_on = True
+            self.uplink.sensors["lis3dh"] = "ok"
+        except Exception as e:  # noqa: BLE001
+            self._accel_failed(e)
+
+    def _feed_accel(self):
+        a = self.accel
+        if a is None:
+            return
+        try:
+            k = a.read_fifo()
+        except Exception as e:  # noqa: BLE001
+            self._accel_failed(e)
+            return
+        mr = self.ppg.motion
+        x = a.x
+        y = a.y
+        z = a.z
+        for i in range(k):
+            mr.push_xyz(x[i], y[i], z[i])
+
+    def _accel_failed(self, e):
+        self._acc_on = False
+        self.ppg.motion.reset()        # no stale motion: the chain goes on as without the part
+        self.uplink.sensors["lis3dh"] = "error: " + str(getattr(e, "fault", None) or "fault")
+        try:
+            self.uplink.note_error("lis3dh", _describe(e))
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _stop_accel(self):
+        a = self.accel
+        if self._acc_on and a is not None:
+            self._acc_on = False
+            try:
+                a.stop()
+            except Exception:  # noqa: BLE001 - powering down an optional part: nothing to do
+                pass
 
     def _report(self):
         ch = self.ppg
@@ -540,6 +597,7 @@ class App:
             r.reason = reason.replace("_", " ")
         self.max.shutdown()
         self._max_awake = False
+        self._stop_accel()
         self.measurements += 1
         self._submit(r)
         self.state = RESULT

@@ -66,6 +66,11 @@ def build(board, cfg=None, outbox_capacity=1000):
     mlx = MLX90614(board.i2c, clock=board.clock)
     mx = MAX30102(board.i2c, clock=board.clock)
     pulseox, thermo = make_chains(cfg)
+    if getattr(board, "accel", None) is not None:
+        # the optional accelerometer is fitted: the chain gets its motion reference
+        from firmware.signal.motion import MotionRef
+
+        pulseox.motion = MotionRef()
     app = App(board, ui, mlx, mx, pulseox, thermo, up, log, cfg)
     up.on_command = app.command
     log.info("main", "started, device %s, %d readings waiting" % (cfg.device_id, box.depth))

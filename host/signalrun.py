@@ -71,6 +71,17 @@ def prepare(red: Sequence[float] | None, ir: Sequence[float], rate_hz: float) ->
     return red_r, ir_r
 
 
+def prepare_motion(motion: Sequence[float], n: int, rate_hz: float) -> np.ndarray:
+    """The accelerometer magnitude |a| (milli-g, ``n`` samples at ``rate_hz``) as int32 at 100 Hz,
+    resampled as the PPG is. Raises SignalInputError."""
+    a = np.asarray(motion, dtype=float)
+    if a.shape != (n,):
+        raise SignalInputError(f"motion ({a.size}) and IR ({n}) differ in length")
+    if not np.all(np.isfinite(a)):
+        raise SignalInputError("the motion channel holds non-numeric or infinite values")
+    return np.clip(np.round(resample(a, rate_hz)), 0, 64000).astype(np.int32)
+
+
 def _cal_source(cal) -> str:
     """MicroPython source building the Calibration: ``cal`` None, a config.json ``calibration``
     dict (floats), or a Calibration-like object with a, b, c (ints × 1e4)."""
@@ -93,6 +104,21 @@ f = open(%(path)r, 'rb')
 push = po.push
 """
 
+# with a motion reference: samples are (red, ir, motion magnitude mg) triples
+_START_M = """
+import gc
+from array import array
+from firmware.signal.pulseox import PulseOx
+from firmware.signal.motion import MotionRef
+mr = MotionRef()
+po = PulseOx(100, cal, mr)
+out = []
+buf = array('i', bytes(12 * 512))
+f = open(%(path)r, 'rb')
+push = po.push
+mpush = mr.push
+"""
+
 # %(reads)d reads of up to 512 sample pairs; prints how many bytes were consumed
 _STEP = """
 k = 1
@@ -101,6 +127,20 @@ for _ in range(%(reads)d):
     if not k:
         break
     for i in range(0, k // 4, 2):
+        if push(buf[i], buf[i + 1]):
+            out.append((po.t_ms, po.hr_x10, po.spo2_x10, po.pi_x100, po.q, po.withheld, po.age_ms, po.stale,
+                        po.irregular))
+print(f.tell())
+"""
+
+_STEP_M = """
+k = 1
+for _ in range(%(reads)d):
+    k = f.readinto(buf)
+    if not k:
+        break
+    for i in range(0, k // 4, 3):
+        mpush(buf[i + 2])
         if push(buf[i], buf[i + 1]):
             out.append((po.t_ms, po.hr_x10, po.spo2_x10, po.pi_x100, po.q, po.withheld, po.age_ms, po.stale,
                         po.irregular))
@@ -132,7 +172,8 @@ def _to_dict(rep) -> dict:
 
 def run_chain(red: Sequence[float] | None, ir: Sequence[float], rate_hz: float = FIRMWARE_RATE_HZ,
               cal=None, vm: MicroPythonVM | None = None,
-              progress: Callable[[float], None] | None = None) -> list[dict]:
+              progress: Callable[[float], None] | None = None,
+              motion: Sequence[float] | None = None) -> list[dict]:
     """Run ``PulseOx`` on the MicroPython VM over a recording; one dict per report (1 per s):
     ``{"t": s, "hr": bpm|None, "spo2": %|None, "pi": %|None, "q": 0–1, "withheld": reason|None,
     "age_s": s since the last valid HR|None, "stale": bool}``.
@@ -141,24 +182,30 @@ def run_chain(red: Sequence[float] | None, ir: Sequence[float], rate_hz: float =
     linearly resampled to 100 Hz when different. ``cal``: None (default curve), a config.json
     ``calibration`` dict, or a ``Calibration``. ``vm``: reuse an open VM (else a fresh one).
     ``progress``: called with the share of the recording done (0–1) every ~2 minutes of samples
-    (the loop then runs in steps, one ``exec`` each, instead of one)."""
+    (the loop then runs in steps, one ``exec`` each, instead of one). ``motion``: the
+    accelerometer's magnitude |a| in milli-g at ``rate_hz``, same length as ``ir``, fed to a
+    ``firmware.signal.motion.MotionRef`` (None: the chain without a motion reference)."""
     red_r, ir_r = prepare(red, ir, rate_hz)
-    data = np.empty(2 * len(ir_r), dtype="<i4")
-    data[0::2] = red_r
-    data[1::2] = ir_r
+    k = 2 if motion is None else 3
+    data = np.empty(k * len(ir_r), dtype="<i4")
+    data[0::k] = red_r
+    data[1::k] = ir_r
+    if motion is not None:
+        data[2::k] = prepare_motion(motion, len(ir), rate_hz)
     own = vm is None
     m = MicroPythonVM(heapsize=2 * 1024 * 1024) if own else vm
     try:
         m.write_file(_SAMPLES, data.tobytes())
-        start = _cal_source(cal) + _START % {"path": _SAMPLES}
+        start = _cal_source(cal) + (_START if k == 2 else _START_M) % {"path": _SAMPLES}
+        step = _STEP if k == 2 else _STEP_M
         if progress is None:
-            out = m.exec(start + _STEP % {"reads": len(data) // 1024 + 2} + _END)
+            out = m.exec(start + step % {"reads": len(data) // (512 * k) + 2} + _END)
         else:
             m.exec(start)
             total = data.nbytes
             done = 0
             while done < total:
-                done = int(m.exec(_STEP % {"reads": _READS_PER_STEP}).split()[-1])
+                done = int(m.exec(step % {"reads": _READS_PER_STEP}).split()[-1])
                 progress(min(1.0, done / total) if total else 1.0)
             out = m.exec(_END)
     finally:

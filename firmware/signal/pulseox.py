@@ -109,12 +109,15 @@ def _q17(ac, dc):
 
 class PulseOx:
     """The streaming chain. ``rate_hz`` must be 100 (the host resamples other rates);
-    ``cal`` a ``calibration.Calibration`` (default curve when None)."""
+    ``cal`` a ``calibration.Calibration`` (default curve when None); ``motion`` an optional
+    ``motion.MotionRef`` fed by the accelerometer (None: no motion reference, the chain as
+    without one)."""
 
-    def __init__(self, rate_hz=100, cal=None):
+    def __init__(self, rate_hz=100, cal=None, motion=None):
         if rate_hz != RATE_HZ:
             raise ValueError("PulseOx runs at 100 samples/s; resample first (got %r)" % (rate_hz,))
         self.cal = cal if cal is not None else Calibration()
+        self.motion = motion
         self.ir_f = BandPass()
         self.red_f = BandPass()
         self.det = BeatDetector()
@@ -132,6 +135,8 @@ class PulseOx:
     # -- state -------------------------------------------------------------------------------
     def reset(self):
         """Forget everything (new measurement); times restart at 0."""
+        if self.motion is not None:
+            self.motion.reset()
         self.ir_f.reset()
         self.red_f.reset()
         self.det.reset()
@@ -539,6 +544,10 @@ class PulseOx:
             # floor rising to 70 at 0.5 % (band-passed pulse, % of DC)
             q = pa + _Q_PA_OFFSET
         w = self._confirm(n, w, hr, early)
+        if w == NONE and self.motion is not None and self.motion.check(hr):
+            # the rate is the motion's (or its half/double), or the motion is vigorous: a mask on
+            # the output only, the chain's own state goes on (firmware/signal/motion.py)
+            w = MOTION
         if w != NONE:
             hr = -1
             spo2 = -1

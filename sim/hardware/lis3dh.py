@@ -9,7 +9,8 @@ What the model honours (ST LIS3DH datasheet DocID17530 rev 2, application note A
 - Sampling driven by the virtual clock, computed lazily on each bus access from elapsed time at
   CTRL_REG1's ODR (1..400 Hz; 0 = power-down, nothing sampled), the fraction carried over. Each
   sample is the scenario's acceleration (``accel(t_us, out)`` -> milli-g in ``out[0..2]``; a
-  scenario without it is a device lying still: 0, 0, +1000 mg) plus deterministic noise of
+  scenario without it is a device lying still: 0, 0, +1000 mg; ``model.motion`` can be set to any
+  such callable later) plus deterministic noise of
   +-``noise_mg``, converted with CTRL_REG4's full scale (2/4/8/16 g) and resolution (12 bit with HR,
   10 bit normal, 8 bit with LPen) at the datasheet's sensitivity (HR: 1/2/4/12 mg per digit) to two's complement left-justified in 16 bits, saturated at the
   full scale. Unused low bits read 0, as on the part.
@@ -58,7 +59,7 @@ class LIS3DHModel:
     def __init__(self, clock, scenario=None, addr=0x18, who_am_i=0x33, noise_mg=4, seed=1):
         self.clock = clock
         self.scenario = scenario
-        self._accel = getattr(scenario, "accel", None) if scenario is not None else None
+        self.motion = getattr(scenario, "accel", None) if scenario is not None else None
         self.addr = addr
         self.noise_mg = noise_mg
         self.present = True
@@ -130,8 +131,8 @@ class LIS3DHModel:
 
     def _sample(self, t_us):
         xyz = self._xyz
-        if self._accel is not None:
-            self._accel(t_us, xyz)
+        if self.motion is not None:
+            self.motion(t_us, xyz)
         else:
             xyz[0] = 0
             xyz[1] = 0

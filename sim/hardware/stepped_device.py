@@ -17,10 +17,12 @@ from firmware import config, main
 
 class SteppedDevice:
     """``scenario_path``: a rendered scenario file; ``unix_time``: the clock's start (s since 1970);
-    the flash is ``storage_root`` (a folder)."""
+    the flash is ``storage_root`` (a folder); ``accel=True`` fits the optional LIS3DH (lying still
+    unless ``board.lis.motion`` is set)."""
 
-    def __init__(self, scenario_path, unix_time, storage_root='/flash'):
+    def __init__(self, scenario_path, unix_time, storage_root='/flash', accel=False):
         self.scenario_path = scenario_path
+        self.accel = accel
         self.storage_root = storage_root
         self.board = board = self._board(unix_time)
         self.cfg = config.create_identity(board)
@@ -28,7 +30,7 @@ class SteppedDevice:
 
     def _board(self, unix_time):
         return SimBoard(scenario=ArrayScenario.load(self.scenario_path), storage_root=self.storage_root,
-                        unix_time=unix_time)
+                        unix_time=unix_time, accel=self.accel)
 
     def _connect(self, board):
         self.peer = Loopback(self.cfg.key, self.cfg.kid)

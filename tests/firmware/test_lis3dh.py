@@ -89,7 +89,7 @@ def test_fifo_samples_scale_sign_and_rate(vm):
 def test_full_scale_and_resolution(vm):
     setup(vm)
     vm.exec("class Big:\n    def accel(self, t, out):\n        out[0] = 9000; out[1] = -9000; out[2] = 3\n"
-            "m._accel = Big().accel\nd.start(range_g=8); clock.sleep_ms(50); n = d.read_fifo()")
+            "m.motion = Big().accel\nd.start(range_g=8); clock.sleep_ms(50); n = d.read_fifo()")
     assert vm.eval("[d.x[0], d.y[0], d.z[0]]") == [8188, -8192, 4]   # saturated: 12 bits of 4 mg
     vm.exec("d.start(range_g=2); clock.sleep_ms(50); n = d.read_fifo()")
     assert vm.eval("[d.x[0], d.y[0], d.z[0]]") == [2047, -2048, 3]   # 1 mg per digit
