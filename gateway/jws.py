@@ -6,7 +6,6 @@ What a payload must hold is the caller's check (gateway/verify.py, gateway/statu
 """
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -14,7 +13,6 @@ import json
 import re
 from dataclasses import dataclass
 
-_B64URL = re.compile(rb"[A-Za-z0-9_-]*")  # fullmatch: "$" would accept a trailing newline
 KID_RE = re.compile(r"^([a-z0-9][a-z0-9-]{2,39})/([1-9][0-9]{0,8})$")  # device/key_version
 
 TYP_READING = "nabd-reading+jws"
@@ -29,39 +27,55 @@ class Malformed(ValueError):
 
 
 def b64url(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
+    return binascii.b2a_base64(data, newline=False).translate(_TO_URL).rstrip(b"=")
 
 
-_TO_STD = bytes.maketrans(b"-_", b"+/")
+_TO_URL = bytes.maketrans(b"+/", b"-_")
 _PAD = (b"", b"", b"==", b"=")
 _UNUSED_BITS = (0, 0, 0x0F, 0x03)  # by length % 4: low bits of the last character that carry nothing
-_INDEX = {c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_INDEX = {c: i for i, c in enumerate(_ALPHABET)}
+# base64url -> standard base64, every byte outside the URL-safe alphabet (the standard "+" and "/"
+# and "=" included) -> "!", which a2b_base64's strict mode refuses: one C pass checks the alphabet
+# and maps it (a regular expression over the part cost as much as the decoding)
+_TO_STD = bytes(b if b in _ALPHABET else 33 for b in range(256)).translate(bytes.maketrans(b"-_", b"+/"))
 
 
 def b64url_decode(part: bytes) -> bytes:
     """Strict: URL-safe alphabet, no padding, canonical (re-encoding gives the same text: the
     unused low bits of a partial last group are zero). On every reading's path, so it checks the
-    last character's bits instead of re-encoding."""
+    last character's bits instead of re-encoding. Raises ValueError (binascii.Error is one)."""
     r = len(part) % 4
-    if r == 1 or not _B64URL.fullmatch(part):
+    if r == 1:
         raise ValueError("not unpadded base64url")
-    if r and _INDEX[part[-1]] & _UNUSED_BITS[r]:
+    if r and _INDEX.get(part[-1], 0) & _UNUSED_BITS[r]:
         raise ValueError("non-canonical base64url")
-    return binascii.a2b_base64(part.translate(_TO_STD) + _PAD[r])
+    return binascii.a2b_base64(part.translate(_TO_STD) + _PAD[r], strict_mode=True)
 
 
 def mac(key: bytes, signing_input: bytes) -> bytes:
     return hmac.digest(key, signing_input, hashlib.sha256)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # json.dumps made one per call
+
+
 def dumps(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(obj).encode()
+
+
+# b64url of the header by (kid, typ): the gateway signs an ack per device and batch (bounded: cleared when full)
+_SIGN_HEADERS: dict[tuple[str, str], bytes] = {}
 
 
 def sign(key: bytes, typ: str, kid: str, payload: dict) -> bytes:
     """A compact JWS: header with exactly alg, kid, typ; payload serialised compactly."""
-    header = dumps({"alg": "HS256", "kid": kid, "typ": typ})
-    signing_input = b64url(header) + b"." + b64url(dumps(payload))
+    header = _SIGN_HEADERS.get((kid, typ))
+    if header is None:
+        if len(_SIGN_HEADERS) >= _HEADER_CACHE_MAX:
+            _SIGN_HEADERS.clear()
+        header = _SIGN_HEADERS[(kid, typ)] = b64url(dumps({"alg": "HS256", "kid": kid, "typ": typ}))
+    signing_input = header + b"." + b64url(dumps(payload))
     return signing_input + b"." + b64url(mac(key, signing_input))
 
 
@@ -83,12 +97,21 @@ def _no_constants(name: str):
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_pairs, parse_constant=_no_constants)  # stateless
+_SCAN = _DECODER.scan_once
 
 
 def json_object(data: bytes, what: str) -> dict:
     """``data`` as a JSON object: UTF-8, no duplicate members, no NaN or Infinity. Raises Malformed."""
     try:
-        obj = _DECODER.decode(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        try:
+            # the C scanner directly: what decode() does for a text with no surrounding whitespace,
+            # without its two regular-expression passes; anything else goes through decode()
+            obj, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):
+            obj = _DECODER.decode(text)
     except Malformed as e:
         raise Malformed(f"{what}: {e}") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as e:

@@ -76,10 +76,24 @@ def reject(reason: str, detail: str, device: str | None = None, **kw: Any) -> Ve
     return Verdict("reject", reason, detail, device, **kw)
 
 
+# topic -> (device, kind) or None: a device publishes on the same two topics every time (bounded:
+# short topics only, cleared when full)
+_TOPICS: dict[str, tuple[str, str] | None] = {}
+_TOPICS_MAX = 16384
+
+
 def topic_device(topic: str, kind: str = "reading") -> str | None:
     """The device a ``reading`` or ``status`` topic names (None for any other topic)."""
-    m = _TOPIC_RE.match(topic or "")
-    return m.group(1) if m and m.group(2) == kind else None
+    try:
+        got = _TOPICS[topic]
+    except (KeyError, TypeError):  # TypeError: None or another unhashable topic
+        m = _TOPIC_RE.match(topic or "")
+        got = (m.group(1), m.group(2)) if m else None
+        if isinstance(topic, str) and len(topic) <= 80:  # a device's topic is at most 57 characters
+            if len(_TOPICS) >= _TOPICS_MAX:
+                _TOPICS.clear()
+            _TOPICS[topic] = got
+    return got[0] if got is not None and got[1] == kind else None
 
 
 def parse(raw: bytes, topic: str = "", kind: str = "reading") -> jws.Compact | Verdict:

@@ -369,3 +369,80 @@ def test_upgrade_to_version_4_keeps_every_observation_in_order(db_url, monkeypat
         for column, value in (("device_id", dev.id), ("patient_id", "p-upgrade1")):
             page, total = rs.observations_page(db, c, column, value, 50, 0)
             assert total == 8 and page == expected
+
+
+def test_a_large_mixed_batch_stores_exactly_its_good_readings_with_their_observations(db):
+    """One batch of readings from several devices with one to four observations each (more
+    observation rows than one SQLite INSERT carries, and a remainder), a forged one, a duplicate
+    within the batch and one of an earlier batch: only the authentic new readings are stored,
+    each once, every observation with its reading's values in payload order, and the effective
+    time is the device's synced clock or, unsynced, the receipt time."""
+    from gateway.store import OBS_PER_INSERT
+    from tests.support.generator import reading, sign_reading
+
+    kek = os.urandom(32)
+    devs = [SimDevice(f"nabd-mixed{i:03d}") for i in range(3)]
+    for d in devs:
+        admin.add_device(db, kek, d.id, d.key, "F", "MA-05")
+    store = Store(db, kek)
+    received = dt.datetime.now(UTC).replace(microsecond=123456)
+    t0 = int(received.timestamp()) - 600
+    conn = db.open()
+    earlier = devs[0].next_reading(ts=t0)[1]
+    assert [v.kind for v in store.process(conn, [Message(topic(devs[0].id), earlier, received)]).verdicts] == ["accept"]
+    codes = (("temp", "spo2", "hr", "pi"), ("spo2", "hr"), ("temp",), ("hr", "pi", "spo2"))
+    batch, want = [], {}
+    for k in range(31):
+        d = devs[k % 3]
+        c = codes[k % 4]
+        synced = k % 5 != 0
+        seq, raw = d.next_reading(codes=c, ts=t0 + k // 4 if synced else 7, ts_ok=synced,
+                                  values={"temp": 36.0 + k / 10, "hr": 60 + k})
+        batch.append((d, raw))
+        want[(d.id, seq)] = raw
+    forged_seq = devs[1].seq + 1
+    forged = sign_reading(os.urandom(32), devs[1].kid, reading(devs[1].id, forged_seq))
+    dup = batch[3]
+    batch.insert(9, (devs[1], forged))
+    batch.insert(20, dup)                           # a duplicate within the batch
+    batch.append((devs[0], earlier))                # stored by the earlier batch
+    assert sum(len(codes[k % 4]) for k in range(31)) > OBS_PER_INSERT
+    res = store.process(conn, [Message(topic(d.id), raw, received) for d, raw in batch])
+    kinds = [(v.kind, v.reason) for v in res.verdicts]
+    assert kinds.count(("accept", "")) == 31
+    assert kinds[9] == ("reject", "bad_signature")
+    assert kinds[20] == kinds[-1] == ("duplicate", "")
+    assert len(kinds) == 34
+    with db.connect() as c:
+        rows = c.execute("SELECT id, device_id, seq, raw, received_at, effective_at FROM readings").fetchall()
+        obs = c.execute("SELECT reading_id, pos, code, value, unit, q FROM observations "
+                        "ORDER BY reading_id, pos").fetchall()
+        assert c.execute(db.sql("SELECT COUNT(*) FROM readings WHERE device_id = ? AND seq = ?"),
+                         (devs[1].id, forged_seq)).fetchone()[0] == 0
+        assert [r[0] for r in c.execute("SELECT reason FROM quarantine").fetchall()] == ["bad_signature"]
+    conn.close()
+    assert len(rows) == 32
+    by_id = {}
+    for rid, dev, seq, raw, rec, eff in rows:
+        if (dev, seq) not in want:
+            assert bytes(raw) == earlier
+            continue
+        assert bytes(raw) == want[(dev, seq)]
+        p = json.loads(jws_payload(bytes(raw)))
+        rec = rec if isinstance(rec, dt.datetime) else dt.datetime.fromisoformat(rec)
+        eff = eff if isinstance(eff, dt.datetime) else dt.datetime.fromisoformat(eff)
+        assert rec == received
+        assert eff == (dt.datetime.fromtimestamp(p["ts"], UTC) if p["ts_ok"] else received)
+        by_id[rid] = p
+    assert len(by_id) == 31
+    got: dict = {}
+    for rid, pos, code, value, unit, q in obs:
+        got.setdefault(rid, []).append((pos, code, value, unit, q))
+    for rid, p in by_id.items():
+        assert got[rid] == [(i, o["code"], o["value"], o["unit"], o["q"]) for i, o in enumerate(p["obs"])]
+
+
+def jws_payload(raw: bytes) -> bytes:
+    from gateway import jws
+
+    return jws.b64url_decode(raw.split(b".")[1])

@@ -248,3 +248,48 @@ def test_b64url_decode_accepts_exactly_the_canonical_texts():
     round_trip()
     for part in (b"QQ", b"QR", b"QUE", b"QUF", b"QUE\n", b"QQ==", b"", b"Q"):
         same(part)
+
+
+def test_json_objects_parse_the_same_with_or_without_surrounding_whitespace():
+    """jws.json_object scans a text that is exactly one value directly and hands anything else to
+    the full decoder: whitespace around the object is accepted as before, trailing data, nested
+    duplicates and NaN are still refused with the same messages."""
+    assert jws.json_object(b'{"a":[1,{"b":2}]}', "payload") == {"a": [1, {"b": 2}]}
+    assert jws.json_object(b' \n{"a":1}\t ', "payload") == {"a": 1}
+    for body, why in ((b'{"a":1} x', "not UTF-8 JSON"), (b'{"a":1}{"a":1}', "not UTF-8 JSON"),
+                      (b'{"a":{"b":1,"b":2}}', "duplicate JSON member 'b'"), (b' {"a":NaN}', "NaN"),
+                      (b"", "not UTF-8 JSON"), (b"  ", "not UTF-8 JSON"), (b'"a"', "not a JSON object"),
+                      (b'[{"a":1}]', "not a JSON object")):
+        with pytest.raises(jws.Malformed, match=why):
+            jws.json_object(body, "payload")
+
+
+def test_topic_devices_are_judged_per_kind_and_cached_without_confusion():
+    from gateway.verify import topic_device
+
+    for _ in range(2):   # the second time from the cache
+        assert topic_device(TOPIC) == DEV
+        assert topic_device(TOPIC, "status") is None
+        assert topic_device(f"nabd/v1/dev/{DEV}/status", "status") == DEV
+        assert topic_device(f"nabd/v1/dev/{DEV}/status") is None
+        assert topic_device(f"nabd/v1/dev/{DEV}/ack") is None
+        assert topic_device("nabd/v1/dev/" + "x" * 5000 + "/reading") == "x" * 5000
+        assert topic_device(None) is None
+        assert topic_device("") is None
+
+
+def test_signed_headers_are_cached_per_kid_and_kind():
+    """jws.sign keeps the encoded header of each (kid, typ): an ack and a command for the same kid,
+    and the same kind for two kids, each carry their own header and verify only as their kind."""
+    body = {"v": 1, "dev": DEV, "seqs": [1], "ts": NOW}
+    for _ in range(2):
+        ack = jws.sign(KEY, jws.TYP_ACK, f"{DEV}/1", body)
+        cmd = jws.sign(KEY, jws.TYP_CMD, f"{DEV}/1", body)
+        other = jws.sign(KEY, jws.TYP_ACK, f"{DEV}/2", body)
+        assert jws.verify(KEY, ack, jws.TYP_ACK) == body == jws.verify(KEY, cmd, jws.TYP_CMD)
+        with pytest.raises(jws.Malformed):
+            jws.parse_compact(ack, jws.TYP_CMD)
+        assert jws.parse_compact(other, jws.TYP_ACK).kid_version == 2
+        h = jws.b64url(jws.dumps({"alg": "HS256", "kid": f"{DEV}/1", "typ": jws.TYP_ACK}))
+        assert ack.split(b".")[0] == h
+        assert ack.split(b".")[1] == jws.b64url(b'{"v":1,"dev":"nabd-a1b2c3d4e5f6","seqs":[1],"ts":1795430400}')
