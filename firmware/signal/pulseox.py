@@ -701,13 +701,26 @@ class PulseOx:
         if m < _IRR_MIN or (m - k_r) * 8 > m:
             return -1
         # lost beats at a steady rate make two groups, one twice the other (the median falls
-        # between them): intervals near twice the lower quartile are not a rhythm
+        # between them): intervals near twice the lower quartile are not a rhythm, unless the
+        # interval just before is short (under 0.8 × the median): a premature beat and its
+        # compensatory pause (the two make about two cycles), not a beat lost at a steady rate
         q1 = s1[m >> 2]
         d2 = 0
-        for i in range(m):
-            v = s1[i] - (q1 << 1)
-            if -(q1 >> 2) < v < (q1 >> 2):
+        iv = self.iv
+        ivn = self.iv_n
+        c = self.iv_cnt
+        h = self.iv_head - c
+        n = self.n
+        prev = med
+        for j in range(c):
+            i = (h + j) & (_NIV - 1)
+            if n - ivn[i] > _HR_WIN_N:
+                continue
+            x = iv[i]
+            v = x - (q1 << 1)
+            if -(q1 >> 2) < v < (q1 >> 2) and prev * 5 >= med * 4:
                 d2 += 1
+            prev = x
         if d2 * 8 > m:
             return -1
         tot = 0
