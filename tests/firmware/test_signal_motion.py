@@ -84,6 +84,13 @@ def test_no_allocation_per_sample_or_check(vm):
     assert (out, state, alloc) == (1, "ok", 0)
 
 
+def test_cost_measurement_with_the_motion_reference_allocates_nothing():
+    # the benchmark's worst case: a motion that follows the pulse, DFTs every report, all withheld
+    c = signalrun.measure_cost(5000, motion=True)
+    assert c["alloc_bytes_per_sample"] == 0 and c["heap_locked_ok"] is True
+    assert c["steady_withheld"] == "motion" and c["cost_ref_units_per_sample"] > 0
+
+
 def _pulse(seconds: float, hr: float):
     red, ir, _ = _ppg.ppg(seconds=seconds, hr=hr, seed=3)
     return red, ir
