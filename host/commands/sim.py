@@ -54,11 +54,13 @@ def _board_seed(state: Path) -> int:
     return zlib.crc32(str(state.resolve()).encode()) & 0xFFFFFF
 
 
-def make_board(state: Path, scenario=None):
-    """A SimBoard whose flash is ``state`` and whose wall clock is the host's."""
+def make_board(state: Path, scenario=None, accel: bool = False):
+    """A SimBoard whose flash is ``state`` and whose wall clock is the host's; ``accel``: with the
+    optional LIS3DH accelerometer fitted."""
     from sim.hardware.board import SimBoard
 
-    board = SimBoard(scenario=scenario, storage_root=str(state), seed=_board_seed(state), unix_time=int(time.time()))
+    board = SimBoard(scenario=scenario, storage_root=str(state), seed=_board_seed(state), unix_time=int(time.time()),
+                     accel=accel)
     board.clock.unix_time = lambda: int(time.time())  # NTP-synced device: host wall clock
     board.clock.sync_time = lambda: True
     return board
@@ -158,7 +160,7 @@ def _describe(r: dict) -> str:
 
 
 def run_device(state: Path, broker: str, scenario: str = "normal", readings: int = 1, seed: int = 0,
-               timeout_s: float = 120.0, say=None) -> dict:
+               timeout_s: float = 120.0, say=None, accel: bool = False) -> dict:
     """``nabd sim run`` as a function; returns the summary dict (``ok`` True when every reading in
     the outbox was acknowledged before the timeout)."""
     from firmware import main
@@ -168,7 +170,7 @@ def run_device(state: Path, broker: str, scenario: str = "normal", readings: int
     with tempfile.TemporaryDirectory() as tmp:
         path = write_scenario(scenario, seed, readings * SECONDS_PER_READING + 30, Path(tmp) / "scenario.bin")
         sc = ArrayScenario.load(str(path))
-    board = make_board(state, sc)
+    board = make_board(state, sc, accel)
     dev = main.build(board, cfg)
     first = dev.outbox.depth
     seq0 = dev.uplink.seq.last
@@ -195,7 +197,8 @@ def cmd_run(args) -> int:
     except config.ConfigError as e:
         raise CommandError(f"--broker: {e}", EXIT_USAGE) from None
     say = None if args.json else print
-    out = run_device(Path(args.state), args.broker, args.scenario, args.readings, args.seed, args.timeout, say)
+    out = run_device(Path(args.state), args.broker, args.scenario, args.readings, args.seed, args.timeout, say,
+                     accel=args.accel)
     if not out["ok"] and not out["connects"]:
         # measured offline, as a device does; but nothing was delivered because the broker never answered
         msg = (f"{out['device_id']}: never reached the broker at {args.broker} ({out['last_error']}); "
@@ -298,6 +301,8 @@ def register(subparsers) -> None:
     r.add_argument("--scenario", default="normal", help="physiology scenario (default normal)")
     r.add_argument("--readings", type=int, default=1, help="measurements to take (default 1)")
     r.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")
+    r.add_argument("--accel", action="store_true",
+                   help="fit the optional LIS3DH accelerometer (the chain's motion reference; lying still)")
     r.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up (default 120)")
     r.set_defaults(func=cmd_run)
 

@@ -88,6 +88,15 @@ def test_readings_arrive_and_seq_continues_across_runs(site):
     assert {o[0] for o in obs} >= {"temp", "spo2", "hr"}
 
 
+def test_with_the_optional_accelerometer_fitted_a_still_device_measures_as_without(site):
+    with GatewayProcess(site.cfg):
+        rc, out = run(site.state, site.broker.url, "--readings", "1", "--seed", "3", "--accel")
+    assert rc == 0, out
+    r = out["results"][0]
+    assert r["reason"] is None and 90 <= r["spo2"] <= 100 and 40 <= r["hr"] <= 130
+    assert stored(site.db, site.ident["device_id"]) == out["seqs"]
+
+
 def test_broker_down_keeps_outbox_then_next_run_delivers(site):
     site.broker.stop()
     rc, out = run(site.state, site.broker.url, "--readings", "2", "--timeout", "6")
