@@ -252,10 +252,16 @@ except MemoryError:
 finally:
     micropython.heap_unlock()
 tr = [ref(n)]
-tc = chain(n)
-te = empty(n)
-for _ in range(4):
+tcs = []
+tes = []
+for _ in range(3):                # interleaved, median of 3: one slice of a loaded machine is noise
+    tcs.append(chain(n))
+    tes.append(empty(n))
     tr.append(ref(n))
+for _ in range(2):
+    tr.append(ref(n))
+tc = sorted(tcs)[1]
+te = sorted(tes)[1]
 tr2 = tr[-1]
 import json
 print('\\x1e' + json.dumps([a1 - a0, tr, tr2, tc, te, locked_ok, po.hr_x10, po.withheld]))
@@ -307,8 +313,9 @@ def measure_cost(n_samples: int = 20000, motion: bool = False) -> dict:
 
     ``alloc_bytes_per_sample``: gc.mem_alloc() delta over ``n_samples`` pushes ÷ n;
     ``heap_locked_ok``: 2000 more pushes ran under micropython.heap_lock() without MemoryError;
-    ``cost_ref_units_per_sample``: VM time per push (the driving loop's own time removed) ÷ VM
-    time of one iteration of ``acc = (acc + i * 3) & 0xFFFF`` (same run, its loop included).
+    ``cost_ref_units_per_sample``: VM time per push (the driving loop's own time removed; median of
+    three timings, interleaved with the reference's) ÷ VM time of one iteration of
+    ``acc = (acc + i * 3) & 0xFFFF`` (median of six, same run, its loop included).
     ``motion``: with a ``MotionRef`` fed one accelerometer sample per push (its worst case: a
     motion that follows the pulse, so every report runs its DFTs); the accelerometer sample's own
     arithmetic in the loop is counted in the chain's time."""
@@ -322,7 +329,7 @@ def measure_cost(n_samples: int = 20000, motion: bool = False) -> dict:
         out = vm.exec(code)
         wall = time.monotonic() - w0
     d_alloc, tr, tr2, tc, te, locked_ok, hr, withheld = json.loads(out.rsplit(_MARK, 1)[1])
-    ref_us = sorted(tr)[len(tr) // 2] / n     # median of 5: one run can be off several-fold on a loaded machine
+    ref_us = sorted(tr)[len(tr) // 2] / n     # median of 6: one run can be off several-fold on a loaded machine
     push_us = max(0, tc - te) / n
     return {"alloc_bytes_per_sample": d_alloc / n,
             "heap_locked_ok": bool(locked_ok),
