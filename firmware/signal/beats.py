@@ -19,7 +19,8 @@ would drop the hysteresis to ``HYST_MIN`` and let the diastolic wave count as be
 
 ``step(y, n)`` returns ``PEAK`` when it confirmed a beat (then ``t_q8`` = its time in 1/256 sample,
 modulo 2**30, ``amp`` = valley-to-peak rise in the input's units, ``peak_n``/``valley_n`` the
-sample indices, ``pvalley_n`` the valley before ``valley_n``), ``VALLEY`` when it confirmed a
+sample indices, ``pvalley_n`` the valley before ``valley_n``, ``up_n`` the first sample of the
+upstroke at or above its 50 % level), ``VALLEY`` when it confirmed a
 valley, 0 otherwise.
 """
 from array import array
@@ -61,6 +62,7 @@ class BeatDetector:
         self.amp = 0
         self.peak = 0
         self.peak_n = 0
+        self.up_n = 0
 
     def settled(self, n):
         """The light has settled after a DC jump (``n``: the current sample index). The landing
@@ -177,6 +179,7 @@ class BeatDetector:
             k -= 1
         if k <= lo:
             k = lo + 1
+        self.up_n = k
         b0 = buf[(k - 1) & _RMASK]
         b1 = buf[k & _RMASK]
         if b1 > b0 and b0 < thr:

@@ -125,6 +125,7 @@ class PulseOx:
         self.iv = array("i", bytes(4 * _NIV))       # beat intervals, samples × 256
         self.iv_n = array("i", bytes(4 * _NIV))     # sample index at which each interval began
         self.b_r = array("i", bytes(4 * _NB))       # per beat: R × 1024 (−1 = none)
+        self.b_ru = array("i", bytes(4 * _NB))      # ... from the upstroke's middle half
         self.b_pi = array("i", bytes(4 * _NB))      # per beat: PI % × 100 (wide-band pulse)
         self.b_pa = array("i", bytes(4 * _NB))      # per beat: band-passed pulse, % of DC × 100
         self.b_n = array("i", bytes(4 * _NB))       # per beat: sample index
@@ -339,6 +340,7 @@ class PulseOx:
             self.lvl_thr = 4 * d.amp_est + 96
         dci = self.ir_f.dc >> 8
         r = -1
+        ru = -1
         if self.red_mode and dci > 0:
             # amplitudes at the same instants on both channels (3-sample means at IR valley, peak)
             buf = d.buf
@@ -352,6 +354,8 @@ class PulseOx:
                 ar = rbuf[(pn - 1) & _RMASK] + rbuf[pn & _RMASK] + rbuf[(pn + 1) & _RMASK] - svr
                 pv = d.pvalley_n
                 dv = vn - pv
+                ti = 0
+                tr = 0
                 if 0 < pv and _IV_MIN_N <= dv and n - pv < _RING - 2:
                     # the baseline's drift (landing transient, wander, respiration: common to red
                     # and IR in proportion to their DC, so it would pull R towards 1) from the
@@ -362,7 +366,35 @@ class PulseOx:
                         k = pn - vn
                         ai -= (ti * k) // dv
                         ar -= (tr * k) // dv
+                    else:
+                        ti = 0
+                        tr = 0
                 dcr = self.red_f.dc >> 8
+                # the same ratio over the middle half of the upstroke (a quarter of the rise time
+                # either side of its 50 % point): the steepest part of the pulse, where a baseline
+                # common to red and IR (respiration, wander: it pulls R towards 1) adds the least
+                # per unit of pulse; _r_beats() chooses between the two per report
+                hw = (pn - vn) >> 2
+                if hw < 2:
+                    hw = 2
+                ka = d.up_n - hw
+                kb = d.up_n + hw
+                if ka < vn:
+                    ka = vn
+                if kb > pn:
+                    kb = pn
+                ui = (buf[(kb - 1) & _RMASK] + buf[kb & _RMASK] + buf[(kb + 1) & _RMASK]
+                      - buf[(ka - 1) & _RMASK] - buf[ka & _RMASK] - buf[(ka + 1) & _RMASK])
+                ur = (rbuf[(kb - 1) & _RMASK] + rbuf[kb & _RMASK] + rbuf[(kb + 1) & _RMASK]
+                      - rbuf[(ka - 1) & _RMASK] - rbuf[ka & _RMASK] - rbuf[(ka + 1) & _RMASK])
+                if ti or tr:
+                    ui -= (ti * (kb - ka)) // dv
+                    ur -= (tr * (kb - ka)) // dv
+                if 0 < ui < (1 << 22) and 0 < ur < (1 << 22) and dcr > 0:
+                    qi = _q17(ui, dci)
+                    qr = _q17(ur, dcr)
+                    if 0 < qr < (1 << 19) and qi > 0:
+                        ru = (qr << 10) // qi
                 if ai > 0 and ar > 0 and dcr > 0 and ai < (1 << 22) and ar < (1 << 22):
                     qi = _q17(ai, dci)
                     qr = _q17(ar, dcr)
@@ -409,6 +441,7 @@ class PulseOx:
         wa = self.w_amp
         h = self.b_head
         self.b_r[h] = r
+        self.b_ru[h] = ru
         # the pulse's amplitude in the detector's band, % of DC × 100 (the low-perfusion test)
         self.b_pa[h] = (amp * 1250) // dci if amp < 800000 else 100000
         # PI: the beat's foot-to-peak rise on the wide-band pulse, % of DC × 100
@@ -515,7 +548,8 @@ class PulseOx:
             else:
                 pi = self._median_beats(n, self.b_pi)
         if w == NONE and self.red_mode:
-            rq = self._median_beats(n, self.b_r)
+            ra = self._r_beats(n)
+            rq = self._median_beats(n, ra)
             # the pulse for the low-perfusion rules: the beats' median or the tracked amplitude,
             # whichever is smaller (a few beats inflated by noise must not lift the median alone)
             ae = self.det.amp_est
@@ -524,14 +558,14 @@ class PulseOx:
                 pl = pa
             nb = _SPO2_LOW_BEATS if pl < _Q_PA_FULL and hr >= _SPO2_LOW_HR else _SPO2_MIN_BEATS
             if rq > 0 and self.mb_cnt >= nb and (
-                    pl >= _SPO2_PA_FULL or self._disp_beats(n, self.b_r, rq, _TMASK) <= _SPO2_LOW_DISP):
+                    pl >= _SPO2_PA_FULL or self._disp_beats(n, ra, rq, _TMASK) <= _SPO2_LOW_DISP):
                 # (near the floor a few consistent beats can be noise that happens to agree: the
                 # last 8 beats must agree, not only those of the last 5 s)
                 # (the median of one or two beats is one beat's R: one motion beat that came
                 # before the motion test fired would be read as the SpO2)
                 spo2 = self.cal.spo2_x10(rq)
                 # consistency of R between beats lowers the quality
-                disp = self._disp_beats(n, self.b_r, rq)
+                disp = self._disp_beats(n, ra, rq)
                 q -= disp
                 if disp > 30:
                     spo2 = -1
@@ -757,10 +791,30 @@ class PulseOx:
         single and double intervals looks irregular)."""
         if not self.red_mode:
             return False
-        rq = self._median_beats(n, self.b_r)
-        if rq <= 0 or self._disp_beats(n, self.b_r, rq) > 15:
+        ra = self._r_beats(n)
+        rq = self._median_beats(n, ra)
+        if rq <= 0 or self._disp_beats(n, ra, rq) > 15:
             return False
         return self._median_beats(n, self.b_pa) >= _IRR_PA_MIN
+
+    def _r_beats(self, n):
+        """The per-beat R to use: from the valley-to-peak rise (``b_r``) or from the upstroke's
+        middle half (``b_ru``), whichever the beats of the last 5 s agree on better (mean absolute
+        deviation), the first unless the second has as many beats. A baseline common to red and
+        IR (respiration, wander) adds to each beat's rise in proportion to the time the rise
+        takes, and the upstroke's middle half takes a quarter of it; but in tissue red and IR
+        pulses differ a little in shape, and in landing drift the rise is the better measure
+        (docs/signal.md, "R from the upstroke")."""
+        r1 = self._median_beats(n, self.b_r)
+        c1 = self.mb_cnt
+        r2 = self._median_beats(n, self.b_ru)
+        if r2 <= 0 or self.mb_cnt < c1:
+            return self.b_r
+        if r1 <= 0:
+            return self.b_ru
+        if self._disp_beats(n, self.b_ru, r2) < self._disp_beats(n, self.b_r, r1):
+            return self.b_ru
+        return self.b_r
 
     def _median_beats(self, n, arr):
         """Median of ``arr`` over the beats of the last 5 s (−1 when none or all −1)."""
