@@ -7,6 +7,8 @@ functions (bench/signal.py), without the peers or the VM. About half a minute on
     .venv/bin/python -m bench.signal_quick --n 300 --seed 7   # a held-out suite
     .venv/bin/python -m bench.signal_quick --real             # + the real sets (NABD_PPG_DATA)
     .venv/bin/python -m bench.signal_quick --why              # withheld clean windows by cause
+    .venv/bin/python -m bench.signal_quick --gross            # every gross error, with context
+    .venv/bin/python -m bench.signal_quick --baseline         # breathing/wander against the pulse
 
 No ``run()``: ``python -m bench`` does not run it.
 """
@@ -128,17 +130,104 @@ def why(jobs: list[dict]) -> list[str]:
     return out
 
 
+def gross(ps: list[ph.Physiology], jobs: list[dict]) -> list[str]:
+    """Every window with a gross error (|HR err| > 15 bpm or |SpO2 err| > 5 points): the recording,
+    seconds after placement, reading against reference; for HR also the mean rate over the beats
+    the chain could see (from 1.5 s after placement, within the reference's 8 s)."""
+    out = []
+    for i, (p, j) in enumerate(zip(ps, jobs, strict=True)):
+        beats = None
+        for r in j["rows"]:
+            eh = fin(r["hr"]) and fin(r["ref_hr"]) and abs(r["hr"] - r["ref_hr"]) > bs.GROSS_HR_BPM
+            es = fin(r["spo2"]) and fin(r["ref_spo2"]) and abs(r["spo2"] - r["ref_spo2"]) > bs.GROSS_SPO2_PCT
+            if not (eh or es):
+                continue
+            line = (f"  #{i} {p.name} HR {p.hr_bpm:.0f} PI {p.pi_pct:.2f} % SpO2 {p.spo2_pct:.0f} Monk {p.monk} "
+                    f"resp {p.resp_rate_bpm:.0f}/min wander {p.wander_frac * 100:.1f} %, "
+                    f"{r['t'] - (j['on'] or 0):.1f} s after placement: ")
+            if eh:
+                if beats is None:
+                    beats = ph.render(p).beats
+                b = beats[(beats >= max(r["t"] - bs.HR_WINDOW_S, (j["on"] or 0) + 1.5)) & (beats <= r["t"])]
+                seen = 60.0 * (len(b) - 1) / (b[-1] - b[0]) if len(b) > 2 else float("nan")
+                line += f"HR {r['hr']:.1f} against {r['ref_hr']:.1f} (beats seen: {seen:.1f}) "
+            if es:
+                line += f"SpO2 {r['spo2']:.1f} against {r['ref_spo2']:.1f} (true PI {r['ref_pi']:.2f} %)"
+            out.append(line)
+    return out
+
+
+def _bands(x, rate: float, seg_s: float = 25.0) -> list[tuple[float, float, float]]:
+    """Per ``seg_s`` segment of a raw-DC channel: (pulse %, breathing-band rms / cardiac-band rms,
+    wander-band rms / cardiac-band rms), of the signal over its mean; bands 0.7-5, 0.13-0.45 and
+    0.02-0.12 Hz (zero-phase Butterworth), the pulse as 2·√2 × the cardiac rms."""
+    import numpy as np  # noqa: PLC0415
+    from scipy.signal import butter, sosfiltfilt  # noqa: PLC0415
+
+    x = np.asarray(x, dtype=float)
+    n = int(seg_s * rate)
+    edge = int(2 * rate)
+    out = []
+    for a in range(0, len(x) - n + 1, n):
+        s = x[a:a + n]
+        if s.mean() <= 0:
+            continue
+        rel = s / s.mean()
+        v = [sosfiltfilt(butter(2, band, "bandpass", fs=rate, output="sos"), rel)[edge:-edge].std()
+             for band in ((0.7, min(5.0, rate / 2.2)), (0.13, 0.45), (0.02, 0.12))]
+        if v[0] > 0:
+            out.append((v[0] * 2 * np.sqrt(2) * 100, v[1] / v[0], v[2] / v[0]))
+    return out
+
+
+def baseline(ps: list[ph.Physiology]) -> list[str]:
+    """The breathing and wander bands against the cardiac band: the real sets with a raw DC
+    (alsementsov's finger recordings but those labelled bad/dead/moving/ambient light, EmotiBit)
+    and the synthetic suite's artefact-free `sweep` recordings by true PI (whether the simulator's
+    baselines, a fixed share of the DC, are as large against the pulse as real ones)."""
+    import numpy as np  # noqa: PLC0415
+
+    def line(name, rows):
+        if not rows:
+            return f"  {name}: none"
+        a = np.array(rows)
+        return (f"  {name}: {len(a)} segments, pulse {np.median(a[:, 0]):.2f} %; breathing/cardiac median "
+                f"{np.median(a[:, 1]):.2f} (max {a[:, 1].max():.2f}), wander/cardiac median {np.median(a[:, 2]):.2f} "
+                f"(max {a[:, 2].max():.2f})")
+
+    real = []
+    for name in ("alsementsov", "emotibit"):
+        for rec in signal_data.LOADERS[name]():
+            if not any(w in rec.name for w in ("bad", "dead", "move", "ambi")):
+                real += _bands(rec.ir[int(5 * rec.rate_hz):], rec.rate_hz)
+    syn = []
+    for p in ps:
+        if p.name == "sweep" and not p.motion and p.finger_off_s is None and p.finger_on_s is not None:
+            _, ir = ph.render(p).counts()
+            syn += _bands(ir[int((p.finger_on_s + 3) * p.rate_hz):], p.rate_hz)
+    out = []
+    # by the same measured pulse (2·√2 × cardiac rms, about half the peak-to-trough PI)
+    for lo, hi in ((0.0, 0.15), (0.15, 0.3), (0.3, 0.6), (0.6, 1.2), (1.2, 100.0)):
+        out.append(line(f"pulse {lo}-{hi} %, real (alsementsov, EmotiBit)", [v for v in real if lo <= v[0] < hi]))
+        out.append(line(f"pulse {lo}-{hi} %, synthetic", [v for v in syn if lo <= v[0] < hi]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.signal_quick", description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200, help="synthetic recordings before the rhythm ones (200)")
     ap.add_argument("--seed", type=int, default=2025, help="suite seed (2025: the benchmark's)")
     ap.add_argument("--real", action="store_true", help="also the real sets (NABD_PPG_DATA)")
     ap.add_argument("--why", action="store_true", help="withheld clean windows by cause")
+    ap.add_argument("--gross", action="store_true", help="every gross error, with context")
+    ap.add_argument("--baseline", action="store_true",
+                    help="breathing and wander bands against the pulse: real sets and the synthetic suite")
     ap.add_argument("--workers", type=int, default=bs.WORKERS)
     a = ap.parse_args(argv)
     t0 = time.monotonic()
     with ProcessPoolExecutor(a.workers) as ex:
-        jobs = list(ex.map(synthetic_job, ph.suite(a.n, seed=a.seed), chunksize=8))
+        ps = ph.suite(a.n, seed=a.seed)
+        jobs = list(ex.map(synthetic_job, ps, chunksize=8))
         f, _ = bs.synthetic_figures(jobs)
         print(f"synthetic suite({a.n}, seed={a.seed}), {len(jobs)} recordings:")
         for k in KEYS:
@@ -146,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {k:34s} {v:.3f}" if isinstance(v, float) else f"  {k:34s} {v}")
         if a.why:
             print("\n".join(why(jobs)))
+        if a.gross:
+            print("\n".join(["gross errors:"] + gross(ps, jobs)))
+        if a.baseline:
+            print("\n".join(["baseline bands against the cardiac band (25-s segments):"] + baseline(ps)))
         if a.real:
             recs = [r for loader in signal_data.LOADERS.values() for r in loader()]
             rf, rd = bs.real_figures(list(ex.map(real_job, recs, chunksize=2)))
