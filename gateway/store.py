@@ -120,6 +120,7 @@ class Store:
                                 "ON CONFLICT (device_id, seq) DO NOTHING")
         self._pg = pg
         self._eff_text: dict[int, str] = {}  # SQLite: effective time text by device ts (s), within a batch
+        self._iso_heads: dict[tuple, str] = {}  # SQLite: "YYYY-MM-DDTHH:MM:SS" by UTC second
         # PostgreSQL: each of these is ONE statement for the whole batch, its rows passed as arrays
         # (unnest). executemany ran one INSERT per row (pipelined, but planned and executed per
         # row): at 1,000 readings a batch the server spent ~0.5 ms per reading there and the
@@ -192,7 +193,7 @@ class Store:
         key_of = lambda d, k: keys.get((d, k))  # noqa: E731 - once per batch, not per message
         seen_of = lambda d, s: seen.get((d, s))  # noqa: E731
         for i, (m, p) in enumerate(zip(messages, parsed, strict=True)):
-            v = verify(m.raw, m.topic, key_of, seen_of, now, self.skew, parsed=p)
+            v = verify(m.raw, m.topic, key_of, seen_of, now, self.skew, p)
             if v.kind == "accept":
                 bad = check_time(v.payload, self.keys.registered_at(v.device))
                 if bad:  # step 6, against the registry: a date no measurement can have
@@ -346,6 +347,19 @@ class Store:
         """A timestamp parameter: ISO text for SQLite (formatted once), the datetime for PostgreSQL."""
         return t if self._pg else t.isoformat(timespec="microseconds")
 
+    def _iso(self, t: dt.datetime) -> str:
+        """``t.isoformat(timespec="microseconds")`` (SQLite's time text), its text up to the second
+        formatted once per second (isoformat cost 1.4 us, a fifth of a reading's row)."""
+        if t.tzinfo is not UTC:
+            return t.isoformat(timespec="microseconds")
+        k = (t.year, t.month, t.day, t.hour, t.minute, t.second)
+        head = self._iso_heads.get(k)
+        if head is None:
+            if len(self._iso_heads) >= 64:
+                self._iso_heads.clear()
+            head = self._iso_heads[k] = t.isoformat(timespec="seconds")[:19]
+        return "%s.%06d+00:00" % (head, t.microsecond)
+
     def _prepare(self, m: Message, v: Verdict) -> "_Prepared":
         p = v.payload
         patient = p.get("patient")
@@ -354,7 +368,7 @@ class Store:
             received: Any = m.received_at
             eff = dt.datetime.fromtimestamp(ts, UTC) if p["ts_ok"] else received
         else:
-            received = m.received_at.isoformat(timespec="microseconds")
+            received = self._iso(m.received_at)
             if p["ts_ok"]:
                 eff = self._eff_text.get(ts)
                 if eff is None:

@@ -121,8 +121,7 @@ def authenticate(p: jws.Compact, topic: str, keys: Callable[[str, int], KeyRecor
     if rec.revoked:
         return reject("revoked", rec.why or f"key {dev}/{ver} revoked", dev)
     # 3 signature
-    expected = hmac.digest(rec.key.secret, p.signing_input, "sha256")
-    if not hmac.compare_digest(expected, p.signature):
+    if not hmac.compare_digest(jws.mac(rec.key.secret, p.signing_input), p.signature):
         return reject("bad_signature", f"HMAC does not verify under {dev}/{ver}", dev)
     # 4 agreement
     tdev = topic_device(topic, kind)
@@ -130,10 +129,6 @@ def authenticate(p: jws.Compact, topic: str, keys: Callable[[str, int], KeyRecor
     if not (tdev == dev == pdev):
         return reject("topic_mismatch", f"topic device {tdev!r}, kid device {dev!r}, payload dev {pdev!r}", dev)
     return None
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 # Key tuples (in the order received) of payloads, obs items and (cal id, cal date) pairs that
@@ -271,7 +266,7 @@ def verify(raw: bytes, topic: str, keys: Callable[[str, int], KeyRecord | None],
     dev, ver = p.kid_device, p.kid_version
     # 5 duplicate / replay on (dev, seq)
     seq = p.payload.get("seq")
-    if not _is_int(seq) or not 1 <= seq < 2**63:
+    if type(seq) is not int or not 1 <= seq < 2**63:  # from the JSON parser: exactly int, never bool
         return reject("invalid", "seq is not an integer >= 1", dev)
     digest = hashlib.sha256(raw).hexdigest()
     prior = seen(dev, seq)
@@ -283,4 +278,5 @@ def verify(raw: bytes, topic: str, keys: Callable[[str, int], KeyRecord | None],
     bad = check_values(p.payload, now, skew)
     if bad:
         return reject(bad[0], bad[1], dev, seq=seq, key_version=ver, sha256=digest)
-    return Verdict("accept", device=dev, seq=seq, key_version=ver, sha256=digest, payload=p.payload)
+    # positional: keyword arguments made this (once per reading) twice as slow
+    return Verdict("accept", "", "", dev, seq, ver, digest, p.payload)

@@ -446,3 +446,18 @@ def jws_payload(raw: bytes) -> bytes:
     from gateway import jws
 
     return jws.b64url_decode(raw.split(b".")[1])
+
+
+def test_sqlite_time_texts_are_isoformat_to_the_microsecond(tmp_path):
+    """The store writes a receipt time as isoformat(timespec="microseconds") text, its part up to
+    the second cached: the same text for every instant (zero microseconds, second and year
+    boundaries, a cache cleared when full), and other time zones formatted as they are."""
+    db = Database(f"sqlite:///{tmp_path}/t.db")
+    store = Store(db, os.urandom(32))
+    base = dt.datetime(2026, 12, 31, 23, 59, 58, 0, tzinfo=UTC)
+    times = [base + dt.timedelta(microseconds=k * 250_001) for k in range(400)]
+    times += [dt.datetime(2027, 1, 1, tzinfo=UTC), dt.datetime(2026, 1, 1, 0, 0, 0, 999_999, tzinfo=UTC)]
+    for t in times + times[::-1]:
+        assert store._iso(t) == t.isoformat(timespec="microseconds")
+    east = dt.datetime(2026, 3, 4, 5, 6, 7, 8, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    assert store._iso(east) == "2026-03-04T05:06:07.000008+01:00"

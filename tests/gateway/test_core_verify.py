@@ -293,3 +293,19 @@ def test_signed_headers_are_cached_per_kid_and_kind():
         h = jws.b64url(jws.dumps({"alg": "HS256", "kid": f"{DEV}/1", "typ": jws.TYP_ACK}))
         assert ack.split(b".")[0] == h
         assert ack.split(b".")[1] == jws.b64url(b'{"v":1,"dev":"nabd-a1b2c3d4e5f6","seqs":[1],"ts":1795430400}')
+
+
+def test_mac_states_per_key_give_the_standard_hmac(monkeypatch):
+    """jws.mac copies a per-key HMAC state: every key, alternating and past the cache's bound,
+    gives HMAC-SHA-256 as hmac.new computes it, and a forged signature still fails verification."""
+    import hmac as std
+
+    monkeypatch.setattr(jws, "_MAC_STATES_MAX", 3)
+    keys_ = [os.urandom(32) for _ in range(7)]
+    for r in range(3):
+        for i, k in enumerate(keys_):
+            data = b"%d.%d" % (r, i) * (i + 1)
+            assert jws.mac(k, data) == std.new(k, data, hashlib.sha256).digest()
+    assert len(jws._MAC_STATES) <= 3
+    assert judge(msg(1)).kind == "accept"
+    assert judge(sign_reading(os.urandom(32), f"{DEV}/1", reading(DEV, 2, ts=NOW - 10))).reason == "bad_signature"
