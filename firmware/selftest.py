@@ -10,6 +10,9 @@
 ``max30102.fifo_rate`` samples for 1 s of board time within +-2 % of the configured rate
 ``max30102.overflow``  no sample lost while reading at the normal cadence
 ``max30102.die_temp``  die temperature plausible (-20..85 \u00b0C)
+``lis3dh.fifo``        only on a board with the optional accelerometer (``board.accel``): 0.5 s of
+                      its FIFO at the normal cadence, rate 100 Hz +-10 % and the mean |a| of a
+                      unit at rest 0.8..1.2 g (gravity: the axes answer and are scaled)
 
 A failing check names its fault first in the detail, as the simulator's fault names do
 (``"mlx90614:pec - PEC mismatch on 10 of 10 reads"``), so a log or a technician's screen says
@@ -26,6 +29,8 @@ _READS = const(5)              # reads of each of Ta and Tobj for the PEC check
 _WINDOW_US = const(1000000)    # FIFO rate measured over 1 s
 _CADENCE_MS = const(40)        # the application's normal FIFO read cadence (FIFO holds 320 ms)
 _TOLERANCE_PM = const(20)      # +-2 % on the sample rate, per mille
+_ACC_WINDOW_US = const(500000)
+_ACC_TOL_PM = const(100)       # the LIS3DH's internal oscillator: +-10 % on its data rate
 
 DASH = " \u2014 "
 
@@ -240,11 +245,62 @@ _CHECKS = (
 )
 
 
+# --- LIS3DH (optional) ---
+def _acc_fifo(ctx):
+    a = ctx.board.accel
+    clock = ctx.clock
+    a.start()
+    try:
+        a.read_fifo()                       # what came before the window
+        n = 0
+        sx = sy = sz = 0
+        t0 = clock.ticks_us()
+        while True:
+            clock.sleep_ms(_CADENCE_MS)
+            k = a.read_fifo()
+            for i in range(k):
+                sx += a.x[i]
+                sy += a.y[i]
+                sz += a.z[i]
+            n += k
+            elapsed = clock.ticks_diff(clock.ticks_us(), t0)
+            if elapsed >= _ACC_WINDOW_US:
+                break
+    finally:
+        a.stop()
+    if n == 0:
+        return False, "lis3dh:rate" + DASH + "no sample in %d ms" % (elapsed // 1000)
+    got_chz = n * 100000000 // elapsed
+    dev_pm = (got_chz - 10000) * 1000 // 10000
+    g2 = (sx // n) ** 2 + (sy // n) ** 2 + (sz // n) ** 2
+    text = "%d.%02d samples/s, mean |a| %d mg" % (got_chz // 100, got_chz % 100, _isqrt(g2))
+    if not -_ACC_TOL_PM <= dev_pm <= _ACC_TOL_PM:
+        return False, "lis3dh:rate" + DASH + text + ", outside 100 Hz +-10 %"
+    if not 800 * 800 <= g2 <= 1200 * 1200:
+        return False, "lis3dh:gravity" + DASH + text + ", outside 800..1200 mg for a unit at rest"
+    return True, text
+
+
+def _isqrt(v):
+    """Floor of the square root of ``v`` >= 0 (Newton)."""
+    if v <= 0:
+        return 0
+    g = v
+    r = (g + 1) >> 1
+    while r < g:
+        g = r
+        r = (g + v // g) >> 1
+    return g
+
+
 def run(board):
     """Run every check on ``board``; returns ``[(name, ok, detail), ...]``. Never raises."""
     ctx = _Context(board)
     results = []
-    for name, part, check in _CHECKS:
+    checks = list(_CHECKS)
+    if getattr(board, "accel", None) is not None:
+        checks.append(("lis3dh.fifo", "lis3dh", _acc_fifo))
+    for name, part, check in checks:
         try:
             board.wdt_feed()
         except Exception:

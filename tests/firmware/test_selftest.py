@@ -109,3 +109,24 @@ def test_same_results_under_cpython(vm):
 
 def test_every_fault_has_an_expectation():
     assert set(FAILS) | {"max30102:swapped-leds"} == set(FAULTS)
+
+
+def test_optional_accelerometer_is_checked_only_when_fitted(vm):
+    vm.exec("from sim.hardware.board import SimBoard\nfrom firmware import selftest\n"
+            "board = SimBoard(accel=True)\nres = selftest.run(board)")
+    r = {n: (ok, d) for n, ok, d in vm.eval("[list(r) for r in res]")}
+    assert list(r) == NAMES + ["lis3dh.fifo"]
+    ok, detail = r["lis3dh.fifo"]
+    assert ok, detail
+    assert "samples/s" in detail and "mean |a| 10" in detail        # ~1000 mg at rest
+    assert vm.eval("board.lis.regs[0x20] >> 4") == 0                 # powered down after
+    # a unit that reads no gravity (an axis dead or mis-scaled) fails, named
+    vm.exec("def flat(t, out):\n    out[0] = 0; out[1] = 0; out[2] = 300\n"
+            "board.lis.motion = flat\nres = selftest.run(board)")
+    r = {n: (ok, d) for n, ok, d in vm.eval("[list(r) for r in res]")}
+    ok, detail = r["lis3dh.fifo"]
+    assert not ok and detail.startswith("lis3dh:gravity") and "mean |a| 30" in detail, detail
+    # corrupt words: the driver's fault, named
+    vm.exec("board.lis.motion = None\nboard.lis.inject('corrupt')\nres = selftest.run(board)")
+    ok, detail = {n: (ok, d) for n, ok, d in vm.eval("[list(r) for r in res]")}["lis3dh.fifo"]
+    assert not ok and detail.startswith("lis3dh:corrupt"), detail
