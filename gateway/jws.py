@@ -90,12 +90,18 @@ _SIGN_HEADERS: dict[tuple[str, str], bytes] = {}
 
 def sign(key: bytes, typ: str, kid: str, payload: dict) -> bytes:
     """A compact JWS: header with exactly alg, kid, typ; payload serialised compactly."""
+    return sign_bytes(key, typ, kid, dumps(payload))
+
+
+def sign_bytes(key: bytes, typ: str, kid: str, payload: bytes) -> bytes:
+    """``sign`` of a payload serialised already (compact UTF-8 JSON of an object, as ``dumps``
+    gives: the store writes its acks' fixed shape itself)."""
     header = _SIGN_HEADERS.get((kid, typ))
     if header is None:
         if len(_SIGN_HEADERS) >= _HEADER_CACHE_MAX:
             _SIGN_HEADERS.clear()
         header = _SIGN_HEADERS[(kid, typ)] = b64url(dumps({"alg": "HS256", "kid": kid, "typ": typ}))
-    signing_input = header + b"." + b64url(dumps(payload))
+    signing_input = header + b"." + b64url(payload)
     return signing_input + b"." + b64url(mac(key, signing_input))
 
 

@@ -275,8 +275,11 @@ class Store:
         out = []
         for (dev, ver), seqs in acks.items():
             rec = keys[(dev, ver)]
-            body = {"v": 1, "dev": dev, "seqs": sorted(set(seqs)), "ts": int(now)}
-            out.append((f"nabd/v1/dev/{dev}/ack", jws.sign(rec.key.secret, jws.TYP_ACK, f"{dev}/{ver}", body)))
+            # jws.dumps({"v": 1, "dev": dev, "seqs": [...], "ts": ts}) written directly (the encoder was
+            # 2 of an ack's 5 us): dev passed the kid's pattern (jws.KID_RE), nothing in it to escape
+            body = b'{"v":1,"dev":"%s","seqs":[%s],"ts":%d}' % (
+                dev.encode(), ",".join(map(str, sorted(set(seqs)))).encode(), int(now))
+            out.append((f"nabd/v1/dev/{dev}/ack", jws.sign_bytes(rec.key.secret, jws.TYP_ACK, f"{dev}/{ver}", body)))
         return BatchResult(verdicts, out, suppressed)
 
     def _stored_digests(self, conn: Any, pairs: list[tuple[str, int]]) -> dict[tuple[str, int], str]:

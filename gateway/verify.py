@@ -131,13 +131,14 @@ def authenticate(p: jws.Compact, topic: str, keys: Callable[[str, int], KeyRecor
     return None
 
 
-# Key tuples (in the order received) of payloads, obs items and (cal id, cal date) pairs that
-# passed their checks: a device sends the same shapes every time, so the set comparisons and
+# Key tuples (in the order received) of payloads, obs items, (cal id, cal date) pairs and fw
+# texts that passed their checks: a device sends the same shapes every time, so the set comparisons and
 # regular expressions run once per shape instead of once per message. A tuple of a dict's keys
 # has no repeats, so an equal tuple means an equal key set. Bounded: cleared when full.
 _GOOD_PAYLOAD_KEYS: set[tuple] = set()
 _GOOD_OBS_KEYS: set[tuple] = set()
 _GOOD_CALS: set[tuple] = set()
+_GOOD_FWS: set[str] = set()
 _GOOD_MAX = 4096
 
 
@@ -171,8 +172,10 @@ def check_values(p: dict, now: float, skew: int = FUTURE_SKEW_S) -> tuple[str, s
     if type(up) is not int or not 0 <= up < _MAX_INT:
         return "invalid", "up is not a non-negative integer"
     fw = p["fw"]
-    if not isinstance(fw, str) or not FW_RE.fullmatch(fw):
-        return "invalid", f"fw is not a version {FW_RE.pattern}"
+    if type(fw) is not str or fw not in _GOOD_FWS:
+        if not isinstance(fw, str) or not FW_RE.fullmatch(fw):
+            return "invalid", f"fw is not a version {FW_RE.pattern}"
+        _remember(_GOOD_FWS, fw)
     cal = p["cal"]
     if cal is not None:
         known = (cal.get("id"), cal.get("date")) if type(cal) is dict and len(cal) == 2 else None

@@ -413,6 +413,16 @@ def test_a_large_mixed_batch_stores_exactly_its_good_readings_with_their_observa
     assert kinds[9] == ("reject", "bad_signature")
     assert kinds[20] == kinds[-1] == ("duplicate", "")
     assert len(kinds) == 34
+    # one signed ack per device, naming its accepted and duplicate seqs, its payload exactly the
+    # compact JSON the protocol shows
+    from gateway import jws
+    assert sorted(t for t, _ in res.acks) == sorted(topic(d.id, "ack") for d in devs)
+    for t, ack in res.acks:
+        d = next(d for d in devs if topic(d.id, "ack") == t)
+        body = jws.verify(d.key, ack, jws.TYP_ACK)
+        seqs = sorted({v.seq for v in res.verdicts if v.device == d.id and v.kind != "reject"})
+        assert body == {"v": 1, "dev": d.id, "seqs": seqs, "ts": body["ts"]} and seqs
+        assert jws.b64url_decode(ack.split(b".")[1]) == jws.dumps(body)
     with db.connect() as c:
         rows = c.execute("SELECT id, device_id, seq, raw, received_at, effective_at FROM readings").fetchall()
         obs = c.execute("SELECT reading_id, pos, code, value, unit, q FROM observations "

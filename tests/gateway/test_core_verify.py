@@ -309,3 +309,15 @@ def test_mac_states_per_key_give_the_standard_hmac(monkeypatch):
     assert len(jws._MAC_STATES) <= 3
     assert judge(msg(1)).kind == "accept"
     assert judge(sign_reading(os.urandom(32), f"{DEV}/1", reading(DEV, 2, ts=NOW - 10))).reason == "bad_signature"
+
+
+def test_fw_texts_are_checked_whatever_was_accepted_before():
+    """check_values keeps fw texts that passed: a good one passes again, and any other value,
+    of any JSON type, is still judged (an unhashable list or object is refused, not raised on)."""
+    from gateway.verify import check_values
+
+    good = reading(DEV, 1, ts=NOW - 10)
+    for _ in range(2):
+        assert check_values(dict(good, fw="1.2.3-rc1"), NOW) is None
+    for bad in (["1.2.3-rc1"], {"v": "1.2.3-rc1"}, 123, None, True, "=1.2.3", "1.2.3-rc1\n", " 1.2.3", ""):
+        assert check_values(dict(good, fw=bad), NOW) == ("invalid", "fw is not a version " + r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}$"), bad
