@@ -65,12 +65,14 @@ def test_short_press_temperature_then_finger_then_result_near_truth(vm):
     assert vm.eval("board.wdt_feeds") > 100
 
 
-@pytest.mark.parametrize("scenario,alert,word", [("fever", "fever", "FEVER"),
-                                                  ("tachycardia", "tachycardia", "PULSE>120"),
-                                                  ("bradycardia", "bradycardia", "PULSE<50"),
-                                                  ("hypoxia", "low_spo2", "SpO2<90")])
-def test_alerts_are_shown_and_beeped(vm, scenario, alert, word):
-    device(vm, scenario, seed=2)
+# (hypoxia: seed 2's desaturation is at 89.3-89.8 % when the result is taken, within the chain's
+# accuracy of the 90 % threshold, so either side of it is a correct reading; seed 11's is at ~87 %)
+@pytest.mark.parametrize("scenario,alert,word,seed", [("fever", "fever", "FEVER", 2),
+                                                       ("tachycardia", "tachycardia", "PULSE>120", 2),
+                                                       ("bradycardia", "bradycardia", "PULSE<50", 2),
+                                                       ("hypoxia", "low_spo2", "SpO2<90", 11)])
+def test_alerts_are_shown_and_beeped(vm, scenario, alert, word, seed):
+    device(vm, scenario, seed=seed)
     r = measure(vm)
     assert alert in r["alerts"], r
     assert vm.eval(f"shows('{word}', 0, U.ROW_ALERT, inv=True)")
