@@ -50,6 +50,15 @@ class PartError(Exception):
         self.fault = fault
         self.errno = errno
 
+    @classmethod
+    def from_bus(cls, e, what):
+        """The error for the ``OSError`` ``e`` of an I2C transfer: ``"absent"`` when nothing
+        ACKed at the address of ``what`` (the part as a person names it), else ``"bus"``."""
+        n = code(e)
+        if n == ENODEV:
+            return cls("absent", cls.source + ": no ACK at the " + what + "'s address", n)
+        return cls("bus", cls.source + ": I2C error " + str(n), n)
+
 
 class FlashError(Exception):
     """Flash could not be written (full, I/O error); the outbox and the counters raise it."""

@@ -24,6 +24,7 @@ from micropython import const
 from firmware.drivers.mlx90614 import MLX90614
 from firmware.drivers.max30102 import MAX30102
 from firmware.errors import bus_fault, code
+from firmware.signal.stats import isqrt
 
 _READS = const(5)              # reads of each of Ta and Tobj for the PEC check
 _WINDOW_US = const(1000000)    # FIFO rate measured over 1 s
@@ -273,7 +274,7 @@ def _acc_fifo(ctx):
     got_chz = n * 100000000 // elapsed
     dev_pm = (got_chz - 10000) * 1000 // 10000
     g2 = (sx // n) ** 2 + (sy // n) ** 2 + (sz // n) ** 2
-    text = "%d.%02d samples/s, mean |a| %d mg" % (got_chz // 100, got_chz % 100, _isqrt(g2))
+    text = "%d.%02d samples/s, mean |a| %d mg" % (got_chz // 100, got_chz % 100, isqrt(g2))
     if not -_ACC_TOL_PM <= dev_pm <= _ACC_TOL_PM:
         return False, "lis3dh:rate" + DASH + text + ", outside 100 Hz +-10 %"
     if not 800 * 800 <= g2 <= 1200 * 1200:
@@ -281,16 +282,6 @@ def _acc_fifo(ctx):
     return True, text
 
 
-def _isqrt(v):
-    """Floor of the square root of ``v`` >= 0 (Newton)."""
-    if v <= 0:
-        return 0
-    g = v
-    r = (g + 1) >> 1
-    while r < g:
-        g = r
-        r = (g + v // g) >> 1
-    return g
 
 
 def run(board):

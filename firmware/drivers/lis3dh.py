@@ -29,7 +29,7 @@ motion rule starts at; the part draws ~20 uA in this mode.
 from micropython import const
 import array
 
-from firmware.errors import ENODEV, PartError, code
+from firmware.errors import PartError
 
 ADDR = const(0x18)              # SA0 to GND (the reference board); 0x19 with SA0 to VDD
 ADDR_ALT = const(0x19)
@@ -71,13 +71,6 @@ class LIS3DHError(PartError):
     source = "lis3dh"
 
 
-def _bus_error(e):
-    n = code(e)
-    if n == ENODEV:
-        return LIS3DHError("absent", "lis3dh: no ACK at the accelerometer's address", n)
-    return LIS3DHError("bus", "lis3dh: I2C error " + str(n), n)
-
-
 class LIS3DH:
     """``LIS3DH(i2c, addr=0x18)``: ``i2c`` has the ``machine.I2C`` methods. Nothing is sent to the
     part until a method is called; ``start()`` begins sampling, ``read_fifo()`` drains it,
@@ -105,7 +98,7 @@ class LIS3DH:
         try:
             self.i2c.readfrom_mem_into(self.addr, reg, buf)
         except OSError as e:
-            raise _bus_error(e)
+            raise LIS3DHError.from_bus(e, "accelerometer")
 
     def _reg(self, reg):
         self._read(reg, self._one)
@@ -117,7 +110,7 @@ class LIS3DH:
         try:
             self.i2c.writeto_mem(self.addr, reg, w)
         except OSError as e:
-            raise _bus_error(e)
+            raise LIS3DHError.from_bus(e, "accelerometer")
 
     def _set(self, reg, value):
         self._write(reg, value)

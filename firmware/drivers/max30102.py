@@ -56,7 +56,7 @@ HR          3200    1600    1600    1000
 from micropython import const
 import array
 
-from firmware.errors import ENODEV, PartError, code
+from firmware.errors import PartError
 
 ADDR = const(0x57)
 PART_ID = const(0x15)
@@ -120,13 +120,6 @@ class MAX30102Error(PartError):
     source = "max30102"
 
 
-def _bus_error(e):
-    n = code(e)
-    if n == ENODEV:
-        return MAX30102Error("absent", "max30102: no ACK at the sensor's address", n)
-    return MAX30102Error("bus", "max30102: I2C error " + str(n), n)
-
-
 class MAX30102:
     """``MAX30102(i2c, clock, addr=0x57)``: ``i2c`` has the ``machine.I2C`` methods, ``clock``
     is the board's (``board.clock``: ``sleep_ms``/``ticks_ms``/``ticks_diff``).
@@ -167,7 +160,7 @@ class MAX30102:
         try:
             self.i2c.readfrom_mem_into(self.addr, reg, buf)
         except OSError as e:
-            raise _bus_error(e)
+            raise MAX30102Error.from_bus(e, "sensor")
 
     def _write(self, reg, value):
         w = self._one
@@ -175,7 +168,7 @@ class MAX30102:
         try:
             self.i2c.writeto_mem(self.addr, reg, w)
         except OSError as e:
-            raise _bus_error(e)
+            raise MAX30102Error.from_bus(e, "sensor")
 
     def _reg(self, reg):
         self._read(reg, self._one)
@@ -299,7 +292,7 @@ class MAX30102:
         try:   # FIFO_WR_PTR, OVF_COUNTER, FIFO_RD_PTR in one auto-incremented write
             self.i2c.writeto_mem(self.addr, _FIFO_WR_PTR, w)
         except OSError as e:
-            raise _bus_error(e)
+            raise MAX30102Error.from_bus(e, "sensor")
         self._t_poll = self.clock.ticks_ms()
         self._rd_next = 0
 

@@ -40,6 +40,8 @@ from array import array
 
 from micropython import const
 
+from firmware.signal.stats import isqrt
+
 NONE = const(0)
 COINCIDENT = const(1)
 VIGOROUS = const(2)
@@ -174,7 +176,7 @@ class MotionRef:
             e += x * x
         e -= (tot * tot) // m           # the window's mean out: power about it
         # RMS in mg: samples are sums of 4 (mg x 4) shifted right by s
-        r = _isqrt(e // m) << s
+        r = isqrt(e // m) << s
         self.rms_mg = r >> 2
         if self.rms_mg >= HIGH_MG:
             self.why = VIGOROUS
@@ -222,15 +224,3 @@ class MotionRef:
             self.why = COINCIDENT
             return COINCIDENT
         return NONE
-
-
-def _isqrt(v):
-    """Integer square root (floor) of ``v`` >= 0 (small ints)."""
-    if v <= 0:
-        return 0
-    g = v
-    r = (g + 1) >> 1
-    while r < g:
-        g = r
-        r = (g + v // g) >> 1
-    return g

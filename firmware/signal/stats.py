@@ -1,5 +1,6 @@
 """Small integer statistics over preallocated arrays (no allocation): in-place insertion sort,
-median, median absolute deviation. Used once per report (1 Hz), never per sample."""
+median, median absolute deviation, integer square root. Used once per report (1 Hz), never per
+sample."""
 
 
 def sort(a, m):
@@ -28,3 +29,15 @@ def mad(a, m, med, tmp):
         tmp[i] = d if d >= 0 else -d
     sort(tmp, m)
     return median_sorted(tmp, m)
+
+
+def isqrt(v):
+    """Floor of the square root of the int ``v`` (0 for ``v`` <= 0), by Newton's method on ints."""
+    if v <= 0:
+        return 0
+    g = v
+    r = (g + 1) >> 1
+    while r < g:
+        g = r
+        r = (g + v // g) >> 1
+    return g

@@ -13,7 +13,8 @@ from host import signalrun
 from tests.firmware import _ppg
 
 MOTION = """
-from firmware.signal.motion import MotionRef, NONE, COINCIDENT, VIGOROUS, _isqrt
+from firmware.signal.motion import MotionRef, NONE, COINCIDENT, VIGOROUS
+from firmware.signal.stats import isqrt
 mr = MotionRef()
 def feed(bpm, amp_mg, seconds, harm=0.0):
     # |a| = 1 g + a cadence at bpm (sine) with an optional second harmonic, 100 Hz
@@ -59,15 +60,15 @@ def test_vigorous_motion_withholds_any_rate_and_short_windows_do_not(vm):
     assert vm.eval("mr.check(1500)") == 1
 
 
-def test_magnitude_from_xyz_and_isqrt(vm):
+def test_magnitude_from_xyz_andisqrt(vm):
     vm.exec(MOTION)
-    assert vm.eval("[_isqrt(v) for v in (0, 1, 2, 15, 16, 17, 1000000, 1073741823)]") == \
+    assert vm.eval("[isqrt(v) for v in (0, 1, 2, 15, 16, 17, 1000000, 1073741823)]") == \
         [0, 1, 1, 3, 4, 4, 1000, 32767]
     # a swinging arm: x/y/z changing smoothly; the magnitude follows within 1 mg after the start
     vm.exec("import math\nerr = 0\nfor i in range(500):\n"
             "    x = int(800 * math.sin(i / 7)); y = int(-600 * math.cos(i / 11)); z = 1000 + int(300 * math.sin(i / 5))\n"
             "    mr.push_xyz(x, y, z)\n"
-            "    if i > 5:\n        err = max(err, abs(mr.mag - _isqrt(x * x + y * y + z * z)))")
+            "    if i > 5:\n        err = max(err, abs(mr.mag - isqrt(x * x + y * y + z * z)))")
     assert vm.eval("err") <= 1
     vm.exec("mr.push_xyz(0, 0, 0)\nmr.push_xyz(0, 0, 0)\nmr.push_xyz(3, 4, 0)")    # free fall, then 5 mg
     assert vm.eval("mr.mag") >= 1
