@@ -17,13 +17,15 @@ to last commit for the gateway, polled in its database), (4) its session is dele
   is its network process plus the store process it spawns (gateway/writer.py);
 - ``naive_per_s``: verify, insert, commit one message at a time in ``on_message`` (same code, batch of 1);
 - ``pg_scaling()`` (also in build/bench/fleet.json): one and two gateway processes (each its
-  network process and its store process, all started at once) sharing the subscription on one
-  PostgreSQL (a cluster of the benchmark's own), draining the same ``NABD_BENCH_SCALE_N`` (20,000)
-  queued readings, alternating 1, 2, 2, 1, ...,
-  ``NABD_BENCH_SCALE_REPEAT`` (5) drains each: ``postgres_ingest_per_s`` and
+  network process and its store process, all started at once, none committing before every one
+  has a batch waiting at the insert) sharing the subscription on one PostgreSQL (a cluster of the
+  benchmark's own), draining the same ``NABD_BENCH_SCALE_N`` (20,000) queued readings,
+  alternating 1, 2, 2, 1, ...,
+  ``NABD_BENCH_SCALE_REPEAT`` (7) drains each: ``postgres_ingest_per_s`` and
   ``postgres_2_workers_per_s`` (medians), ``gateway_scale_2_over_1`` their ratio,
   ``gateway_scale_runs`` the ratio within each round (back-to-back drains) and
-  ``gateway_scale_min_median_max`` its spread; ``ingest_per_core``
+  ``gateway_scale_min_median_max`` its spread, ``scale_start_skew_max_s`` the longest time between
+  two processes' connections (what the barrier evens out); ``ingest_per_core``
   (one process) and ``ingest_per_core_2`` (two): readings stored per CPU-second the gateway
   processes used meanwhile (/proc), so a machine with fewer free cores than processes gives an
   honest figure; ``gateway_cores_1``/``_2``: CPU-seconds used per second of the drain;
@@ -212,16 +214,19 @@ def _drain_naive(url: str, db_url: str, cfg_path: Path, msgs) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
-def _start_all(procs: list[GatewayProcess]) -> None:
-    """Start every gateway process at once and wait until each is connected. Started one after
-    another, the first drained alone while the next one started (~0.6 s of imports and its store
-    process), and that time was inside the clock of a two-process drain but not of a one-process
-    one (2026-11-30: the two processes' commits overlapped ~0.3 s of a ~1.2-s drain)."""
+def _start_all(procs: list[GatewayProcess]) -> float:
+    """Start every gateway process at once and wait until each is connected; returns the time
+    between the first and the last connection (s). Started one after another, the first drained
+    alone while the next one started (~0.6 s of imports and its store process), and that time was
+    inside the clock of a two-process drain but not of a one-process one (2026-11-30: the two
+    processes' commits overlapped ~0.3 s of a ~1.2-s drain)."""
     errors: list[BaseException] = []
+    connected: list[float] = []
 
     def start(p: GatewayProcess) -> None:
         try:
             p.start()
+            connected.append(time.monotonic())
         except BaseException as e:  # noqa: BLE001 - raised below, after every start has returned
             errors.append(e)
 
@@ -234,20 +239,39 @@ def _start_all(procs: list[GatewayProcess]) -> None:
         for p in procs:
             p.kill()
         raise errors[0]
+    return max(connected) - min(connected)
 
 
 def _drain_gateway(url: str, cfg_path: Path, db_url: str, msgs, workers: int = 1, cpu: dict | None = None,
-                   server_pid: int | None = None) -> float:
+                   server_pid: int | None = None, barrier: bool = False) -> float:
     """Readings/s from the first commit to the last. ``cpu``, when given, receives the CPU-seconds
     the gateway processes used over that interval: ``network`` (the ``nabd-gateway serve``
     processes), ``store`` (their store processes), ``server`` (the children of ``server_pid``, a
-    PostgreSQL postmaster: its backends and writers), and ``wall`` (s)."""
+    PostgreSQL postmaster: its backends and writers), and ``wall`` (s). ``barrier`` (PostgreSQL):
+    no process commits before every one has its first batch waiting at the insert (the table is
+    locked meanwhile), so all start together, whatever their start-up took (under load the
+    second connected up to 0.8 s after the first, which meanwhile drained alone)."""
     cids = [f"bench-gw-{i}" for i in range(workers)]
     for cid in cids:
         _make_session(url, cid)
     _publish_all(url, msgs)
     procs = [GatewayProcess(cfg_path, client_id=cid) for cid in cids]
-    _start_all(procs)
+    hold = None
+    if barrier:
+        import psycopg
+
+        hold = psycopg.connect(db_url)
+        hold.execute("LOCK TABLE readings IN SHARE ROW EXCLUSIVE MODE")  # inserts wait, reads do not
+    skew = _start_all(procs)
+    if hold is not None:
+        end = time.monotonic() + 30
+        with psycopg.connect(db_url, autocommit=True) as watch:
+            while time.monotonic() < end and watch.execute(
+                    "SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND relation = 'readings'::regclass"
+            ).fetchone()[0] < workers:
+                time.sleep(0.01)
+        hold.rollback()
+        hold.close()
     t_first = t_last = None
     end = time.monotonic() + 300
     # one read-only connection for the whole drain: opening one per poll would steal CPU from the
@@ -255,6 +279,12 @@ def _drain_gateway(url: str, cfg_path: Path, db_url: str, msgs, workers: int = 1
     poll_db = Database(db_url)
     poll = poll_db.open()
     count_sql = poll_db.sql("SELECT COUNT(*) FROM readings")
+    # the highest id is an index look-up, COUNT(*) a scan of the table (~3 ms of PostgreSQL's CPU
+    # at 20,000 readings: polled every 10 ms, a tenth of a core taken from the drain measured), so
+    # the count runs at the first commit and then only once the ids say all may be stored (every
+    # reading takes an id of its own: the highest is at least the count)
+    top_sql = poll_db.sql("SELECT MAX(id) FROM readings")
+    n = 0
     parents = [p.proc.pid for p in procs if p.proc is not None]
     kids: list[int] = []
 
@@ -263,7 +293,9 @@ def _drain_gateway(url: str, cfg_path: Path, db_url: str, msgs, workers: int = 1
         return sum(map(_cpu_s, parents)), sum(map(_cpu_s, kids)), server
 
     while time.monotonic() < end:
-        n = int(poll.execute(count_sql).fetchone()[0])
+        top = poll.execute(top_sql).fetchone()[0] or 0
+        if top and (t_first is None or top >= len(msgs)):
+            n = int(poll.execute(count_sql).fetchone()[0])
         poll.rollback()  # end the read transaction: the next poll sees new commits
         now = time.perf_counter()
         if n > 0 and t_first is None:
@@ -284,7 +316,7 @@ def _drain_gateway(url: str, cfg_path: Path, db_url: str, msgs, workers: int = 1
         raise RuntimeError(f"gateway stored {n} of {len(msgs)}")
     if cpu is not None:
         cpu.update(network=u_last[0] - u_first[0], store=u_last[1] - u_first[1], server=u_last[2] - u_first[2],
-                   wall=t_last - t_first, readings=len(msgs) - n_first)
+                   wall=t_last - t_first, readings=len(msgs) - n_first, start_skew=skew)
     return (len(msgs) - n_first) / (t_last - t_first)
 
 
@@ -504,7 +536,7 @@ def _drop_pg(base: str, name: str) -> None:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-SCALE_REPEAT = int(os.environ.get("NABD_BENCH_SCALE_REPEAT", "5"))
+SCALE_REPEAT = int(os.environ.get("NABD_BENCH_SCALE_REPEAT", "7"))
 SCALE_N = int(os.environ.get("NABD_BENCH_SCALE_N", "20000"))
 
 
@@ -525,6 +557,7 @@ def pg_scaling(repeat: int = SCALE_REPEAT, n: int = SCALE_N) -> dict:
     per_core: dict[int, list[int]] = {1: [], 2: []}
     cores: dict[int, list[float]] = {1: [], 2: []}
     server_us: list[float] = []
+    skews: list[float] = []
     load0 = os.getloadavg()[0]
     try:
         postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
@@ -539,11 +572,13 @@ def pg_scaling(repeat: int = SCALE_REPEAT, n: int = SCALE_N) -> dict:
                              "CREATE DATABASE nabd TEMPLATE nabd_registered OWNER nabd")
                 use: dict = {}
                 rates[workers].append(round(_drain_gateway(broker.url, cfg, pg.url, msgs, workers=workers, cpu=use,
-                                                            server_pid=postmaster)))
+                                                            server_pid=postmaster, barrier=True)))
                 used = use["network"] + use["store"]
                 per_core[workers].append(round(use["readings"] / used) if used else 0)
                 cores[workers].append(round(used / use["wall"], 2))
                 server_us.append(use["server"] / use["readings"] * 1e6)
+                if workers > 1:
+                    skews.append(use["start_skew"])
     finally:
         broker.stop()
         pg.close()
@@ -558,6 +593,7 @@ def pg_scaling(repeat: int = SCALE_REPEAT, n: int = SCALE_N) -> dict:
             "ingest_per_core_runs": per_core[1], "ingest_per_core_2_runs": per_core[2],
             "gateway_cores_1": round(statistics.median(cores[1]), 2), "gateway_cores_2": round(statistics.median(cores[2]), 2),
             "postgres_server_cpu_us": round(statistics.median(server_us), 1),
+            "scale_start_skew_max_s": round(max(skews), 2),
             "scale_messages": len(msgs), "scale_load_avg_1m": [round(load0, 1), round(os.getloadavg()[0], 1)]}
 
 
