@@ -305,6 +305,7 @@ def run(outdir) -> dict:
     out.update({k: v for k, v in pg_scaling().items()
                 if k in ("gateway_scale_2_over_1", "ingest_per_core", "ingest_per_core_2", "gateway_cores_1",
                          "gateway_cores_2", "postgres_ingest_per_s", "postgres_2_workers_per_s", "gateway_scale_runs",
-                         "gateway_scale_min_median_max", "postgres_server_cpu_us", "scale_start_skew_max_s",
+                         "gateway_scale_min_median_max", "gateway_scale_of_medians", "postgres_server_cpu_us",
+                         "scale_start_skew_max_s",
                          "scale_load_avg_1m")})
     return out
