@@ -590,9 +590,9 @@ def pg_scaling(repeat: int = SCALE_REPEAT, n: int = SCALE_N) -> dict:
     # 1.23 that way, its rounds' median 1.41: two processes made ~9,500/s early, ~14,200/s late)
     ratios = [round(b / a, 2) for a, b in zip(rates[1], rates[2], strict=True)]
     return {"postgres_ingest_per_s": one, "postgres_2_workers_per_s": two,
-            "gateway_scale_2_over_1": statistics.median(ratios), "gateway_scale_of_medians": round(two / one, 2),
+            "gateway_scale_2_over_1": round(statistics.median(ratios), 2), "gateway_scale_of_medians": round(two / one, 2),
             "gateway_scale_runs": ratios,
-            "gateway_scale_min_median_max": [min(ratios), statistics.median(ratios), max(ratios)],
+            "gateway_scale_min_median_max": [min(ratios), round(statistics.median(ratios), 2), max(ratios)],
             "postgres_ingest_runs": rates[1], "postgres_2_workers_runs": rates[2],
             "ingest_per_core": statistics.median(per_core[1]), "ingest_per_core_2": statistics.median(per_core[2]),
             "ingest_per_core_runs": per_core[1], "ingest_per_core_2_runs": per_core[2],
