@@ -3,7 +3,7 @@
 Threads and their only jobs:
 
 - paho's network thread (``loop_start``): ``on_message`` puts the message as one tuple
-  (``Pending``: topic, bytes, receipt time, retain flag, mid, qos, connection epoch) in a bounded
+  (``Pending``: topic, bytes, receipt time, retain flag, mid, qos, connection epoch, SHA-256 hex) in a bounded
   hand-off (``worker.Handoff``). It never touches the database. When the hand-off is full ``put``
   blocks, paho stops reading the socket and TCP pushes back on the broker, which keeps the
   messages (nothing is dropped here). Before that, MQTT 5's Receive Maximum (``[ingest]
@@ -35,6 +35,7 @@ import socket
 import struct
 import threading
 import time
+from hashlib import sha256
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -162,8 +163,10 @@ class Ingest:
                                        self.epoch, time.monotonic(), bool(msg.retain)))
             return
         # one tuple, receipt time as a Unix time (s): this runs once per message on the process
-        # that also runs paho, the gateway's busiest thread
-        self.queue.put((topic, bytes(msg.payload), time.time(), msg.retain, msg.mid, msg.qos, self.epoch))
+        # that also runs paho, the gateway's busiest thread. The SHA-256 of the bytes is taken here
+        # too: this process has CPU to spare, the store process (the bottleneck) none
+        raw = bytes(msg.payload)
+        self.queue.put((topic, raw, time.time(), msg.retain, msg.mid, msg.qos, self.epoch, sha256(raw).hexdigest()))
 
     def start(self) -> "Ingest":
         self.db.migrate()

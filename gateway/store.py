@@ -55,6 +55,7 @@ class Message:
     epoch: int = 0                 # connection generation: a mid is only valid on its own connection
     t0: float = 0.0                # time.monotonic() at arrival (latency metrics)
     retain: bool = False           # published with the retain flag (readings never are)
+    sha256: str = ""                # hex SHA-256 of raw when the receiver took it already; "": taken here
 
 
 @dataclass(slots=True)
@@ -193,7 +194,7 @@ class Store:
         key_of = lambda d, k: keys.get((d, k))  # noqa: E731 - once per batch, not per message
         seen_of = lambda d, s: seen.get((d, s))  # noqa: E731
         for i, (m, p) in enumerate(zip(messages, parsed, strict=True)):
-            v = verify(m.raw, m.topic, key_of, seen_of, now, self.skew, p)
+            v = verify(m.raw, m.topic, key_of, seen_of, now, self.skew, p, m.sha256)
             if v.kind == "accept":
                 bad = check_time(v.payload, self.keys.registered_at(v.device))
                 if bad:  # step 6, against the registry: a date no measurement can have

@@ -258,8 +258,10 @@ def check_time(p: dict, registered_at: float | None) -> tuple[str, str] | None:
 
 def verify(raw: bytes, topic: str, keys: Callable[[str, int], KeyRecord | None],
            seen: Callable[[str, int], str | None], now: float, skew: int = FUTURE_SKEW_S,
-           parsed: jws.Compact | Verdict | None = None) -> Verdict:
-    """The verdict on one message (``parsed``: the result of ``parse`` when already computed)."""
+           parsed: jws.Compact | Verdict | None = None, digest: str = "") -> Verdict:
+    """The verdict on one message (``parsed``: the result of ``parse`` when already computed;
+    ``digest``: the hex SHA-256 of ``raw`` when the caller took it already, in the gateway the
+    network process, which has CPU to spare)."""
     p = parsed if parsed is not None else parse(raw, topic)
     if isinstance(p, Verdict):
         return p
@@ -271,7 +273,8 @@ def verify(raw: bytes, topic: str, keys: Callable[[str, int], KeyRecord | None],
     seq = p.payload.get("seq")
     if type(seq) is not int or not 1 <= seq < 2**63:  # from the JSON parser: exactly int, never bool
         return reject("invalid", "seq is not an integer >= 1", dev)
-    digest = hashlib.sha256(raw).hexdigest()
+    if not digest:
+        digest = hashlib.sha256(raw).hexdigest()
     prior = seen(dev, seq)
     if prior is not None:
         if hmac.compare_digest(prior, digest):

@@ -43,10 +43,11 @@ log = logging.getLogger("nabd.gateway.writer")
 UTC = dt.timezone.utc
 
 # One received reading as the ingest hands it on: (topic, raw bytes, receipt time as a Unix time in
-# s, retain flag, mid, qos, connection epoch). A plain tuple, pickled as is to the store process
-# (a datetime there cost the network process 1.4 us per message to pickle); the store process
-# uses the first four, the ingest's results thread the last three.
-Pending = Tuple[str, bytes, float, bool, int, int, int]
+# s, retain flag, mid, qos, connection epoch, SHA-256 hex of the raw bytes). A plain tuple, pickled
+# as is to the store process (a datetime there cost the network process 1.4 us per message to
+# pickle); the store process uses the first four and the digest, the ingest's results thread mid,
+# qos and epoch.
+Pending = Tuple[str, bytes, float, bool, int, int, int, str]
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -130,8 +131,9 @@ def _child(conn, db_url: str, kek: bytes, forward: bool, skew: int, quarantine: 
                 return
             n, items = msg
             fromts = dt.datetime.fromtimestamp
-            # positional (topic, raw, received_at, mid, qos, epoch, t0, retain): keywords cost more per message
-            res = bs.commit([Message(it[0], it[1], fromts(it[2], UTC), 0, 1, 0, 0.0, it[3]) for it in items])
+            # positional (topic, raw, received_at, mid, qos, epoch, t0, retain, sha256): keywords cost
+            # more per message
+            res = bs.commit([Message(it[0], it[1], fromts(it[2], UTC), 0, 1, 0, 0.0, it[3], it[7]) for it in items])
             assert res is not None  # commit gives up only when told the process is stopping
             try:
                 conn.send((n, [(v.kind, v.reason) for v in res.verdicts], res.acks, res.suppressed))

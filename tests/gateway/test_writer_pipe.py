@@ -7,6 +7,8 @@ three waited for each other for good (bench fleet's thundering herd at 3,000 dev
 gateways alive, nothing stored for minutes, the regional broker dropping their keep-alive)."""
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import os
 import queue
 import threading
@@ -15,7 +17,7 @@ import time
 from gateway import admin
 from gateway.db import Database
 from gateway.writer import ProcessWriter
-from tests.support.generator import SimDevice, topic
+from tests.support.generator import SimDevice, reading, sign_reading, topic
 
 DEVICES, BATCHES = 1024, 8
 
@@ -29,7 +31,8 @@ def test_batches_and_results_larger_than_the_pipe_keep_flowing(tmp_path):
         db.begin(conn)
         for d in devs:
             admin.insert_device(db, conn, kek, d.id, d.key, "F", "MA-05", 1, "test")
-    batches = [[(topic(d.id), d.next_reading()[1], time.time(), False, 0, 1, 0) for d in devs]
+    batches = [[(topic(d.id), raw, time.time(), False, 0, 1, 0, hashlib.sha256(raw).hexdigest())
+                for d in devs for raw in [d.next_reading()[1]]]
                for _ in range(BATCHES)]
     assert sum(len(p[1]) for p in batches[0]) > 2 * 212992    # Linux: net.core.wmem_default 208 KiB
     results: queue.Queue = queue.Queue()
@@ -52,3 +55,41 @@ def test_batches_and_results_larger_than_the_pipe_keep_flowing(tmp_path):
         w.stop()
     with db.connect() as conn:
         assert conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == DEVICES * BATCHES
+
+
+def test_the_digest_taken_by_the_network_process_is_stored_and_judges_redeliveries(tmp_path):
+    """The SHA-256 the ingest takes of each message's bytes (the Pending tuple's last field) is the
+    one stored, a redelivery of the same bytes is a duplicate (acked, not stored again), and other
+    bytes under a stored seq a replay; a Message without a digest still gets one."""
+    from gateway.store import Message, Store
+
+    db = Database(f"sqlite:///{tmp_path / 'gw.db'}")
+    db.migrate()
+    kek = os.urandom(32)
+    dev = SimDevice("nabd-digest01")
+    with db.connect() as conn:
+        db.begin(conn)
+        admin.insert_device(db, conn, kek, dev.id, dev.key, "F", "MA-05", 1, "test")
+    raws = [dev.next_reading()[1] for _ in range(2)]
+    forged_seq1 = sign_reading(dev.key, dev.kid, reading(dev.id, 1, values={"hr": 99}))  # seq 1, other bytes
+    assert forged_seq1 != raws[0]
+
+    def pending(raw: bytes) -> tuple:
+        return (topic(dev.id), raw, time.time(), False, 0, 1, 0, hashlib.sha256(raw).hexdigest())
+
+    results: queue.Queue = queue.Queue()
+    w = ProcessWriter(db.url, kek, forward=False, skew=300,
+                      on_result=lambda batch, res: results.put([(v.kind, v.reason) for v in res.verdicts]))
+    w.start()
+    try:
+        w.submit([pending(r) for r in raws])
+        assert [k for k, _ in results.get(timeout=60)] == ["accept", "accept"]
+        w.submit([pending(raws[0]), pending(forged_seq1)])
+        assert results.get(timeout=60) == [("duplicate", ""), ("reject", "replay")]
+    finally:
+        w.stop()
+    with db.connect() as conn:
+        stored = conn.execute("SELECT seq, sha256 FROM readings ORDER BY seq").fetchall()
+        assert [tuple(r) for r in stored] == [(i + 1, hashlib.sha256(r).hexdigest()) for i, r in enumerate(raws)]
+        res = Store(db, kek).process(conn, [Message(topic(dev.id), raws[1], dt.datetime.now(dt.timezone.utc))])
+        assert [v.kind for v in res.verdicts] == ["duplicate"]
