@@ -93,59 +93,34 @@ def _cal_source(cal) -> str:
             f"cal = Calibration({int(cal.a)}, {int(cal.b)}, {int(cal.c)})\n")
 
 
+# samples are (red, ir) pairs, or with a motion reference (red, ir, motion magnitude mg) triples:
+# %(k)d values a sample; %(motion)s holds the MotionRef lines or nothing
 _START = """
 import gc
 from array import array
 from firmware.signal.pulseox import PulseOx
-po = PulseOx(100, cal)
+%(motion)spo = PulseOx(100, cal%(mr)s)
 out = []
-buf = array('i', bytes(8 * 512))
+buf = array('i', bytes(%(k)d * 4 * 512))
 f = open(%(path)r, 'rb')
 push = po.push
 """
+_START_MOTION = "from firmware.signal.motion import MotionRef\nmr = MotionRef()\nmpush = mr.push\n"
 
-# with a motion reference: samples are (red, ir, motion magnitude mg) triples
-_START_M = """
-import gc
-from array import array
-from firmware.signal.pulseox import PulseOx
-from firmware.signal.motion import MotionRef
-mr = MotionRef()
-po = PulseOx(100, cal, mr)
-out = []
-buf = array('i', bytes(12 * 512))
-f = open(%(path)r, 'rb')
-push = po.push
-mpush = mr.push
-"""
-
-# %(reads)d reads of up to 512 sample pairs; prints how many bytes were consumed
+# %(reads)d reads of up to 512 samples; prints how many bytes were consumed
 _STEP = """
 k = 1
 for _ in range(%(reads)d):
     k = f.readinto(buf)
     if not k:
         break
-    for i in range(0, k // 4, 2):
-        if push(buf[i], buf[i + 1]):
+    for i in range(0, k // 4, %(k)d):
+%(mpush)s        if push(buf[i], buf[i + 1]):
             out.append((po.t_ms, po.hr_x10, po.spo2_x10, po.pi_x100, po.q, po.withheld, po.age_ms, po.stale,
                         po.irregular))
 print(f.tell())
 """
-
-_STEP_M = """
-k = 1
-for _ in range(%(reads)d):
-    k = f.readinto(buf)
-    if not k:
-        break
-    for i in range(0, k // 4, 3):
-        mpush(buf[i + 2])
-        if push(buf[i], buf[i + 1]):
-            out.append((po.t_ms, po.hr_x10, po.spo2_x10, po.pi_x100, po.q, po.withheld, po.age_ms, po.stale,
-                        po.irregular))
-print(f.tell())
-"""
+_STEP_MOTION = "        mpush(buf[i + 2])\n"
 
 _END = """
 f.close()
@@ -196,16 +171,19 @@ def run_chain(red: Sequence[float] | None, ir: Sequence[float], rate_hz: float =
     m = MicroPythonVM(heapsize=2 * 1024 * 1024) if own else vm
     try:
         m.write_file(_SAMPLES, data.tobytes())
-        start = _cal_source(cal) + (_START if k == 2 else _START_M) % {"path": _SAMPLES}
-        step = _STEP if k == 2 else _STEP_M
+        start = _cal_source(cal) + _START % {"path": _SAMPLES, "k": k, "motion": "" if k == 2 else _START_MOTION,
+                                              "mr": "" if k == 2 else ", mr"}
+        def step(reads: int) -> str:
+            return _STEP % {"reads": reads, "k": k, "mpush": "" if k == 2 else _STEP_MOTION}
+
         if progress is None:
-            out = m.exec(start + step % {"reads": len(data) // (512 * k) + 2} + _END)
+            out = m.exec(start + step(len(data) // (512 * k) + 2) + _END)
         else:
             m.exec(start)
             total = data.nbytes
             done = 0
             while done < total:
-                done = int(m.exec(step % {"reads": _READS_PER_STEP}).split()[-1])
+                done = int(m.exec(step(_READS_PER_STEP)).split()[-1])
                 progress(min(1.0, done / total) if total else 1.0)
             out = m.exec(_END)
     finally:
