@@ -13,6 +13,8 @@ to last commit for the gateway, polled in its database), (4) its session is dele
   of the paho client's thread, of the gateway's network process and of its store process (from
   /proc, medians): unlike the rates, these move little with the machine's load;
   ``ingest_over_raw_cpu``: the raw client's CPU per reading over the busier gateway process's;
+  ``machine_busy_raw`` and ``machine_busy_gateway``: the share of the whole machine's CPU (every
+  core, /proc/stat) busy during the raw and the gateway drains (medians; 1.0: every core busy);
 - ``ingest_per_s``: one ``nabd-gateway serve`` instance, SQLite (WAL, synchronous=FULL); an instance
   is its network process plus the store process it spawns (gateway/writer.py);
 - ``naive_per_s``: verify, insert, commit one message at a time in ``on_message`` (same code, batch of 1);
@@ -146,6 +148,17 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
+def _machine() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine, every core, from /proc/stat."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)
+
+
+def _busy(a: tuple[int, int], b: tuple[int, int]) -> float:
+    """Share of the machine's CPU busy between two ``_machine()`` readings (1.0: every core)."""
+    return (b[0] - a[0]) / max(1, b[1] - a[1])
+
+
 def _children(pid: int) -> list[int]:
     out: list[int] = []
     try:
@@ -156,23 +169,27 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _drain_raw(url: str, msgs, cpu: list | None = None) -> float:
-    """Readings/s; appends to ``cpu`` the paho thread's CPU time per reading (us)."""
+def _drain_raw(url: str, msgs, cpu: list | None = None, busy: list | None = None) -> float:
+    """Readings/s; appends to ``cpu`` the paho thread's CPU time per reading (us), to ``busy`` the
+    share of the machine's CPU busy from the first message to the last."""
     cid = "bench-raw"
     _make_session(url, cid)
     _publish_all(url, msgs)
     c = _client(url, cid, clean=False, manual_ack=True)
     times: list[float] = []
     marks: list[float] = []
+    machine: list[tuple[int, int]] = []
     done = threading.Event()
 
     def on_message(client, userdata, m):
         times.append(time.perf_counter())
         if len(times) == 1:
             marks.append(time.thread_time())
+            machine.append(_machine())
         client.ack(m.mid, m.qos)
         if len(times) >= len(msgs):
             marks.append(time.thread_time())
+            machine.append(_machine())
             done.set()
 
     c.on_message = on_message
@@ -183,6 +200,8 @@ def _drain_raw(url: str, msgs, cpu: list | None = None) -> float:
     _drop_session(url, cid)
     if cpu is not None and len(marks) == 2:
         cpu.append((marks[1] - marks[0]) / (len(times) - 1) * 1e6)
+    if busy is not None and len(machine) == 2:
+        busy.append(_busy(*machine))
     return (len(times) - 1) / (times[-1] - times[0])
 
 
@@ -289,9 +308,9 @@ def _drain_gateway(url: str, cfg_path: Path, db_url: str, msgs, workers: int = 1
     parents = [p.proc.pid for p in procs if p.proc is not None]
     kids: list[int] = []
 
-    def usage() -> tuple[float, float, float]:
+    def usage() -> tuple[float, float, float, tuple[int, int]]:
         server = sum(map(_cpu_s, _children(server_pid))) if server_pid else 0.0
-        return sum(map(_cpu_s, parents)), sum(map(_cpu_s, kids)), server
+        return sum(map(_cpu_s, parents)), sum(map(_cpu_s, kids)), server, _machine()
 
     while time.monotonic() < end:
         top = poll.execute(top_sql).fetchone()[0] or 0
@@ -317,7 +336,8 @@ def _drain_gateway(url: str, cfg_path: Path, db_url: str, msgs, workers: int = 1
         raise RuntimeError(f"gateway stored {n} of {len(msgs)}")
     if cpu is not None:
         cpu.update(network=u_last[0] - u_first[0], store=u_last[1] - u_first[1], server=u_last[2] - u_first[2],
-                   wall=t_last - t_first, readings=len(msgs) - n_first, start_skew=skew)
+                   wall=t_last - t_first, readings=len(msgs) - n_first, start_skew=skew,
+                   machine_busy=_busy(u_first[3], u_last[3]))
     return (len(msgs) - n_first) / (t_last - t_first)
 
 
@@ -624,14 +644,15 @@ def run(outdir) -> dict:
     try:
         # raw and gateway drains alternate, REPEAT times each: a machine shared with other work
         # slows some phases; the medians and their ratio come from the same stretch of time
-        raws, ings, raw_cpu, net_cpu, store_cpu = [], [], [], [], []
+        raws, ings, raw_cpu, net_cpu, store_cpu, raw_busy, gw_busy = [], [], [], [], [], [], []
         for r in range(REPEAT):
-            raws.append(round(_drain_raw(broker.url, msgs, raw_cpu)))
+            raws.append(round(_drain_raw(broker.url, msgs, raw_cpu, raw_busy)))
             cfg, url = setup(f"gw-sqlite{r}", "sqlite")
             use: dict = {}
             ings.append(round(_drain_gateway(broker.url, cfg, url, msgs, cpu=use)))
             net_cpu.append(use["network"] / use["readings"] * 1e6)
             store_cpu.append(use["store"] / use["readings"] * 1e6)
+            gw_busy.append(use["machine_busy"])
         out["raw_drain_per_s"] = statistics.median(raws)
         out["ingest_per_s"] = statistics.median(ings)
         out["raw_drain_runs"], out["ingest_runs"] = raws, ings
@@ -646,6 +667,8 @@ def run(outdir) -> dict:
         # with a core per process; less when the gateway's two processes and the broker share two)
         out["ingest_over_raw_cpu"] = round(out["raw_cpu_us"] / max(out["gateway_network_cpu_us"],
                                                                    out["gateway_store_cpu_us"]), 2)
+        out["machine_busy_raw"] = round(statistics.median(raw_busy), 2)
+        out["machine_busy_gateway"] = round(statistics.median(gw_busy), 2)
         out["load_avg_1m_after_drains"] = round(os.getloadavg()[0], 1)
         cfg, url = setup("naive", "sqlite")
         out["naive_per_s"] = round(_drain_naive(broker.url, url, cfg, msgs))
