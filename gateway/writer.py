@@ -10,12 +10,14 @@ In a child process the two run on two cores.
   connection after a database error (locked, connection lost: nothing was committed, nothing is
   acknowledged meanwhile); a message that makes the store raise anything else is isolated and
   quarantined (``malformed``, "gateway error") instead of blocking the queue.
-- ``ProcessWriter`` (parent side) sends each batch of ``Pending`` tuples over a pipe to
-  the child (``multiprocessing`` spawn context) and gets back, only after the commit, the verdict
-  kinds and the signed device acks; its callback then acknowledges the messages to the broker on
-  the connection they came from. At most ``max_inflight`` batches are in the child (the next one
-  is collected while one is written); ``submit`` blocks beyond that, so the bounded queue fills and
-  paho stops reading: backpressure, never a drop.
+- ``ProcessWriter`` (parent side) sends each batch of ``Pending`` tuples over a pipe (``Link``)
+  to the child (``multiprocessing`` spawn context) and gets back, only after the commit, the
+  verdict kinds and the signed device acks; its callback then acknowledges the messages to the
+  broker on the connection they came from. At most ``max_inflight`` (2) batches are in the child:
+  one being stored, the next waiting in the pipe; the batcher takes a slot (``reserve``) before it
+  collects a batch, so what arrives meanwhile makes the next batch larger rather than queueing
+  small ones. Beyond that the bounded queue fills and paho stops reading: backpressure, never a
+  drop.
 - The child dies (bug, OOM kill): the parent starts a new one and sends it every batch not yet
   answered, in order. Nothing of those was acknowledged; whatever the dead child had committed
   comes back as duplicates and is acknowledged then. The parent dies: the child reads EOF and
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import fcntl
 import logging
 import multiprocessing
 import signal
@@ -143,6 +146,59 @@ def _child(conn, db_url: str, kek: bytes, forward: bool, skew: int, quarantine: 
         bs.shutdown()
 
 
+def _pipe_max() -> int:
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+# the pipes' size: /proc/sys/fs/pipe-max-size (Linux default 1 MiB; a batch of 1,024 readings is
+# ~0.76 MB pickled), at most 4 MiB
+PIPE_BYTES = min(_pipe_max(), 4 << 20)
+
+
+class Link:
+    """One end of the parent/store-process link: two one-way pipes (``send`` on one, ``recv`` on
+    the other), each as large as the system lets an unprivileged process make it.
+
+    Why not ``multiprocessing.Pipe()``'s socket pair: its buffer (~208 KB) holds a quarter of a
+    1,024-reading batch, so the sender wrote a batch in pieces, each waiting for the store process
+    to read the one before, and each restart of the sender's write waited for the network
+    process's GIL (paho's thread holds it, up to the 5-ms switch interval): the store process, the
+    bottleneck, sat in ``recv`` 1-23 ms a batch. In a 1-MiB pipe the next batch is already whole
+    when the store process asks for it."""
+
+    def __init__(self, rx, tx):
+        self.rx, self.tx = rx, tx
+
+    @classmethod
+    def pair(cls, ctx) -> tuple["Link", "Link"]:
+        down_rx, down_tx = ctx.Pipe(duplex=False)
+        up_rx, up_tx = ctx.Pipe(duplex=False)
+        for c in (down_tx, up_tx):
+            if PIPE_BYTES > 65536 and hasattr(fcntl, "F_SETPIPE_SZ"):  # never below the default
+                try:
+                    fcntl.fcntl(c.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+                except OSError as e:  # over the user's pipe quota: the default size works, slower
+                    log.debug("pipe size %d refused (%s); keeping the default", PIPE_BYTES, e)
+        return cls(up_rx, down_tx), cls(down_rx, up_tx)
+
+    def send(self, obj: Any) -> None:
+        self.tx.send(obj)
+
+    def recv(self) -> Any:
+        return self.rx.recv()
+
+    def close(self) -> None:
+        for c in (self.rx, self.tx):
+            try:
+                c.close()
+            except OSError:
+                pass
+
+
 class ProcessWriter:
     """Parent side. ``on_result(batch, BatchResult)`` runs on the reader thread after each commit.
 
@@ -156,7 +212,7 @@ class ProcessWriter:
     and storing nothing; tests/gateway/test_writer_pipe.py)."""
 
     def __init__(self, db_url: str, kek: bytes, *, forward: bool, skew: int,
-                 on_result: Callable[[list[Pending], BatchResult], None], max_inflight: int = 3,
+                 on_result: Callable[[list[Pending], BatchResult], None], max_inflight: int = 2,
                  quarantine: Any = None):
         self._args = (db_url, kek, forward, skew, quarantine)
         self.on_result = on_result
@@ -184,7 +240,7 @@ class ProcessWriter:
         return self
 
     def _spawn(self) -> None:
-        parent, child = self._ctx.Pipe()
+        parent, child = Link.pair(self._ctx)
         level = logging.getLogger().getEffectiveLevel()
         self._proc = self._ctx.Process(target=_child, args=(child, *self._args, level), name="nabd-store",
                                        daemon=True)
@@ -193,9 +249,19 @@ class ProcessWriter:
         self._pipe = parent
         self._sent = 0      # a new child: every batch in flight goes to it again, in order
 
-    def submit(self, batch: list[Pending]) -> None:
-        """Hand a batch to the child; blocks while ``max_inflight`` batches are unanswered."""
-        self._slots.acquire()
+    def reserve(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` s) until the child can take another batch; True when it can.
+        The caller then ``submit``s with ``reserved=True`` or gives the slot back (``release``)."""
+        return self._slots.acquire(timeout=timeout)
+
+    def release(self) -> None:
+        self._slots.release()
+
+    def submit(self, batch: list[Pending], reserved: bool = False) -> None:
+        """Hand a batch to the child; blocks while ``max_inflight`` batches are unanswered
+        (``reserved``: the caller holds a slot from ``reserve``)."""
+        if not reserved:
+            self._slots.acquire()
         with self._lock:
             self._n += 1
             self._inflight.append((self._n, batch))
