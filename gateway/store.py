@@ -56,6 +56,7 @@ class Message:
     t0: float = 0.0                # time.monotonic() at arrival (latency metrics)
     retain: bool = False           # published with the retain flag (readings never are)
     sha256: str = ""                # hex SHA-256 of raw when the receiver took it already; "": taken here
+    parsed: Any = None              # verify.parse(raw, topic) when the receiver did it already
 
 
 @dataclass(slots=True)
@@ -178,7 +179,8 @@ class Store:
         # same (device, seq) meanwhile: phase B's ON CONFLICT catches it.
         parsed: list[jws.Compact | Verdict] = [
             reject("invalid", "reading published with the retain flag (readings are never retained)",
-                   topic_device(m.topic)) if m.retain else parse(m.raw, m.topic) for m in messages]
+                   topic_device(m.topic)) if m.retain else parse(m.raw, m.topic) if m.parsed is None else m.parsed
+            for m in messages]
         devices = {p.kid_device for p in parsed if isinstance(p, jws.Compact)}
         keys = self.keys.load(conn, devices, now_dt)
         # No stored digests looked up here (SQLite: one point query per message was a fifth of the

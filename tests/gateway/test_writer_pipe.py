@@ -31,7 +31,7 @@ def test_batches_and_results_larger_than_the_pipe_keep_flowing(tmp_path):
         db.begin(conn)
         for d in devs:
             admin.insert_device(db, conn, kek, d.id, d.key, "F", "MA-05", 1, "test")
-    batches = [[(topic(d.id), raw, time.time(), False, 0, 1, 0, hashlib.sha256(raw).hexdigest())
+    batches = [[(topic(d.id), raw, time.time(), False, 0, 1, 0, hashlib.sha256(raw).hexdigest(), None)
                 for d in devs for raw in [d.next_reading()[1]]]
                for _ in range(BATCHES)]
     assert sum(len(p[1]) for p in batches[0]) > 2 * 212992    # Linux: net.core.wmem_default 208 KiB
@@ -75,7 +75,7 @@ def test_the_digest_taken_by_the_network_process_is_stored_and_judges_redeliveri
     assert forged_seq1 != raws[0]
 
     def pending(raw: bytes) -> tuple:
-        return (topic(dev.id), raw, time.time(), False, 0, 1, 0, hashlib.sha256(raw).hexdigest())
+        return (topic(dev.id), raw, time.time(), False, 0, 1, 0, hashlib.sha256(raw).hexdigest(), None)
 
     results: queue.Queue = queue.Queue()
     w = ProcessWriter(db.url, kek, forward=False, skew=300,
