@@ -2,15 +2,18 @@
 
 Threads and their only jobs:
 
-- paho's network thread (``loop_start``): ``on_message`` puts the message as one tuple
-  (``Pending``: topic, bytes, receipt time, retain flag, mid, qos, connection epoch, SHA-256 hex) in a bounded
-  hand-off (``worker.Handoff``). It never touches the database. When the hand-off is full ``put``
+- paho's network thread (``loop_start``; a reading's PUBLISH through ``_Client``'s fast path):
+  parses the JWS (``verify.parse``: no key, no database) and puts the message as one tuple
+  (``Pending``: topic, bytes, receipt time, retain flag, mid, qos, connection epoch, SHA-256 hex,
+  the parse) in a bounded hand-off (``worker.Handoff``). It never touches the database, and
+  verifies nothing: the store process does. When the hand-off is full ``put``
   blocks, paho stops reading the socket and TCP pushes back on the broker, which keeps the
   messages (nothing is dropped here). Before that, MQTT 5's Receive Maximum (``[ingest]
   receive_maximum``) already caps the unacknowledged messages the broker sends us.
-- the batcher thread: takes up to ``batch_max`` messages (waiting at most ``batch_ms`` after the
-  first) and hands the batch to the store process (gateway/writer.py), which runs
-  ``Store.process`` (verify + store in ONE transaction, see gateway/store.py) on its own core;
+- the batcher thread: once the store process can take a batch, takes up to ``batch_max``
+  messages (waiting at most ``batch_ms`` after the first) and hands the batch to the store
+  process (gateway/writer.py), which runs ``Store.process`` (verify + store in ONE transaction,
+  see gateway/store.py) on its own core;
 - the results thread: only after the commit acknowledges the batch's messages to the broker (their
   PUBACKs in one write, ``ack_many``; paho ``manual_ack``) and publishes the signed ``ack`` to each
   device (QoS 1, at most the broker's Receive Maximum unacknowledged: ``_on_connect``).
