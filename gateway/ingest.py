@@ -94,10 +94,10 @@ class ReadBuffer:
     remaining length, the rest), each a system call that gives up the GIL and waits to take it back
     from the batcher and pipe threads: in a backlog, 18 % of paho's thread's samples (py-spy,
     2026-11-30). Here one ``recv`` of up to 64 KB serves the calls that follow until it is used
-    up (the network process's CPU per reading 21.5 -> 19.8 us side by side). ``pending()`` is what paho already asks
-    an SSL socket (bytes it holds that select() cannot see): paho's loop then reads again without
-    waiting in select(), so no buffered packet waits for the next one to arrive. Everything else
-    (send, fileno, setblocking, close) is the socket's own."""
+    up (the network process's CPU per reading 21.5 -> 19.8 us side by side). ``pending()`` is
+    what paho already asks an SSL socket (bytes it holds that select() cannot see): paho's loop
+    then reads again without waiting in select(), so no buffered packet waits for the next one to
+    arrive. Everything else (send, fileno, setblocking, close) is the socket's own."""
 
     __slots__ = ("_sock", "_buf", "_pos")
 

@@ -112,3 +112,4 @@ def test_read_buffer_serves_small_reads_from_one_recv_and_reports_what_it_holds(
         assert buf.recv(1) == b""                          # EOF: paho sees the connection lost
     finally:
         b.close()
+
