@@ -99,12 +99,13 @@ class ReadBuffer:
     then reads again without waiting in select(), so no buffered packet waits for the next one to
     arrive. Everything else (send, fileno, setblocking, close) is the socket's own."""
 
-    __slots__ = ("_sock", "_buf", "_pos")
+    __slots__ = ("_sock", "_buf", "_pos", "_inner_pending")
 
     def __init__(self, sock):
         self._sock = sock
         self._buf = b""
         self._pos = 0
+        self._inner_pending = getattr(sock, "pending", None)   # an SSL socket's; looked up once
 
     def recv(self, n: int) -> bytes:
         buf, pos = self._buf, self._pos
@@ -118,7 +119,7 @@ class ReadBuffer:
         return buf[pos:end]
 
     def pending(self) -> int:
-        inner = getattr(self._sock, "pending", None)
+        inner = self._inner_pending
         return max(0, len(self._buf) - self._pos) + (inner() if inner is not None else 0)
 
     def __getattr__(self, name: str):
